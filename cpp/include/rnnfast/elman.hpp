@@ -1,0 +1,63 @@
+// Elman (vanilla) RNN kernels: one cell step and one layer over a whole sequence in one direction.
+//
+//   h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh),   act = tanh or relu
+//
+// Shapes: B batch, I input size, H hidden size, T sequence length. Sequences are [T*B, F] row-major
+// matrices with time-major rows (row t*B + b). A bias argument of size 0 means "no bias". Backward
+// kernels add (+=) into weight and bias gradients, which the caller zeroes explicitly.
+#pragma once
+
+#include "rnnfast/types.hpp"
+
+namespace rnnfast {
+
+// One step.
+//   x     [B, I]     input
+//   h     [B, H]     previous state; 0 rows means zeros
+//   w_ih  [H, I], w_hh [H, H], b_ih [H] / b_hh [H] (or size 0)
+//   h_new [B, H]     out
+template <class T>
+void cell_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h, const ConstMatrixRef<T>& w_ih,
+                  const ConstMatrixRef<T>& w_hh, const ConstVectorRef<T>& b_ih, const ConstVectorRef<T>& b_hh,
+                  Activation act, MatrixRef<T> h_new);
+
+// Gradient of one step.
+//   x, h, h_new        as in cell_forward (h may have 0 rows: it was zeros)
+//   dh_new [B, H]      gradient of the loss with respect to h_new
+//   dx     [B, I]      out (=)
+//   dh     [B, H]      out (=); may have 0 rows when not wanted
+//   dw_ih [H, I], dw_hh [H, H], db_ih [H], db_hh [H]   accumulated (+=); biases may have size 0
+template <class T>
+void cell_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h, const ConstMatrixRef<T>& w_ih,
+                   const ConstMatrixRef<T>& w_hh, const ConstMatrixRef<T>& h_new, const ConstMatrixRef<T>& dh_new,
+                   Activation act, MatrixRef<T> dx, MatrixRef<T> dh, MatrixRef<T> dw_ih, MatrixRef<T> dw_hh,
+                   VectorRef<T> db_ih, VectorRef<T> db_hh);
+
+// One direction of one layer over a sequence. The reverse direction runs t = T-1 .. 0 and stores the state
+// it reaches at step t in row block t, like the forward one.
+//   x     [T*B, I]   layer input
+//   h0    [B, H]     initial state; 0 rows means zeros
+//   w_ih [H, I], w_hh [H, H], b_ih [H] / b_hh [H] (or size 0)
+//   hs    [T*B, H]   out: the state after every step (may be a column block of a wider matrix)
+template <class T>
+void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& w_ih,
+                   const ConstMatrixRef<T>& w_hh, const ConstVectorRef<T>& b_ih, const ConstVectorRef<T>& b_hh,
+                   Activation act, bool reverse, Index seq_len, MatrixRef<T> hs);
+
+// BPTT for one direction of one layer. Only the hidden-gradient recurrence is sequential; the weight, bias
+// and input gradients are whole products over all T*B rows afterwards.
+//   x, h0, hs, w_ih, w_hh  as in layer_forward (hs is the forward's output)
+//   dhs    [T*B, H]   gradient flowing into hs from above; 0 rows means none
+//   dh_n   [B, H]     gradient of the final state; 0 rows means none
+//   dx     [T*B, I]   accumulated (+=), so the two directions of a layer can share it
+//   dh0    [B, H]     out (=): gradient of the initial state
+//   dw_ih, dw_hh, db_ih, db_hh   accumulated (+=)
+//   dz     [T*B, H]   workspace: gradient of the pre-activations
+template <class T>
+void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& w_ih,
+                    const ConstMatrixRef<T>& w_hh, const ConstMatrixRef<T>& hs, const ConstMatrixRef<T>& dhs,
+                    const ConstMatrixRef<T>& dh_n, Activation act, bool reverse, Index seq_len, MatrixRef<T> dx,
+                    MatrixRef<T> dh0, MatrixRef<T> dw_ih, MatrixRef<T> dw_hh, VectorRef<T> db_ih,
+                    VectorRef<T> db_hh, MatrixRef<T> dz);
+
+}  // namespace rnnfast

@@ -1,0 +1,77 @@
+// Layers, directions and stacking: composes the one-direction layer kernels into PyTorch's nn.RNN.
+//
+// Parameters live in one flat buffer, in PyTorch's order and shapes (param_layout). Hidden states of a layer
+// are stored as one [T*B, D*H] matrix, forward direction in columns [0, H), reverse in [H, 2H), which is
+// exactly the layer's output and the next layer's input. Dropout masks are supplied by the caller.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "rnnfast/types.hpp"
+
+namespace rnnfast {
+
+struct StackConfig {
+    Index input_size = 0;
+    Index hidden_size = 0;
+    Index num_layers = 1;
+    bool bidirectional = false;
+    bool bias = true;
+    Activation activation = Activation::tanh;
+
+    Index directions() const { return bidirectional ? 2 : 1; }
+    Index output_size() const { return directions() * hidden_size; }
+    Index layer_input_size(Index layer) const { return layer == 0 ? input_size : output_size(); }
+    // Throws std::invalid_argument on sizes <= 0 or a parameter count that overflows.
+    void validate() const;
+};
+
+// One parameter's place in the flat buffer; cols == 0 marks a vector of `rows` entries.
+struct ParamSpec {
+    std::string name;
+    Index offset;
+    Index rows;
+    Index cols;
+    Index size() const { return cols == 0 ? rows : rows * cols; }
+};
+
+// PyTorch's order: weight_ih_l{k}{sfx}, weight_hh_l{k}{sfx}, bias_ih_l{k}{sfx}, bias_hh_l{k}{sfx} for each layer k
+// and direction sfx in ("", "_reverse").
+std::vector<ParamSpec> param_layout(const StackConfig& cfg);
+Index param_count(const StackConfig& cfg);
+
+// What backward needs from one forward. Owns copies so callers may reuse their buffers.
+template <class T>
+struct StackCache {
+    Index seq_len = 0;
+    Index batch = 0;
+    RowMatrix<T> x;               // [T*B, I]     layer-0 input
+    RowMatrix<T> h0;              // [L*D*B, H]   initial states (zeros when none was given)
+    std::vector<RowMatrix<T>> ys;  // L x [T*B, D*H] hidden states of every layer, before dropout
+    RowMatrix<T> masks;           // [(L-1)*T*B, D*H] dropout masks, or 0 rows
+};
+
+// Forward through every layer and direction.
+//   params  flat buffer of param_count(cfg) values
+//   x       [T*B, I]
+//   h0      [L*D*B, H], 0 rows means zeros
+//   masks   [(L-1)*T*B, D*H] multiplied into each layer's output but the last; 0 rows means no dropout
+//   output  [T*B, D*H] out
+//   h_n     [L*D*B, H] out
+//   cache   filled for stack_backward when not null
+template <class T>
+void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef<T>& x, Index seq_len,
+                   const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& masks, MatrixRef<T> output,
+                   MatrixRef<T> h_n, StackCache<T>* cache);
+
+// BPTT through every layer and direction.
+//   d_output  [T*B, D*H], 0 rows means none;  d_h_n [L*D*B, H], 0 rows means none
+//   dx        [T*B, I] out (=);  dh0 [L*D*B, H] out (=)
+//   grads     flat buffer laid out like params, accumulated (+=)
+template <class T>
+void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>& cache,
+                    const ConstMatrixRef<T>& d_output, const ConstMatrixRef<T>& d_h_n, MatrixRef<T> dx,
+                    MatrixRef<T> dh0, T* grads);
+
+}  // namespace rnnfast

@@ -1,0 +1,41 @@
+#include "rnnfast/config.hpp"
+
+#include <Eigen/Core>
+
+#include <stdexcept>
+
+#ifndef RNNFAST_VERSION
+#define RNNFAST_VERSION "0.0.0"
+#endif
+
+namespace rnnfast {
+
+const char* version() { return RNNFAST_VERSION; }
+
+int get_num_threads() { return Eigen::nbThreads(); }
+
+void set_num_threads(int n) {
+    if (n < 1) throw std::invalid_argument("n: expected a positive number of threads, got " + std::to_string(n));
+    Eigen::setNbThreads(n);
+}
+
+std::string simd_instruction_sets() { return Eigen::SimdInstructionSetsInUse(); }
+
+std::string eigen_version() {
+    return "Eigen " + std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
+           std::to_string(EIGEN_MINOR_VERSION);
+}
+
+std::string compiler() {
+#if defined(__clang__)
+    return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    return std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+    return "msvc " + std::to_string(_MSC_VER);
+#else
+    return "unknown";
+#endif
+}
+
+}  // namespace rnnfast

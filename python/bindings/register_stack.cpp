@@ -1,0 +1,127 @@
+// Bindings of the stacked RNN driver: StackF32 / StackF64 and their caches.
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <mutex>
+
+#include "arrays.hpp"
+#include "rnnfast/stack.hpp"
+
+namespace rnnfast::bindings {
+namespace {
+
+template <class T>
+class StackKernel {
+public:
+    StackKernel(Index input_size, Index hidden_size, Index num_layers, bool bidirectional, bool bias,
+                const std::string& nonlinearity) {
+        cfg_.input_size = input_size;
+        cfg_.hidden_size = hidden_size;
+        cfg_.num_layers = num_layers;
+        cfg_.bidirectional = bidirectional;
+        cfg_.bias = bias;
+        cfg_.activation = parse_activation(nonlinearity);
+        param_count_ = param_count(cfg_);
+    }
+
+    py::list layout() const { return layout_list(param_layout(cfg_)); }
+
+    Index param_count_value() const { return param_count_; }
+
+    // params [P], x [T, B, I], h0 [L*D, B, H] or None, masks [L-1, T, B, D*H] or None
+    // -> (output [T, B, D*H], h_n [L*D, B, H], cache or None)
+    py::tuple forward(const Array<T>& params, const Array<T>& x, const std::optional<Array<T>>& h0,
+                      const std::optional<Array<T>>& masks, bool want_cache) const {
+        const Index L = cfg_.num_layers, LD = L * cfg_.directions(), H = cfg_.hidden_size, DH = cfg_.output_size();
+        expect_shape("params", params, {param_count_});
+        if (x.ndim() != 3 || x.shape(2) != cfg_.input_size || x.shape(0) < 1) {
+            throw std::invalid_argument("x: expected shape (T >= 1, B, " + std::to_string(cfg_.input_size) +
+                                        "), got " + shape_string(x));
+        }
+        const Index seq_len = x.shape(0), B = x.shape(1);
+        if (h0) expect_shape("h0", *h0, {LD, B, H});
+        if (masks) expect_shape("masks", *masks, {L - 1, seq_len, B, DH});
+
+        Array<T> output = aligned_array<T>({seq_len, B, DH});
+        Array<T> h_n = aligned_array<T>({LD, B, H});
+        std::unique_ptr<StackCache<T>> cache = want_cache ? std::make_unique<StackCache<T>>() : nullptr;
+        const ConstMatrixMap<T> x_m = as_matrix<T>(x, cfg_.input_size);
+        const ConstMatrixMap<T> h0_m = as_matrix_or_empty<T>(h0, H);
+        const ConstMatrixMap<T> masks_m = as_matrix_or_empty<T>(masks, DH);
+        MatrixMap<T> output_m = as_mutable_matrix<T>(output, DH);
+        MatrixMap<T> h_n_m = as_mutable_matrix<T>(h_n, H);
+        {
+            py::gil_scoped_release release;
+            stack_forward<T>(cfg_, params.data(), x_m, seq_len, h0_m, masks_m, output_m, h_n_m, cache.get());
+        }
+        if (!cache) return py::make_tuple(std::move(output), std::move(h_n), py::none());
+        return py::make_tuple(std::move(output), std::move(h_n), py::cast(std::move(cache)));
+    }
+
+    // grads [P] accumulated; d_output [T, B, D*H] or None; d_h_n [L*D, B, H] or None
+    // -> (grad_x [T, B, I], grad_h0 [L*D, B, H])
+    py::tuple backward(const Array<T>& params, const StackCache<T>& cache, const std::optional<Array<T>>& d_output,
+                       const std::optional<Array<T>>& d_h_n, Array<T>& grads) {
+        const Index LD = cfg_.num_layers * cfg_.directions(), H = cfg_.hidden_size, DH = cfg_.output_size();
+        expect_shape("params", params, {param_count_});
+        expect_shape("grads", grads, {param_count_});
+        const Index seq_len = cache.seq_len, B = cache.batch;
+        if (static_cast<Index>(cache.ys.size()) != cfg_.num_layers || cache.x.cols() != cfg_.input_size ||
+            (cache.ys.size() > 0 && cache.ys[0].cols() != DH)) {
+            throw std::invalid_argument("cache: it was made by a model of another configuration");
+        }
+        if (!d_output && !d_h_n) throw std::invalid_argument("grad_output, grad_h_n: expected at least one, got None for both");
+        if (d_output) expect_shape("grad_output", *d_output, {seq_len, B, DH});
+        if (d_h_n) expect_shape("grad_h_n", *d_h_n, {LD, B, H});
+
+        Array<T> d_x = aligned_array<T>({seq_len, B, cfg_.input_size});
+        Array<T> d_h0 = aligned_array<T>({LD, B, H});
+        T* grads_data = grads.mutable_data();  // throws here, with the GIL, if grads is read-only
+        const ConstMatrixMap<T> d_output_m = as_matrix_or_empty<T>(d_output, DH);
+        const ConstMatrixMap<T> d_h_n_m = as_matrix_or_empty<T>(d_h_n, H);
+        MatrixMap<T> d_x_m = as_mutable_matrix<T>(d_x, cfg_.input_size);
+        MatrixMap<T> d_h0_m = as_mutable_matrix<T>(d_h0, H);
+        {
+            py::gil_scoped_release release;
+            // Backward calls on distinct caches may run in parallel threads; the gradient sums must not race.
+            std::lock_guard<std::mutex> lock(grad_mutex_);
+            stack_backward<T>(cfg_, params.data(), cache, d_output_m, d_h_n_m, d_x_m, d_h0_m, grads_data);
+        }
+        return py::make_tuple(std::move(d_x), std::move(d_h0));
+    }
+
+private:
+    StackConfig cfg_;
+    Index param_count_ = 0;
+    std::mutex grad_mutex_;
+};
+
+template <class T>
+void register_stack_for(py::module_& m) {
+    const std::string suffix = dtype_suffix<T>();
+    py::class_<StackCache<T>>(m, ("StackCache" + suffix).c_str(),
+                              "What backward needs from one forward of a stacked RNN (opaque).")
+        .def_property_readonly("seq_len", [](const StackCache<T>& c) { return c.seq_len; })
+        .def_property_readonly("batch", [](const StackCache<T>& c) { return c.batch; });
+
+    py::class_<StackKernel<T>>(m, ("Stack" + suffix).c_str(), "Stacked, optionally bidirectional Elman RNN kernels.")
+        .def(py::init<Index, Index, Index, bool, bool, const std::string&>(), py::arg("input_size"),
+             py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"), py::arg("bias"),
+             py::arg("nonlinearity"))
+        .def("param_layout", &StackKernel<T>::layout, "List of (name, offset, shape) in PyTorch's order.")
+        .def_property_readonly("param_count", &StackKernel<T>::param_count_value)
+        .def("forward", &StackKernel<T>::forward, py::arg("params").noconvert(), py::arg("x").noconvert(),
+             py::arg("h0").noconvert().none(true), py::arg("masks").noconvert().none(true), py::arg("want_cache"))
+        .def("backward", &StackKernel<T>::backward, py::arg("params").noconvert(), py::arg("cache"),
+             py::arg("grad_output").noconvert().none(true), py::arg("grad_h_n").noconvert().none(true),
+             py::arg("grads").noconvert());
+}
+
+}  // namespace
+
+void register_stack(py::module_& m) {
+    register_stack_for<float>(m);
+    register_stack_for<double>(m);
+}
+
+}  // namespace rnnfast::bindings

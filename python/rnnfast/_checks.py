@@ -1,0 +1,80 @@
+"""Argument checks shared by the public classes: each raises TypeError / ValueError naming the argument."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Union
+
+import numpy as np
+
+DTypeLike = Union[str, type, np.dtype]
+
+_SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+NONLINEARITIES = ("tanh", "relu")
+
+
+def positive_int(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a positive integer, got {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected a positive integer, got {value!r} of type {type(value).__name__}") from None
+    if n <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {n}")
+    return n
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+def nonlinearity(value: Any) -> str:
+    if not isinstance(value, str) or value not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {value!r}")
+    return value
+
+
+def probability(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {value!r} of type {type(value).__name__}")
+    p = float(value)
+    if not 0.0 <= p <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return p
+
+
+def model_dtype(value: Any) -> np.dtype:
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {value!r}") from None
+    if dt not in _SUPPORTED_DTYPES:
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {value!r}")
+    return dt
+
+
+def rng(seed: Any) -> np.random.Generator:
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed: expected None or a non-negative integer, got {seed!r}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed: expected None or a non-negative integer, got {seed}")
+    return np.random.default_rng(seed)
+
+
+def array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """An ndarray of exactly the model's dtype; anything else is a TypeError (no silent casts)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name}: expected a numpy.ndarray of dtype {dtype}, got {type(value).__name__} "
+            f"(convert with numpy.asarray({name}, dtype=numpy.{dtype}))"
+        )
+    if value.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the model's dtype), got {value.dtype}")
+    return value
+
+
+def shape_error(name: str, expected: str, actual: tuple[int, ...]) -> ValueError:
+    return ValueError(f"{name}: expected shape {expected}, got {actual}")

@@ -1,0 +1,219 @@
+"""rnnfast.RNN: a stacked, optionally bidirectional Elman RNN with torch.nn.RNN's semantics."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from . import _checks, _core
+from ._module import Module
+
+
+class RNNCache:
+    """What ``RNN.backward`` needs from one ``RNN.forward(..., return_cache=True)``.
+
+    Several caches can be alive at once (one per chunk in truncated BPTT, say). ``dropout_masks`` holds the masks
+    this forward multiplied into each layer's output but the last, ``[L-1, T, B, D*H]`` (time-major, B = 1 for
+    unbatched input), or None when no dropout was applied.
+    """
+
+    __slots__ = ("_core", "_owner", "_version", "_x_shape", "_output_shape", "_h_n_shape", "dropout_masks")
+
+    def __init__(self, core: Any, owner: RNN, x_shape: tuple[int, ...], output_shape: tuple[int, ...],
+                 h_n_shape: tuple[int, ...], dropout_masks: Optional[np.ndarray]) -> None:
+        self._core = core
+        self._owner = owner
+        self._version = owner._version
+        self._x_shape = x_shape
+        self._output_shape = output_shape
+        self._h_n_shape = h_n_shape
+        self.dropout_masks = dropout_masks
+
+
+class RNN(Module):
+    """A multi-layer Elman RNN: ``h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` per layer and direction.
+
+    Same constructor, shapes, parameter names and initialization as ``torch.nn.RNN``.
+
+    Parameters
+    ----------
+    input_size : int
+        I, the number of features of each input step.
+    hidden_size : int
+        H, the number of features of the hidden state.
+    num_layers : int
+        L, the number of stacked layers; layer k > 0 reads layer k-1's output.
+    nonlinearity : {"tanh", "relu"}
+    bias : bool
+        Whether the layers have ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+    batch_first : bool
+        Input and output are ``[B, T, F]`` instead of ``[T, B, F]`` (states stay ``[L*D, B, H]``).
+    dropout : float
+        Probability of zeroing each element of every layer's output but the last, in training mode.
+    bidirectional : bool
+        D = 2 directions per layer; the reverse one reads the sequence from its end.
+    dtype : "float32" or "float64" (or the NumPy dtype)
+    seed : int or None
+        Seeds the initialization and the dropout masks; None draws fresh entropy.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+        self.input_size = _checks.positive_int("input_size", input_size)
+        self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
+        self.num_layers = _checks.positive_int("num_layers", num_layers)
+        self.nonlinearity = _checks.nonlinearity(nonlinearity)
+        self.bias = _checks.boolean("bias", bias)
+        self.batch_first = _checks.boolean("batch_first", batch_first)
+        self.dropout = _checks.probability("dropout", dropout)
+        self.bidirectional = _checks.boolean("bidirectional", bidirectional)
+        self.dtype = _checks.model_dtype(dtype)
+        rng = _checks.rng(seed)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                "dropout: it applies after every layer but the last, so it has no effect with num_layers=1 "
+                f"(got dropout={self.dropout})",
+                UserWarning,
+                stacklevel=2,
+            )
+        kernel_class = _core.StackF32 if self.dtype == np.float32 else _core.StackF64
+        try:
+            self._kernel = kernel_class(self.input_size, self.hidden_size, self.num_layers, self.bidirectional,
+                                        self.bias, self.nonlinearity)
+        except ValueError as exc:  # sizes whose parameter count overflows
+            raise ValueError(str(exc)) from None
+        self._init_parameters(self._kernel, self.dtype, self.hidden_size, rng)
+        self._rng = rng
+        self._directions = 2 if self.bidirectional else 1
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {name}={getattr(self, name)!r}"
+            for name, default in (("num_layers", 1), ("nonlinearity", "tanh"), ("bias", True), ("batch_first", False),
+                                  ("dropout", 0.0), ("bidirectional", False))
+            if getattr(self, name) != default
+        )
+        return f"RNN({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name})"
+
+    def __call__(self, x: np.ndarray, h0: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Inference: same as ``forward(x, h0)``."""
+        return self.forward(x, h0)  # type: ignore[return-value]
+
+    def forward(self, x: np.ndarray, h0: Optional[np.ndarray] = None, return_cache: bool = False
+                ) -> Union[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, RNNCache]]:
+        """Run the sequence through every layer and direction.
+
+        Parameters
+        ----------
+        x : ndarray, ``[T, B, I]`` (``[B, T, I]`` if batch_first) or unbatched ``[T, I]``, the model's dtype
+        h0 : ndarray or None, ``[L*D, B, H]`` (unbatched: ``[L*D, H]``); None means zeros
+        return_cache : bool
+            Also return the cache ``backward`` needs.
+
+        Returns
+        -------
+        output : ``[T, B, D*H]`` (``[B, T, D*H]`` if batch_first; unbatched ``[T, D*H]``): the last layer's states,
+            forward direction in columns ``[0, H)``, reverse in ``[H, 2H)``.
+        h_n : ``[L*D, B, H]`` (unbatched ``[L*D, H]``): final states, ordered layer 0 forward, layer 0 reverse,
+            layer 1 forward, ...
+        cache : RNNCache, only with ``return_cache=True``.
+        """
+        x = _checks.array("x", x, self.dtype)
+        unbatched = x.ndim == 2
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
+            layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
+            raise _checks.shape_error("x", f"{layout} or unbatched [T, I] with I = {self.input_size}", x.shape)
+        if unbatched:
+            seq = x[:, None, :]
+        elif self.batch_first:
+            seq = x.transpose(1, 0, 2)
+        else:
+            seq = x
+        seq_len, batch = seq.shape[0], seq.shape[1]
+        if seq_len == 0:
+            raise ValueError(f"x: expected a sequence of length >= 1, got shape {x.shape}")
+        state_count = self.num_layers * self._directions
+        h_n_shape = (state_count, self.hidden_size) if unbatched else (state_count, batch, self.hidden_size)
+        if h0 is not None:
+            h0 = _checks.array("h0", h0, self.dtype)
+            if h0.shape != h_n_shape:
+                raise _checks.shape_error("h0", str(h_n_shape), h0.shape)
+            h0 = np.ascontiguousarray(h0.reshape(state_count, batch, self.hidden_size))
+        masks = None
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            masks = self._dropout_masks(seq_len, batch)
+        output, h_n, core_cache = self._kernel.forward(self._flat, np.ascontiguousarray(seq), h0, masks,
+                                                       bool(return_cache))
+        if unbatched:
+            output = output[:, 0, :]
+            h_n = h_n[:, 0, :]
+        elif self.batch_first:
+            output = output.transpose(1, 0, 2)
+        if not return_cache:
+            return output, h_n
+        cache = RNNCache(core_cache, self, x.shape, output.shape, h_n.shape, masks)
+        return output, h_n, cache
+
+    def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
+                 grad_h_n: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Backpropagation through time for one forward; adds every parameter's gradient into ``grads``.
+
+        Parameters
+        ----------
+        cache : RNNCache from this model's ``forward(..., return_cache=True)``
+        grad_output : ndarray or None, the output's shape: gradient of the loss with respect to ``output``
+        grad_h_n : ndarray or None, ``h_n``'s shape: gradient of the loss with respect to ``h_n``
+            (one of the two may be None, meaning zeros; not both)
+
+        Returns
+        -------
+        grad_input : x's shape
+        grad_h0 : h0's shape (``[L*D, B, H]``, unbatched ``[L*D, H]``), also when h0 was None
+        """
+        if not isinstance(cache, RNNCache):
+            raise TypeError(f"cache: expected an RNNCache from RNN.forward(..., return_cache=True), "
+                            f"got {type(cache).__name__}")
+        if cache._owner is not self:
+            raise ValueError("cache: it was made by another model's forward, not this one's")
+        if cache._version != self._version:
+            raise ValueError("cache: the parameters were replaced by load_state_dict after this forward; "
+                             "run forward again")
+        if grad_output is None and grad_h_n is None:
+            raise ValueError("grad_output, grad_h_n: expected at least one gradient, got None for both")
+        unbatched = len(cache._x_shape) == 2
+        go = None
+        if grad_output is not None:
+            grad_output = _checks.array("grad_output", grad_output, self.dtype)
+            if grad_output.shape != cache._output_shape:
+                raise _checks.shape_error("grad_output", str(cache._output_shape), grad_output.shape)
+            if unbatched:
+                go = grad_output[:, None, :]
+            elif self.batch_first:
+                go = grad_output.transpose(1, 0, 2)
+            else:
+                go = grad_output
+            go = np.ascontiguousarray(go)
+        gh = None
+        if grad_h_n is not None:
+            grad_h_n = _checks.array("grad_h_n", grad_h_n, self.dtype)
+            if grad_h_n.shape != cache._h_n_shape:
+                raise _checks.shape_error("grad_h_n", str(cache._h_n_shape), grad_h_n.shape)
+            gh = np.ascontiguousarray(grad_h_n[:, None, :] if unbatched else grad_h_n)
+        grad_input, grad_h0 = self._kernel.backward(self._flat, cache._core, go, gh, self._grad_flat)
+        if unbatched:
+            return grad_input[:, 0, :], grad_h0[:, 0, :]
+        if self.batch_first:
+            grad_input = grad_input.transpose(1, 0, 2)
+        return grad_input, grad_h0
+
+    def _dropout_masks(self, seq_len: int, batch: int) -> np.ndarray:
+        """``[L-1, T, B, D*H]`` masks: 0 with probability p, else 1/(1-p) (inverted dropout, as in PyTorch)."""
+        shape = (self.num_layers - 1, seq_len, batch, self._directions * self.hidden_size)
+        keep = self._rng.random(shape, dtype=self.dtype) >= self.dropout
+        masks = keep.astype(self.dtype)
+        if self.dropout < 1.0:
+            masks *= self.dtype.type(1.0 / (1.0 - self.dropout))
+        return masks

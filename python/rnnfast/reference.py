@@ -1,0 +1,465 @@
+"""Pure-NumPy reference implementation of the Elman RNN.
+
+This module is the oracle of the test suite and a teaching aid. It favours
+clarity over speed: one equation per line, explicit loops over time, and the
+backward pass written out as textbook backpropagation through time (BPTT).
+
+The recurrence of one layer in one direction is
+
+    a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh      (pre-activation)
+    h_t = act(a_t)                                       (act = tanh or relu)
+
+Shapes and parameter names follow the conventions of ``torch.nn.RNN`` and
+``torch.nn.RNNCell``. Letters used in the docstrings:
+
+    T  sequence length          B  batch size
+    I  input size               H  hidden size
+    L  number of layers         D  directions (2 if bidirectional else 1)
+
+Only NumPy is imported; nothing here depends on the compiled core.
+"""
+
+import numpy as np
+
+__all__ = [
+    "param_names",
+    "param_shapes",
+    "rnn_forward",
+    "rnn_backward",
+    "cell_forward",
+    "cell_backward",
+    "layer_forward",
+    "layer_backward",
+]
+
+_NONLINEARITIES = ("tanh", "relu")
+
+
+# ---------------------------------------------------------------------------
+# Parameter layout
+# ---------------------------------------------------------------------------
+
+def _direction_suffixes(bidirectional):
+    """Name suffixes of the directions: forward first, then reverse."""
+    return ("", "_reverse") if bidirectional else ("",)
+
+
+def param_names(num_layers: int = 1, bidirectional: bool = False, bias: bool = True) -> list[str]:
+    """Names of the parameters of a (stacked, maybe bidirectional) RNN.
+
+    The order is layer by layer, and within a layer the forward direction
+    before the reverse one; each direction lists weight_ih, weight_hh and then,
+    if ``bias``, bias_ih and bias_hh. Example for one bidirectional layer:
+    ``weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l0_reverse, ...``.
+    """
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if bias else ("weight_ih", "weight_hh")
+    names = []
+    for layer in range(num_layers):
+        for sfx in _direction_suffixes(bidirectional):
+            for kind in kinds:
+                names.append(f"{kind}_l{layer}{sfx}")
+    return names
+
+
+def param_shapes(input_size, hidden_size, num_layers=1, bidirectional=False, bias=True) -> dict[str, tuple[int, ...]]:
+    """Shape of every parameter, keyed by name (in ``param_names`` order).
+
+    weight_ih_l0: (H, I); weight_ih_l{k>0}: (H, D*H) because a deeper layer
+    reads the concatenated outputs of both directions below it;
+    weight_hh_l{k}: (H, H); bias_ih_l{k}, bias_hh_l{k}: (H,).
+    """
+    num_dirs = 2 if bidirectional else 1
+    shapes = {}
+    for layer in range(num_layers):
+        layer_in = input_size if layer == 0 else num_dirs * hidden_size
+        for sfx in _direction_suffixes(bidirectional):
+            shapes[f"weight_ih_l{layer}{sfx}"] = (hidden_size, layer_in)
+            shapes[f"weight_hh_l{layer}{sfx}"] = (hidden_size, hidden_size)
+            if bias:
+                shapes[f"bias_ih_l{layer}{sfx}"] = (hidden_size,)
+                shapes[f"bias_hh_l{layer}{sfx}"] = (hidden_size,)
+    return shapes
+
+
+# ---------------------------------------------------------------------------
+# Nonlinearity
+# ---------------------------------------------------------------------------
+
+def _check_nonlinearity(nonlinearity):
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError(f"unknown nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
+
+
+def _activate(a, nonlinearity):
+    """act(a) for the pre-activation a."""
+    if nonlinearity == "tanh":
+        return np.tanh(a)
+    return np.maximum(a, 0)
+
+
+def _activation_derivative(h, nonlinearity):
+    """act'(a), written in terms of the output h = act(a) (that is all we keep)."""
+    if nonlinearity == "tanh":
+        return 1 - h * h                      # tanh' = 1 - tanh^2
+    return (h > 0).astype(h.dtype)            # relu' = 1 where the unit is on, else 0
+
+
+# ---------------------------------------------------------------------------
+# One layer, one direction, whole sequence
+# ---------------------------------------------------------------------------
+
+def _time_order(num_steps, reverse):
+    """The time indices in the order a direction visits them."""
+    return list(range(num_steps - 1, -1, -1)) if reverse else list(range(num_steps))
+
+
+def layer_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh", reverse=False):
+    """Run one direction of one layer over a whole sequence.
+
+    x: [T, B, In] layer input (time-major, batched).
+    h0: [B, H] initial state.
+    weight_ih: [H, In]; weight_hh: [H, H]; bias_ih, bias_hh: [H] or None.
+    reverse: visit t = T-1 .. 0 instead of t = 0 .. T-1.
+    Returns (hs, h_last, cache): hs [T, B, H] where hs[t] is the state after
+    step t (for the reverse direction: after having read x[t..T-1]); h_last
+    [B, H] is the state after the last step visited (hs[T-1] forward, hs[0]
+    reverse; h0 when T = 0).
+    """
+    _check_nonlinearity(nonlinearity)
+    num_steps, batch = x.shape[0], x.shape[1]
+    hidden = weight_hh.shape[0]
+    hs = np.zeros((num_steps, batch, hidden), dtype=h0.dtype)
+    h = h0
+    for t in _time_order(num_steps, reverse):
+        a = x[t] @ weight_ih.T + h @ weight_hh.T   # a_t = x_t W_ih^T + h_{t-1} W_hh^T
+        if bias_ih is not None:
+            a = a + bias_ih + bias_hh              # ... + b_ih + b_hh
+        h = _activate(a, nonlinearity)             # h_t = act(a_t)
+        hs[t] = h
+    cache = {
+        "x": x, "h0": h0, "hs": hs,
+        "weight_ih": weight_ih, "weight_hh": weight_hh,
+        "has_bias": bias_ih is not None,
+        "nonlinearity": nonlinearity, "reverse": reverse,
+    }
+    return hs, h, cache
+
+
+def layer_backward(cache, grad_hs, grad_h_last):
+    """BPTT through one direction of one layer.
+
+    cache: from layer_forward.
+    grad_hs: [T, B, H] gradient of the loss w.r.t. hs (the layer's outputs).
+    grad_h_last: [B, H] gradient w.r.t. the final state (the layer's h_n entry).
+    Returns (grad_x [T, B, In], grad_h0 [B, H], grads) where grads is a dict
+    with keys weight_ih, weight_hh and, if the layer had biases, bias_ih, bias_hh.
+    """
+    x, h0, hs = cache["x"], cache["h0"], cache["hs"]
+    weight_ih, weight_hh = cache["weight_ih"], cache["weight_hh"]
+    order = _time_order(x.shape[0], cache["reverse"])
+
+    grad_x = np.zeros_like(x)
+    grad_w_ih = np.zeros_like(weight_ih)
+    grad_w_hh = np.zeros_like(weight_hh)
+    grad_b = np.zeros(weight_hh.shape[0], dtype=hs.dtype)
+
+    # Visit the steps in the opposite order of the forward pass. "Previous"
+    # means previously visited: t-1 forward, t+1 for the reverse direction.
+    # dh_next carries the gradient flowing into h_t from the step after it;
+    # for the last step visited that is the gradient of the final state.
+    dh_next = grad_h_last
+    for k in reversed(range(len(order))):
+        t = order[k]
+        h_prev = h0 if k == 0 else hs[order[k - 1]]
+        dh = grad_hs[t] + dh_next                                    # h_t feeds the output and the next step
+        da = dh * _activation_derivative(hs[t], cache["nonlinearity"])  # through act
+        grad_w_ih += da.T @ x[t]                                     # a_t = x_t W_ih^T + ...
+        grad_w_hh += da.T @ h_prev                                   # ... + h_{t-1} W_hh^T
+        grad_b += da.sum(axis=0)                                     # biases are shared over the batch
+        grad_x[t] = da @ weight_ih
+        dh_next = da @ weight_hh                                     # on to h_{t-1}
+    grad_h0 = dh_next
+
+    grads = {"weight_ih": grad_w_ih, "weight_hh": grad_w_hh}
+    if cache["has_bias"]:
+        # b_ih and b_hh enter a_t the same way, so they get the same gradient.
+        grads["bias_ih"] = grad_b
+        grads["bias_hh"] = grad_b.copy()
+    return grad_x, grad_h0, grads
+
+
+# ---------------------------------------------------------------------------
+# Stacked, maybe bidirectional RNN
+# ---------------------------------------------------------------------------
+
+def _param_dtype(params, name):
+    dtype = np.asarray(params[name]).dtype
+    if not np.issubdtype(dtype, np.floating):
+        raise TypeError(f"parameter {name} must be floating point, got {dtype}")
+    return dtype
+
+
+def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                bidirectional=False, h0=None, dropout_masks=None):
+    """Forward pass of a multi-layer Elman RNN.
+
+    x: [T, B, I] ([B, T, I] if batch_first); an unbatched input [T, I]
+       (ndim 2) is accepted regardless of batch_first.
+    params: mapping name -> array, names and shapes as in param_names /
+       param_shapes (weight_ih_l0 [H, I], weight_hh_l0 [H, H], bias_ih_l0 [H], ...).
+    num_layers: L, number of stacked layers.
+    nonlinearity: "tanh" or "relu".
+    bias: whether the bias_* parameters are used (and expected in params).
+    batch_first: layout of x and output for batched input.
+    bidirectional: whether each layer also runs a reverse direction (D = 2).
+    h0: [L*D, B, H] ([L*D, H] unbatched) initial states, or None for zeros.
+    dropout_masks: None, or array-like [L-1, T, B, D*H], always time-major and
+       batched (B = 1 for unbatched input): the output of layer l < L-1 is
+       multiplied by dropout_masks[l] before it becomes layer l+1's input.
+
+    Returns (output, h_n, cache):
+      output: [T, B, D*H] ([B, T, D*H] if batch_first, [T, D*H] unbatched);
+         the forward direction in columns [0:H], the reverse one in [H:2H].
+      h_n: [L*D, B, H] ([L*D, H] unbatched), ordered layer 0 fwd, layer 0 rev,
+         layer 1 fwd, ...; the reverse entry is its state after reading t = 0.
+      cache: what rnn_backward needs.
+    Computation happens in the dtype of weight_ih_l0; x, h0, the other
+    parameters and the masks are converted to it.
+    """
+    _check_nonlinearity(nonlinearity)
+    if num_layers < 1:
+        raise ValueError("num_layers must be at least 1")
+    num_dirs = 2 if bidirectional else 1
+    dtype = _param_dtype(params, "weight_ih_l0")
+
+    # Parameters, checked against the expected shapes.
+    input_size = np.shape(params["weight_ih_l0"])[1]
+    hidden = np.shape(params["weight_hh_l0"])[0]
+    shapes = param_shapes(input_size, hidden, num_layers, bidirectional, bias)
+    p = {}
+    for name, shape in shapes.items():
+        if name not in params:
+            raise KeyError(f"missing parameter {name}")
+        p[name] = np.asarray(params[name], dtype=dtype)
+        if p[name].shape != shape:
+            raise ValueError(f"parameter {name} has shape {p[name].shape}, expected {shape}")
+
+    # Bring x to the canonical layout [T, B, I] (time-major, batched).
+    x = np.asarray(x, dtype=dtype)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x must have 2 (unbatched) or 3 dimensions, got shape {x.shape}")
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[:, None, :]
+    elif batch_first:
+        x = x.transpose(1, 0, 2)
+    num_steps, batch = x.shape[0], x.shape[1]
+    if x.shape[2] != input_size:
+        raise ValueError(f"x has input size {x.shape[2]}, weight_ih_l0 expects {input_size}")
+
+    # Initial states as [L*D, B, H].
+    if h0 is None:
+        h0 = np.zeros((num_layers * num_dirs, batch, hidden), dtype=dtype)
+    else:
+        h0 = np.asarray(h0, dtype=dtype)
+        expected = (num_layers * num_dirs, hidden) if unbatched else (num_layers * num_dirs, batch, hidden)
+        if h0.shape != expected:
+            raise ValueError(f"h0 has shape {h0.shape}, expected {expected}")
+        if unbatched:
+            h0 = h0[:, None, :]
+
+    masks = None
+    if dropout_masks is not None and num_layers > 1:
+        masks = np.asarray(dropout_masks, dtype=dtype)
+        expected = (num_layers - 1, num_steps, batch, num_dirs * hidden)
+        if masks.shape != expected:
+            raise ValueError(f"dropout_masks has shape {masks.shape}, expected {expected}")
+
+    # The stacking loop: each layer reads the (dropped-out) output of the one below.
+    layer_input = x
+    layer_caches = []
+    h_n = np.zeros_like(h0)
+    for layer in range(num_layers):
+        if layer > 0 and masks is not None:
+            layer_input = layer_input * masks[layer - 1]   # dropout between layers only
+        outputs, caches = [], []
+        for d, sfx in enumerate(_direction_suffixes(bidirectional)):
+            hs, h_last, cache = layer_forward(
+                layer_input, h0[layer * num_dirs + d],
+                p[f"weight_ih_l{layer}{sfx}"], p[f"weight_hh_l{layer}{sfx}"],
+                p.get(f"bias_ih_l{layer}{sfx}"), p.get(f"bias_hh_l{layer}{sfx}"),
+                nonlinearity, reverse=(d == 1))
+            h_n[layer * num_dirs + d] = h_last
+            outputs.append(hs)
+            caches.append(cache)
+        layer_caches.append(caches)
+        layer_input = np.concatenate(outputs, axis=2)      # [T, B, D*H]
+
+    output = layer_input
+    cache = {
+        "num_layers": num_layers, "num_dirs": num_dirs,
+        "hidden": hidden, "dtype": dtype,
+        "unbatched": unbatched, "batch_first": batch_first,
+        "masks": masks, "layer_caches": layer_caches,
+        "output_shape": output.shape, "h_n_shape": h_n.shape,
+        "names": list(shapes),
+    }
+
+    # Back to the caller's layout.
+    if unbatched:
+        return output[:, 0, :], h_n[:, 0, :], cache
+    if batch_first:
+        output = output.transpose(1, 0, 2)
+    return output, h_n, cache
+
+
+def rnn_backward(cache, grad_output=None, grad_h_n=None):
+    """Backward pass of rnn_forward (backpropagation through time).
+
+    cache: the third value returned by rnn_forward.
+    grad_output: gradient w.r.t. output, same shape and layout as output, or None.
+    grad_h_n: gradient w.r.t. h_n, same shape as h_n, or None.
+    None counts as zeros, but at least one must be given (else ValueError).
+
+    Returns (grad_x, grad_h0, grads):
+      grad_x: x's shape and layout.
+      grad_h0: h0's shape ([L*D, B, H] or [L*D, H]), also when h0 was None.
+      grads: dict name -> gradient, one entry per parameter in param_names order.
+    """
+    if grad_output is None and grad_h_n is None:
+        raise ValueError("rnn_backward needs grad_output or grad_h_n (or both)")
+    dtype = cache["dtype"]
+    num_layers, num_dirs, hidden = cache["num_layers"], cache["num_dirs"], cache["hidden"]
+    unbatched, batch_first = cache["unbatched"], cache["batch_first"]
+
+    # Bring the incoming gradients to the canonical layouts [T, B, D*H] and [L*D, B, H].
+    if grad_output is None:
+        grad_out = np.zeros(cache["output_shape"], dtype=dtype)
+    else:
+        grad_out = np.asarray(grad_output, dtype=dtype)
+        if unbatched:
+            grad_out = grad_out[:, None, :]
+        elif batch_first:
+            grad_out = grad_out.transpose(1, 0, 2)
+        if grad_out.shape != cache["output_shape"]:
+            raise ValueError("grad_output must have the shape of output")
+    if grad_h_n is None:
+        grad_hn = np.zeros(cache["h_n_shape"], dtype=dtype)
+    else:
+        grad_hn = np.asarray(grad_h_n, dtype=dtype)
+        if unbatched:
+            grad_hn = grad_hn[:, None, :]
+        if grad_hn.shape != cache["h_n_shape"]:
+            raise ValueError("grad_h_n must have the shape of h_n")
+
+    grads = {}
+    grad_h0 = np.zeros(cache["h_n_shape"], dtype=dtype)
+    suffixes = ("", "_reverse")[:num_dirs]
+    # Walk the stack from the top: the gradient w.r.t. a layer's input is the
+    # gradient w.r.t. the output of the layer below (through its dropout mask).
+    grad_layer_out = grad_out
+    for layer in reversed(range(num_layers)):
+        grad_layer_in = None
+        for d in range(num_dirs):
+            idx = layer * num_dirs + d
+            g_hs = grad_layer_out[:, :, d * hidden:(d + 1) * hidden]
+            g_x, g_h0, g = layer_backward(cache["layer_caches"][layer][d], g_hs, grad_hn[idx])
+            grad_h0[idx] = g_h0
+            for kind, value in g.items():
+                grads[f"{kind}_l{layer}{suffixes[d]}"] = value
+            # Both directions read the same input, so their gradients add up.
+            grad_layer_in = g_x if grad_layer_in is None else grad_layer_in + g_x
+        if layer > 0 and cache["masks"] is not None:
+            grad_layer_in = grad_layer_in * cache["masks"][layer - 1]
+        grad_layer_out = grad_layer_in
+    grad_x = grad_layer_out
+
+    grads = {name: grads[name] for name in cache["names"]}
+    if unbatched:
+        return grad_x[:, 0, :], grad_h0[:, 0, :], grads
+    if batch_first:
+        grad_x = grad_x.transpose(1, 0, 2)
+    return grad_x, grad_h0, grads
+
+
+# ---------------------------------------------------------------------------
+# Single step (RNNCell)
+# ---------------------------------------------------------------------------
+
+def cell_forward(x, h, params, nonlinearity="tanh"):
+    """One step of an Elman RNN cell: h_new = act(x W_ih^T + b_ih + h W_hh^T + b_hh).
+
+    x: [B, I], or unbatched [I].
+    h: [B, H] ([H] unbatched), or None for zeros.
+    params: weight_ih [H, I], weight_hh [H, H], and optionally bias_ih [H],
+       bias_hh [H] (both present or both absent; absent means no bias).
+    nonlinearity: "tanh" or "relu".
+    Returns (h_new, cache); h_new: [B, H] ([H] unbatched).
+    Computation happens in the dtype of weight_ih.
+    """
+    _check_nonlinearity(nonlinearity)
+    dtype = _param_dtype(params, "weight_ih")
+    weight_ih = np.asarray(params["weight_ih"], dtype=dtype)
+    weight_hh = np.asarray(params["weight_hh"], dtype=dtype)
+    if ("bias_ih" in params) != ("bias_hh" in params):
+        raise ValueError("give both bias_ih and bias_hh, or neither")
+    has_bias = "bias_ih" in params
+    hidden = weight_hh.shape[0]
+
+    x = np.asarray(x, dtype=dtype)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"x must have 1 (unbatched) or 2 dimensions, got shape {x.shape}")
+    unbatched = x.ndim == 1
+    xb = x[None, :] if unbatched else x          # work on [B, I] throughout
+    if h is None:
+        hb = np.zeros((xb.shape[0], hidden), dtype=dtype)
+    else:
+        h = np.asarray(h, dtype=dtype)
+        hb = h[None, :] if h.ndim == 1 else h
+        if hb.shape != (xb.shape[0], hidden) or h.ndim != x.ndim:
+            raise ValueError(f"h has shape {h.shape}, which does not match x {x.shape} and hidden size {hidden}")
+
+    a = xb @ weight_ih.T + hb @ weight_hh.T                  # a = x W_ih^T + h W_hh^T
+    if has_bias:
+        a = a + np.asarray(params["bias_ih"], dtype=dtype) + np.asarray(params["bias_hh"], dtype=dtype)
+    h_new = _activate(a, nonlinearity)                      # h' = act(a)
+
+    cache = {
+        "x": xb, "h": hb, "h_new": h_new,
+        "weight_ih": weight_ih, "weight_hh": weight_hh,
+        "has_bias": has_bias, "nonlinearity": nonlinearity,
+        "unbatched": unbatched,
+    }
+    return (h_new[0] if unbatched else h_new), cache
+
+
+def cell_backward(cache, grad_h_new):
+    """Backward pass of cell_forward.
+
+    cache: from cell_forward.
+    grad_h_new: gradient w.r.t. h_new, h_new's shape ([B, H] or [H]).
+    Returns (grad_x, grad_h, grads): grad_x has x's shape, grad_h has h's shape
+    (the shape h would have had when it was None), and grads maps weight_ih,
+    weight_hh (and bias_ih, bias_hh if the cell had biases) to gradients of
+    the parameters' shapes.
+    """
+    dtype = cache["h_new"].dtype
+    g = np.asarray(grad_h_new, dtype=dtype)
+    if cache["unbatched"]:
+        g = g[None, :]
+    if g.shape != cache["h_new"].shape:
+        raise ValueError("grad_h_new must have the shape of h_new")
+
+    da = g * _activation_derivative(cache["h_new"], cache["nonlinearity"])  # through act
+    grads = {
+        "weight_ih": da.T @ cache["x"],
+        "weight_hh": da.T @ cache["h"],
+    }
+    if cache["has_bias"]:
+        grads["bias_ih"] = da.sum(axis=0)      # biases are shared over the batch
+        grads["bias_hh"] = da.sum(axis=0)
+    grad_x = da @ cache["weight_ih"]
+    grad_h = da @ cache["weight_hh"]
+    if cache["unbatched"]:
+        return grad_x[0], grad_h[0], grads
+    return grad_x, grad_h, grads
