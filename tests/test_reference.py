@@ -715,3 +715,288 @@ def test_against_torch_rnn_cell():
         assert set(grads) == set(params)
         for name in grads:
             assert_close(grads[name], getattr(cell, name).grad.numpy(), 1e-10, 1e-10, what + " " + name)
+
+
+# ---------------------------------------------------------------------------
+# Variable-length batches (lengths)
+# ---------------------------------------------------------------------------
+
+LEN_T, LEN_B = 4, 3
+LEN_LENGTHS = [2, LEN_T, 1]       # unsorted; a length-1 item and a full-length one
+
+
+def to_time_major(a, batch_first):
+    return a.transpose(1, 0, 2) if batch_first else a
+
+
+def valid_steps(lengths, T):
+    """Boolean [T, B]: True where step t is inside item b's sequence."""
+    return np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+
+
+LEN_FD_GRID = list(itertools.product([1, 2], [False, True], [False, True], ["tanh", "relu"], [False, True]))
+
+
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first,nonlinearity,h0_given", LEN_FD_GRID)
+def test_lengths_finite_differences(num_layers, bidirectional, batch_first, nonlinearity, h0_given):
+    T, B, I, H = LEN_T, LEN_B, 2, 2
+    D = 2 if bidirectional else 1
+    lengths = LEN_LENGTHS
+    valid = valid_steps(lengths, T)
+    seed = LEN_FD_GRID.index((num_layers, bidirectional, batch_first, nonlinearity, h0_given))
+    for attempt in range(20):
+        rng = np.random.default_rng(4000 + 100 * seed + attempt)
+        params = make_params(rng, I, H, num_layers, bidirectional)
+        x = rng.uniform(-1, 1, (B, T, I) if batch_first else (T, B, I))
+        h0 = rng.uniform(-1, 1, (num_layers * D, B, H))
+        if not h0_given:
+            h0[...] = 0.0
+        masks = make_masks(rng, num_layers, T, B, D * H) if num_layers > 1 else None
+        # Nonzero incoming gradient everywhere, padded steps included (they must be ignored).
+        G = rng.standard_normal((B, T, D * H) if batch_first else (T, B, D * H))
+        Gh = rng.standard_normal(h0.shape)
+        kwargs = dict(num_layers=num_layers, nonlinearity=nonlinearity, batch_first=batch_first,
+                      bidirectional=bidirectional, dropout_masks=masks, lengths=lengths)
+
+        def loss():
+            out, hn, _ = ref.rnn_forward(x, params, h0=h0, **kwargs)
+            return np.sum(out * G) + np.sum(hn * Gh)
+
+        out, hn, cache = ref.rnn_forward(x, params, h0=h0 if h0_given else None, **kwargs)
+        out_valid = to_time_major(out, batch_first)[valid]
+        if nonlinearity == "relu" and not ((out_valid == 0).any() and (out_valid > 0).any()):
+            continue
+        try:
+            numeric = finite_difference(loss, {"x": x, "h0": h0, **params})
+        except Kink:
+            continue
+        if np.abs(numeric["x"]).max() < 1e-3:
+            continue
+        break
+    else:
+        pytest.fail("could not draw smooth data")
+
+    grad_x, grad_h0, grads = ref.rnn_backward(cache, G, Gh)
+    assert list(grads) == ref.param_names(num_layers, bidirectional)
+    assert_close(grad_x, numeric["x"], FD_RTOL, FD_ATOL, "x")
+    assert np.all(to_time_major(grad_x, batch_first)[~valid] == 0), "grad_x at padded steps"
+    if nonlinearity == "tanh":   # (relu units that are off legitimately pass no gradient)
+        assert np.abs(to_time_major(grad_x, batch_first)[valid]).min() > 0
+    assert_close(grad_h0, numeric["h0"], FD_RTOL, FD_ATOL, "h0")
+    for name in params:
+        assert_close(grads[name], numeric[name], FD_RTOL, FD_ATOL, name)
+
+
+@pytest.mark.parametrize("layout", ["time_major", "batch_first", "unbatched"])
+def test_full_lengths_equal_no_lengths(layout):
+    rng = np.random.default_rng(41)
+    T, B, I, H, L = 4, 3, 2, 3, 2
+    bf = layout == "batch_first"
+    params = make_params(rng, I, H, L, True)
+    x = rng.uniform(-1, 1, x_shape(layout, T, B, I))
+    h0 = rng.uniform(-1, 1, h_shape(layout, 2 * L, B, H))
+    masks = make_masks(rng, L, T, 1 if layout == "unbatched" else B, 2 * H)
+    G = rng.standard_normal(x_shape(layout, T, B, 2 * H))
+    Gh = rng.standard_normal(h0.shape)
+    kw = dict(num_layers=L, bidirectional=True, batch_first=bf, h0=h0, dropout_masks=masks)
+    full = [T] if layout == "unbatched" else [T] * B
+
+    out_n, hn_n, c_n = ref.rnn_forward(x, params, **kw)
+    out_l, hn_l, c_l = ref.rnn_forward(x, params, lengths=full, **kw)
+    # Same arithmetic, only the sums over the batch are ordered differently.
+    assert_close(out_l, out_n, what="output")
+    assert_close(hn_l, hn_n, what="h_n")
+    gx_n, gh_n, g_n = ref.rnn_backward(c_n, G, Gh)
+    gx_l, gh_l, g_l = ref.rnn_backward(c_l, G, Gh)
+    assert_close(gx_l, gx_n, what="grad_x")
+    assert_close(gh_l, gh_n, what="grad_h0")
+    assert list(g_l) == list(g_n)
+    for k in params:
+        assert_close(g_l[k], g_n[k], what=k)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lengths_padding_is_ignored(batch_first, bidirectional):
+    rng = np.random.default_rng(42)
+    T, B, I, H, L = 5, 4, 2, 3, 2
+    D = 2 if bidirectional else 1
+    lengths = np.array([3, 5, 1, 2])
+    valid = valid_steps(lengths, T)
+    params = make_params(rng, I, H, L, bidirectional)
+    x = rng.uniform(-1, 1, (T, B, I))
+    h0 = rng.uniform(-1, 1, (L * D, B, H))
+    masks = make_masks(rng, L, T, B, D * H)
+    G = rng.standard_normal((T, B, D * H))
+    Gh = rng.standard_normal(h0.shape)
+    kw = dict(num_layers=L, bidirectional=bidirectional, batch_first=batch_first, h0=h0, lengths=lengths)
+
+    def run(x, masks, G):
+        out, hn, cache = ref.rnn_forward(to_time_major(x, batch_first), params, dropout_masks=masks, **kw)
+        gx, gh, g = ref.rnn_backward(cache, to_time_major(G, batch_first), Gh)
+        return to_time_major(out, batch_first), hn, to_time_major(gx, batch_first), gh, g
+
+    out, hn, gx, gh, g = run(x, masks, G)
+    assert np.all(out[~valid] == 0), "output at padded steps"
+    assert np.all(out[valid] != 0)
+    assert np.all(gx[~valid] == 0), "grad_x at padded steps"
+    # h_n is read at each item's last valid step (forward) and at step 0 (reverse).
+    top = (L - 1) * D
+    assert_close(hn[top], out[lengths - 1, np.arange(B), :H], what="h_n fwd = last valid output")
+    if bidirectional:
+        assert_close(hn[top + 1], out[0, :, H:], what="h_n rev = output at t = 0")
+
+    # Garbage in x, the masks and G at padded steps changes nothing at all.
+    x2, masks2, G2 = x.copy(), masks.copy(), G.copy()
+    x2[~valid] = rng.uniform(-5, 5, x2[~valid].shape)
+    masks2[:, ~valid] = rng.uniform(-5, 5, masks2[:, ~valid].shape)
+    G2[~valid] = rng.standard_normal(G2[~valid].shape)
+    out2, hn2, gx2, gh2, g2 = run(x2, masks2, G2)
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(hn2, hn)
+    np.testing.assert_array_equal(gx2, gx)
+    np.testing.assert_array_equal(gh2, gh)
+    for k in params:
+        np.testing.assert_array_equal(g2[k], g[k], err_msg=k)
+    # ... while a change at a valid step does show (the comparison above is not vacuous).
+    x3 = x.copy()
+    x3[0, 2] += 0.5                           # item 2 has length 1: its only valid step
+    assert not np.allclose(run(x3, masks, G)[1][:, 2], hn[:, 2])
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_lengths_item_equals_item_alone(nonlinearity, bidirectional, bias):
+    rng = np.random.default_rng(43)
+    T, B, I, H, L = 5, 4, 3, 2, 2
+    D = 2 if bidirectional else 1
+    lengths = [4, 1, 5, 2]
+    params = make_params(rng, I, H, L, bidirectional, bias)
+    x = rng.uniform(-1, 1, (B, T, I))
+    h0 = rng.uniform(-1, 1, (L * D, B, H))
+    masks = make_masks(rng, L, T, B, D * H)
+    G = rng.standard_normal((B, T, D * H))
+    Gh = rng.standard_normal(h0.shape)
+    kw = dict(num_layers=L, nonlinearity=nonlinearity, bias=bias, bidirectional=bidirectional)
+
+    out, hn, cache = ref.rnn_forward(x, params, batch_first=True, h0=h0, dropout_masks=masks,
+                                     lengths=lengths, **kw)
+    grad_x, grad_h0, grads = ref.rnn_backward(cache, G, Gh)
+    acc = {k: np.zeros_like(v) for k, v in params.items()}
+    for b, n in enumerate(lengths):
+        # Item b alone, unbatched, on its truncated sequence.
+        out_b, hn_b, c_b = ref.rnn_forward(x[b, :n], params, h0=h0[:, b], dropout_masks=masks[:, :n, b:b + 1], **kw)
+        assert_close(out[b, :n], out_b, what=f"output item {b}")
+        assert_close(hn[:, b], hn_b, what=f"h_n item {b}")
+        gx_b, gh_b, g_b = ref.rnn_backward(c_b, G[b, :n], Gh[:, b])
+        assert_close(grad_x[b, :n], gx_b, what=f"grad_x item {b}")
+        assert_close(grad_h0[:, b], gh_b, what=f"grad_h0 item {b}")
+        for k in acc:
+            acc[k] += g_b[k]
+    for k in params:
+        assert_close(grads[k], acc[k], what=k)
+
+
+@pytest.mark.parametrize("scalar", [False, True])
+def test_lengths_unbatched(scalar):
+    rng = np.random.default_rng(44)
+    T, I, H, L, n = 5, 2, 3, 2, 3
+    params = make_params(rng, I, H, L, True)
+    x = rng.uniform(-1, 1, (T, I))
+    h0 = rng.uniform(-1, 1, (2 * L, H))
+    masks = make_masks(rng, L, T, 1, 2 * H)
+    G = rng.standard_normal((T, 2 * H))
+    Gh = rng.standard_normal((2 * L, H))
+    kw = dict(num_layers=L, bidirectional=True, h0=h0)
+
+    out, hn, cache = ref.rnn_forward(x, params, dropout_masks=masks, lengths=n if scalar else [n], **kw)
+    out_t, hn_t, c_t = ref.rnn_forward(x[:n], params, dropout_masks=masks[:, :n], **kw)
+    assert out.shape == (T, 2 * H) and hn.shape == (2 * L, H)
+    assert_close(out[:n], out_t)
+    assert np.all(out[n:] == 0)
+    assert_close(hn, hn_t)
+    gx, gh, g = ref.rnn_backward(cache, G, Gh)
+    gx_t, gh_t, g_t = ref.rnn_backward(c_t, G[:n], Gh)
+    assert gx.shape == (T, I) and gh.shape == (2 * L, H)
+    assert_close(gx[:n], gx_t)
+    assert np.all(gx[n:] == 0)
+    assert_close(gh, gh_t)
+    for k in params:
+        assert_close(g[k], g_t[k], what=k)
+
+
+def test_bad_lengths():
+    rng = np.random.default_rng(45)
+    T, B = 5, 3
+    params = make_params(rng, 2, 3)
+    x = np.zeros((T, B, 2))
+    for lengths, entry in [([5, 0, 2], 1), ([5, 2, 6], 2), ([-1, 2, 3], 0), (np.array([1, 2, 9]), 2)]:
+        with pytest.raises(ValueError, match=rf"lengths\[{entry}\].*\[1, T=5\]"):
+            ref.rnn_forward(x, params, lengths=lengths)
+    for lengths in ([5, 5], [5, 5, 5, 5], [[5, 5, 5]], 5, []):     # wrong shape
+        with pytest.raises(ValueError, match="lengths has shape"):
+            ref.rnn_forward(x, params, lengths=lengths)
+    for lengths in ([5.0, 2.0, 1.0], np.array([True, True, True]), ["5", "2", "1"]):   # not integers
+        with pytest.raises((TypeError, ValueError), match="integers"):
+            ref.rnn_forward(x, params, lengths=lengths)
+    # Unbatched input: a scalar or one entry.
+    with pytest.raises(ValueError, match=r"lengths: expected an integer in \[1, T=5\], got 6"):
+        ref.rnn_forward(x[:, 0], params, lengths=6)
+    with pytest.raises(ValueError, match=r"lengths\[0\]"):
+        ref.rnn_forward(x[:, 0], params, lengths=[0])
+    with pytest.raises(ValueError, match="lengths has shape"):
+        ref.rnn_forward(x[:, 0], params, lengths=[2, 2])
+    # Integer dtypes other than the default are fine.
+    for dtype in (np.int32, np.uint8):
+        out, _, _ = ref.rnn_forward(x, params, lengths=np.array([5, 1, 2], dtype=dtype))
+        assert out.shape == (T, B, 3)
+
+
+TORCH_LEN_GRID = list(itertools.product([1, 2, 3], [False, True], [False, True], [False, True],
+                                        ["tanh", "relu"], [False, True]))
+
+
+def test_lengths_against_torch_packed():
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    T, B, I, H = 5, 4, 3, 3
+    for case, (L, bidirectional, batch_first, bias, nonlinearity, h0_given) in enumerate(TORCH_LEN_GRID):
+        D = 2 if bidirectional else 1
+        rng = np.random.default_rng(5000 + case)
+        # Random lengths; even cases force a length-1 and a full-length item, odd
+        # ones may all be shorter than T (the padding then fills whole rows).
+        lengths = rng.integers(1, T + 1, size=B)
+        if case % 2 == 0:
+            lengths[rng.permutation(B)[:2]] = [1, T]
+        what = (f"L={L} bidir={bidirectional} batch_first={batch_first} bias={bias} "
+                f"{nonlinearity} h0={h0_given} lengths={lengths.tolist()}")
+        params = make_params(rng, I, H, L, bidirectional, bias)
+        x = rng.uniform(-1, 1, (B, T, I) if batch_first else (T, B, I))
+        h0 = rng.uniform(-1, 1, (L * D, B, H)) if h0_given else np.zeros((L * D, B, H))
+        G = rng.standard_normal((B, T, D * H) if batch_first else (T, B, D * H))
+        Gh = rng.standard_normal(h0.shape)
+
+        rnn = torch.nn.RNN(I, H, num_layers=L, nonlinearity=nonlinearity, bias=bias,
+                           batch_first=batch_first, bidirectional=bidirectional, dtype=torch.float64)
+        with torch.no_grad():
+            for name in ref.param_names(L, bidirectional, bias):
+                getattr(rnn, name).copy_(torch.from_numpy(params[name]))
+        tx = torch.tensor(x, requires_grad=True)
+        th0 = torch.tensor(h0, requires_grad=True)
+        packed = pack_padded_sequence(tx, torch.from_numpy(lengths), batch_first=batch_first,
+                                      enforce_sorted=False)
+        t_packed_out, t_hn = rnn(packed, th0)
+        t_out, _ = pad_packed_sequence(t_packed_out, batch_first=batch_first, total_length=T)
+        ((t_out * torch.from_numpy(G)).sum() + (t_hn * torch.from_numpy(Gh)).sum()).backward()
+
+        out, hn, cache = ref.rnn_forward(x, params, num_layers=L, nonlinearity=nonlinearity, bias=bias,
+                                         batch_first=batch_first, bidirectional=bidirectional,
+                                         h0=h0 if h0_given else None, lengths=lengths)
+        assert_close(out, t_out.detach().numpy(), 1e-10, 1e-10, what + " output")
+        assert_close(hn, t_hn.detach().numpy(), 1e-10, 1e-10, what + " h_n")
+        grad_x, grad_h0, grads = ref.rnn_backward(cache, G, Gh)
+        assert_close(grad_x, tx.grad.numpy(), 1e-10, 1e-10, what + " grad_x")
+        assert_close(grad_h0, th0.grad.numpy(), 1e-10, 1e-10, what + " grad_h0")
+        for name in grads:
+            assert_close(grads[name], getattr(rnn, name).grad.numpy(), 1e-10, 1e-10, what + " " + name)

@@ -1,5 +1,6 @@
 #include "rnnfast/stack.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <stdexcept>
 
@@ -52,8 +53,9 @@ void StackConfig::validate() const {
     if (hidden_size <= 0) throw std::invalid_argument("hidden_size: expected a positive integer, got " + std::to_string(hidden_size));
     if (num_layers <= 0) throw std::invalid_argument("num_layers: expected a positive integer, got " + std::to_string(num_layers));
     // The parameter count must fit in an Index: check every factor against the limit before multiplying.
-    const long double count = static_cast<long double>(num_layers) * directions() * hidden_size *
-                              (static_cast<long double>(input_size) + output_size() + hidden_size + 2);
+    const long double h = static_cast<long double>(hidden_size), d = static_cast<long double>(directions());
+    const long double count = static_cast<long double>(num_layers) * d * h *
+                              (static_cast<long double>(input_size) + d * h + h + 2);
     if (count > static_cast<long double>(std::numeric_limits<Index>::max() / 8)) {
         throw std::invalid_argument("sizes: the parameter count overflows (input_size=" + std::to_string(input_size) +
                                     ", hidden_size=" + std::to_string(hidden_size) +
@@ -91,10 +93,90 @@ Index param_count(const StackConfig& cfg) {
     return offset;
 }
 
+Packing make_packing(Index seq_len, Index batch, const std::vector<Index>& lengths) {
+    Packing pk;
+    pk.seq_len = seq_len;
+    pk.batch = batch;
+    bool full = true;
+    if (!lengths.empty()) {
+        if (static_cast<Index>(lengths.size()) != batch) {
+            throw std::invalid_argument("lengths: expected " + std::to_string(batch) + " entries, got " +
+                                        std::to_string(lengths.size()));
+        }
+        for (size_t b = 0; b < lengths.size(); ++b) {
+            if (lengths[b] < 1 || lengths[b] > seq_len) {
+                throw std::invalid_argument("lengths[" + std::to_string(b) + "]: expected an integer in [1, " +
+                                            std::to_string(seq_len) + "], got " + std::to_string(lengths[b]));
+            }
+            full = full && lengths[b] == seq_len;
+        }
+    }
+    if (full) {
+        pk.steps = StepLayout::uniform(seq_len, batch);
+        pk.lengths.assign(static_cast<size_t>(batch), seq_len);
+        return pk;
+    }
+    pk.order.resize(static_cast<size_t>(batch));
+    for (Index b = 0; b < batch; ++b) pk.order[static_cast<size_t>(b)] = b;
+    std::stable_sort(pk.order.begin(), pk.order.end(),
+                     [&](Index a, Index b) { return lengths[static_cast<size_t>(a)] > lengths[static_cast<size_t>(b)]; });
+    pk.lengths.resize(static_cast<size_t>(batch));
+    std::vector<Index> sizes(static_cast<size_t>(seq_len), 0);
+    for (Index j = 0; j < batch; ++j) {
+        const Index len = lengths[static_cast<size_t>(pk.order[static_cast<size_t>(j)])];
+        pk.lengths[static_cast<size_t>(j)] = len;
+        for (Index t = 0; t < len; ++t) ++sizes[static_cast<size_t>(t)];
+    }
+    pk.steps = StepLayout::packed(std::move(sizes));
+    return pk;
+}
+
+namespace {
+
+// Padded time-major rows [T*B, F] -> packed rows [R, F] (valid steps only, items in sorted order).
+template <class T, class Src>
+void pack_rows(const Packing& pk, const Src& src, RowMatrix<T>& dst) {
+    dst.resize(pk.steps.rows(), src.cols());
+    for (Index t = 0; t < pk.seq_len; ++t) {
+        for (Index j = 0; j < pk.steps.size(t); ++j) {
+            dst.row(pk.steps.offset(t) + j) = src.row(t * pk.batch + pk.order[static_cast<size_t>(j)]);
+        }
+    }
+}
+
+// Packed rows -> padded time-major rows, zeros at padded steps.
+template <class T, class Src, class Dst>
+void unpack_rows(const Packing& pk, const Src& src, Dst&& dst) {
+    dst.setZero();
+    for (Index t = 0; t < pk.seq_len; ++t) {
+        for (Index j = 0; j < pk.steps.size(t); ++j) {
+            dst.row(t * pk.batch + pk.order[static_cast<size_t>(j)]) = src.row(pk.steps.offset(t) + j);
+        }
+    }
+}
+
+// States [S*B, H] between item order and sorted order (forward: sorted[j] = items[order[j]]).
+template <class Src, class Dst>
+void permute_states(const Packing& pk, const Src& src, Dst&& dst, bool to_sorted) {
+    const Index B = pk.batch;
+    for (Index s = 0; s < src.rows() / std::max<Index>(B, 1); ++s) {
+        for (Index j = 0; j < B; ++j) {
+            const Index item = s * B + pk.order[static_cast<size_t>(j)], sorted = s * B + j;
+            if (to_sorted) {
+                dst.row(sorted) = src.row(item);
+            } else {
+                dst.row(item) = src.row(sorted);
+            }
+        }
+    }
+}
+
+}  // namespace
+
 template <class T>
 void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef<T>& x, Index seq_len,
-                   const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& masks, MatrixRef<T> output,
-                   MatrixRef<T> h_n, StackCache<T>* cache) {
+                   const std::vector<Index>& lengths, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& masks,
+                   MatrixRef<T> output, MatrixRef<T> h_n, StackCache<T>* cache) {
     if (seq_len <= 0) throw std::invalid_argument("seq_len: expected a positive integer, got " + std::to_string(seq_len));
     const Index L = cfg.num_layers, D = cfg.directions(), H = cfg.hidden_size, DH = cfg.output_size();
     const Index TB = x.rows(), B = TB / seq_len;
@@ -104,64 +186,100 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
     expect_shape("output", output.rows(), output.cols(), TB, DH);
     expect_shape("h_n", h_n.rows(), h_n.cols(), L * D * B, H);
 
+    Packing pk = make_packing(seq_len, B, lengths);
+    const bool packed = pk.is_packed();
+    const StepLayout& steps = pk.steps;
+    const Index R = steps.rows();
+
+    // Inputs in the packed domain: the caller's own arrays when the batch is not packed.
+    RowMatrix<T> x_packed, h0_sorted, masks_packed;
+    if (packed) {
+        pack_rows<T>(pk, x, x_packed);
+        if (h0.rows() != 0) {
+            h0_sorted.resize(h0.rows(), H);
+            permute_states(pk, h0, h0_sorted, true);
+        }
+        if (masks.rows() != 0) {
+            masks_packed.resize((L - 1) * R, DH);
+            for (Index l = 0; l + 1 < L; ++l) {
+                RowMatrix<T> block;
+                pack_rows<T>(pk, masks.middleRows(l * TB, TB), block);
+                masks_packed.middleRows(l * R, R) = block;
+            }
+        }
+    }
+    const ConstMatrixRef<T> x_in = packed ? ConstMatrixRef<T>(x_packed) : x;
+    const ConstMatrixRef<T> h0_in = packed && h0.rows() != 0 ? ConstMatrixRef<T>(h0_sorted) : h0;
+    const ConstMatrixRef<T> masks_in = packed && masks.rows() != 0 ? ConstMatrixRef<T>(masks_packed) : masks;
+
     const RowMatrix<T> no_state(0, H);
     if (cache != nullptr) {
-        cache->seq_len = seq_len;
-        cache->batch = B;
-        cache->x = x;
-        if (h0.rows() != 0) {
-            cache->h0 = h0;
+        cache->x = x_in;
+        if (h0_in.rows() != 0) {
+            cache->h0 = h0_in;
         } else {
             cache->h0.setZero(L * D * B, H);
         }
         cache->ys.resize(static_cast<size_t>(L));
-        cache->masks = masks;
+        cache->masks = masks_in;
     }
-    // Workspaces, allocated once: two layer outputs to alternate between (inference) and the masked input.
+    // Workspaces, allocated once: layer outputs to alternate between (inference), the masked input.
     RowMatrix<T> ping, pong, dropped;
-    if (cache == nullptr && L > 1) ping.resize(TB, DH);
-    if (cache == nullptr && L > 2) pong.resize(TB, DH);
-    if (masks.rows() != 0) dropped.resize(TB, DH);
+    if (cache == nullptr && (L > 1 || packed)) ping.resize(R, DH);
+    if (cache == nullptr && L > 1) pong.resize(R, DH);
+    if (masks_in.rows() != 0) dropped.resize(R, DH);
 
-    const T* input = x.data();
-    Index input_stride = x.outerStride();
+    const T* input = x_in.data();
+    Index input_stride = x_in.outerStride();
     Index offset = 0;
     for (Index l = 0; l < L; ++l) {
         T* y = nullptr;
         Index y_stride = DH;
         if (cache != nullptr) {
-            cache->ys[static_cast<size_t>(l)].resize(TB, DH);
+            cache->ys[static_cast<size_t>(l)].resize(R, DH);
             y = cache->ys[static_cast<size_t>(l)].data();
-        } else if (l == L - 1) {
+        } else if (l == L - 1 && !packed) {
             y = output.data();
             y_stride = output.outerStride();
         } else {
             y = (l % 2 == 0 ? ping : pong).data();
         }
-        const ConstMatrixMap<T> in(input, TB, cfg.layer_input_size(l), Eigen::OuterStride<>(input_stride));
-        MatrixMap<T> ys(y, TB, DH, Eigen::OuterStride<>(y_stride));
+        const ConstMatrixMap<T> in(input, R, cfg.layer_input_size(l), Eigen::OuterStride<>(input_stride));
+        MatrixMap<T> ys(y, R, DH, Eigen::OuterStride<>(y_stride));
         for (Index d = 0; d < D; ++d) {
             const DirectionLayout p = direction_layout(cfg, offset, l);
             offset = p.end;
             const Index ld = l * D + d;
             const Index bias_size = cfg.bias ? H : 0;
-            layer_forward<T>(in, h0.rows() != 0 ? ConstMatrixRef<T>(h0.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_state),
+            layer_forward<T>(in, h0_in.rows() != 0 ? ConstMatrixRef<T>(h0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_state),
                              const_matrix(params, p.w_ih, H, p.in), const_matrix(params, p.w_hh, H, H),
                              Eigen::Map<const RowVector<T>>(params + p.b_ih, bias_size),
                              Eigen::Map<const RowVector<T>>(params + p.b_hh, bias_size), cfg.activation, d == 1,
-                             seq_len, ys.middleCols(d * H, H));
-            const Index last = d == 1 ? 0 : seq_len - 1;
-            h_n.middleRows(ld * B, B) = ys.block(last * B, d * H, B, H);
+                             steps, ys.middleCols(d * H, H));
+            // Each item's final state: its last valid step forward, step 0 in reverse.
+            if (!packed) {
+                const Index last = d == 1 ? 0 : seq_len - 1;
+                h_n.middleRows(ld * B, B) = ys.block(last * B, d * H, B, H);
+            } else {
+                for (Index j = 0; j < B; ++j) {
+                    const Index t = d == 1 ? 0 : pk.lengths[static_cast<size_t>(j)] - 1;
+                    h_n.row(ld * B + pk.order[static_cast<size_t>(j)]) = ys.block(steps.offset(t) + j, d * H, 1, H);
+                }
+            }
         }
         input = y;
         input_stride = y_stride;
-        if (l < L - 1 && masks.rows() != 0) {
-            dropped = ys.cwiseProduct(masks.middleRows(l * TB, TB));
+        if (l < L - 1 && masks_in.rows() != 0) {
+            dropped = ys.cwiseProduct(masks_in.middleRows(l * R, R));
             input = dropped.data();
             input_stride = DH;
         }
+        if (l == L - 1 && packed) unpack_rows<T>(pk, ys, output);
     }
-    if (cache != nullptr) output = cache->ys.back();
+    if (cache != nullptr) {
+        if (!packed) output = cache->ys.back();
+        cache->packing = std::move(pk);
+    }
 }
 
 template <class T>
@@ -169,15 +287,17 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
                     const ConstMatrixRef<T>& d_output, const ConstMatrixRef<T>& d_h_n, MatrixRef<T> dx,
                     MatrixRef<T> dh0, T* grads) {
     const Index L = cfg.num_layers, D = cfg.directions(), H = cfg.hidden_size, DH = cfg.output_size();
-    const Index seq_len = cache.seq_len, B = cache.batch, TB = seq_len * B;
+    const Packing& pk = cache.packing;
+    const Index seq_len = pk.seq_len, B = pk.batch, TB = seq_len * B, R = pk.steps.rows();
     if (static_cast<Index>(cache.ys.size()) != L || seq_len <= 0) {
         throw std::invalid_argument("cache: it does not come from a forward of this configuration");
     }
-    expect_shape("cache.x", cache.x.rows(), cache.x.cols(), TB, cfg.input_size);
+    expect_shape("cache.x", cache.x.rows(), cache.x.cols(), R, cfg.input_size);
     if (d_output.rows() != 0) expect_shape("grad_output", d_output.rows(), d_output.cols(), TB, DH);
     if (d_h_n.rows() != 0) expect_shape("grad_h_n", d_h_n.rows(), d_h_n.cols(), L * D * B, H);
     expect_shape("grad_input", dx.rows(), dx.cols(), TB, cfg.input_size);
     expect_shape("grad_h0", dh0.rows(), dh0.cols(), L * D * B, H);
+    const bool packed = pk.is_packed();
 
     // Offsets of each layer's first direction, so layers can be visited top-down.
     std::vector<Index> layer_offset(static_cast<size_t>(L));
@@ -187,16 +307,31 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
         for (Index d = 0; d < D; ++d) offset = direction_layout(cfg, offset, l).end;
     }
 
-    // Workspaces, allocated once per call.
+    // Gradients in the packed domain, and workspaces, allocated once per call.
+    RowMatrix<T> d_output_packed, d_h_n_sorted, dx_packed, dh0_sorted;
+    if (packed) {
+        if (d_output.rows() != 0) pack_rows<T>(pk, d_output, d_output_packed);
+        if (d_h_n.rows() != 0) {
+            d_h_n_sorted.resize(d_h_n.rows(), H);
+            permute_states(pk, d_h_n, d_h_n_sorted, true);
+        }
+        dx_packed.resize(R, cfg.input_size);
+        dh0_sorted.resize(L * D * B, H);
+    }
+    const ConstMatrixRef<T> d_out_in = packed && d_output.rows() != 0 ? ConstMatrixRef<T>(d_output_packed) : d_output;
+    const ConstMatrixRef<T> d_h_n_in = packed && d_h_n.rows() != 0 ? ConstMatrixRef<T>(d_h_n_sorted) : d_h_n;
+    MatrixRef<T> dx_out = packed ? MatrixRef<T>(dx_packed) : dx;
+    MatrixRef<T> dh0_out = packed ? MatrixRef<T>(dh0_sorted) : dh0;
+
     const bool dropout = cache.masks.rows() != 0;
     const RowMatrix<T> none(0, H);
-    RowMatrix<T> dz(TB, H);
+    RowMatrix<T> dz(R, H);
     RowMatrix<T> d_y, d_x, dropped;  // gradient into a layer's output, into its input, masked input
     if (L > 1) {
-        d_y.resize(TB, DH);
-        d_x.resize(TB, DH);
+        d_y.resize(R, DH);
+        d_x.resize(R, DH);
     }
-    if (dropout) dropped.resize(TB, DH);
+    if (dropout) dropped.resize(R, DH);
 
     for (Index l = L - 1; l >= 0; --l) {
         const size_t ul = static_cast<size_t>(l);
@@ -204,14 +339,14 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
         if (l > 0) {
             input = cache.ys[ul - 1].data();
             if (dropout) {
-                dropped = cache.ys[ul - 1].cwiseProduct(cache.masks.middleRows((l - 1) * TB, TB));
+                dropped = cache.ys[ul - 1].cwiseProduct(cache.masks.middleRows((l - 1) * R, R));
                 input = dropped.data();
             }
         }
         const Index in_size = cfg.layer_input_size(l);
-        const ConstMatrixMap<T> in(input, TB, in_size, Eigen::OuterStride<>(in_size));
-        MatrixMap<T> d_in = l == 0 ? MatrixMap<T>(dx.data(), TB, in_size, Eigen::OuterStride<>(dx.outerStride()))
-                                   : matrix(d_x.data(), 0, TB, DH);
+        const ConstMatrixMap<T> in(input, R, in_size, Eigen::OuterStride<>(in_size));
+        MatrixMap<T> d_in = l == 0 ? MatrixMap<T>(dx_out.data(), R, in_size, Eigen::OuterStride<>(dx_out.outerStride()))
+                                   : matrix(d_x.data(), 0, R, DH);
         d_in.setZero();
         Index off = layer_offset[ul];
         for (Index d = 0; d < D; ++d) {
@@ -221,31 +356,35 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
             const Index bias_size = cfg.bias ? H : 0;
             // Gradient flowing into this direction's states from above: the next layer, the output, or none.
             const ConstMatrixRef<T> d_hs = l < L - 1               ? ConstMatrixRef<T>(d_y.middleCols(d * H, H))
-                                           : d_output.rows() != 0 ? ConstMatrixRef<T>(d_output.middleCols(d * H, H))
+                                           : d_out_in.rows() != 0 ? ConstMatrixRef<T>(d_out_in.middleCols(d * H, H))
                                                                   : ConstMatrixRef<T>(none);
             layer_backward<T>(in, cache.h0.middleRows(ld * B, B), const_matrix(params, p.w_ih, H, p.in),
                               const_matrix(params, p.w_hh, H, H), cache.ys[ul].middleCols(d * H, H), d_hs,
-                              d_h_n.rows() != 0 ? ConstMatrixRef<T>(d_h_n.middleRows(ld * B, B)) : ConstMatrixRef<T>(none),
-                              cfg.activation, d == 1, seq_len, d_in, dh0.middleRows(ld * B, B),
+                              d_h_n_in.rows() != 0 ? ConstMatrixRef<T>(d_h_n_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(none),
+                              cfg.activation, d == 1, pk.steps, d_in, dh0_out.middleRows(ld * B, B),
                               matrix(grads, p.w_ih, H, p.in), matrix(grads, p.w_hh, H, H),
                               Eigen::Map<RowVector<T>>(grads + p.b_ih, bias_size),
                               Eigen::Map<RowVector<T>>(grads + p.b_hh, bias_size), dz);
         }
         if (l > 0) {
             if (dropout) {
-                d_y = d_x.cwiseProduct(cache.masks.middleRows((l - 1) * TB, TB));
+                d_y = d_x.cwiseProduct(cache.masks.middleRows((l - 1) * R, R));
             } else {
                 d_y.swap(d_x);
             }
         }
     }
+    if (packed) {
+        unpack_rows<T>(pk, dx_packed, dx);
+        permute_states(pk, dh0_sorted, dh0, false);
+    }
 }
 
 template void stack_forward<float>(const StackConfig&, const float*, const ConstMatrixRef<float>&, Index,
-                                   const ConstMatrixRef<float>&, const ConstMatrixRef<float>&, MatrixRef<float>,
+                                   const std::vector<Index>&, const ConstMatrixRef<float>&, const ConstMatrixRef<float>&, MatrixRef<float>,
                                    MatrixRef<float>, StackCache<float>*);
 template void stack_forward<double>(const StackConfig&, const double*, const ConstMatrixRef<double>&, Index,
-                                    const ConstMatrixRef<double>&, const ConstMatrixRef<double>&, MatrixRef<double>,
+                                    const std::vector<Index>&, const ConstMatrixRef<double>&, const ConstMatrixRef<double>&, MatrixRef<double>,
                                     MatrixRef<double>, StackCache<double>*);
 template void stack_backward<float>(const StackConfig&, const float*, const StackCache<float>&,
                                     const ConstMatrixRef<float>&, const ConstMatrixRef<float>&, MatrixRef<float>,

@@ -400,7 +400,7 @@ TYPED_TEST(StackForward, MatchesNaiveComposition) {
                                 Mat output = Mat::Constant(TB, DH, std::numeric_limits<T>::quiet_NaN());
                                 Mat h_n = Mat::Constant(L * D * B, H, std::numeric_limits<T>::quiet_NaN());
                                 StackCache<T> cache;
-                                rnnfast::stack_forward<T>(cfg, params.data(), x, S, h0, masks, output, h_n,
+                                rnnfast::stack_forward<T>(cfg, params.data(), x, S, {}, h0, masks, output, h_n,
                                                           cached ? &cache : nullptr);
                                 EXPECT_TRUE(all_close(output, want.output, forward_tol<T>())) << "output";
                                 EXPECT_TRUE(all_close(h_n, want.h_n, forward_tol<T>())) << "h_n";
@@ -431,9 +431,9 @@ TYPED_TEST(StackForward, InferenceEqualsCachedBitwise) {
                 const Mat h0 = random_matrix(rng, L * D * B, H).cast<T>();
                 const Mat masks = use_masks ? Mat(random_masks(rng, (L - 1) * TB, DH).cast<T>()) : Mat(0, DH);
                 Mat out_inf(TB, DH), hn_inf(L * D * B, H), out_c(TB, DH), hn_c(L * D * B, H);
-                rnnfast::stack_forward<T>(cfg, params.data(), x, S, h0, masks, out_inf, hn_inf, nullptr);
+                rnnfast::stack_forward<T>(cfg, params.data(), x, S, {}, h0, masks, out_inf, hn_inf, nullptr);
                 StackCache<T> cache;
-                rnnfast::stack_forward<T>(cfg, params.data(), x, S, h0, masks, out_c, hn_c, &cache);
+                rnnfast::stack_forward<T>(cfg, params.data(), x, S, {}, h0, masks, out_c, hn_c, &cache);
                 EXPECT_TRUE(bitwise_equal(out_inf, out_c)) << "output";
                 EXPECT_TRUE(bitwise_equal(hn_inf, hn_c)) << "h_n";
             }
@@ -454,10 +454,10 @@ TEST(StackForwardDetails, CacheHoldsInputsAndStatesBeforeDropout) {
         const MatD h0 = h0_given ? random_matrix(rng, L * D * B, H) : MatD(0, H);
         MatD output(TB, DH), h_n(L * D * B, H);
         StackCache<double> cache;
-        rnnfast::stack_forward<double>(cfg, params.data(), x, S, h0, masks, output, h_n, &cache);
+        rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, h0, masks, output, h_n, &cache);
         const NaiveStack want = naive_stack(cfg, params.data(), x, S, h0, masks);
-        EXPECT_EQ(cache.seq_len, S);
-        EXPECT_EQ(cache.batch, B);
+        EXPECT_EQ(cache.packing.seq_len, S);
+        EXPECT_EQ(cache.packing.batch, B);
         EXPECT_TRUE(bitwise_equal(cache.x, x));
         if (h0_given) {
             EXPECT_TRUE(bitwise_equal(cache.h0, h0));
@@ -482,11 +482,11 @@ TEST(StackForwardDetails, DropoutMasksApplyBetweenLayersOnly) {
     const MatD x = random_matrix(rng, TB, I);
     const MatD h0 = random_matrix(rng, 2 * B, H);
     MatD out_none(TB, H), hn_none(2 * B, H);
-    rnnfast::stack_forward<double>(cfg, params.data(), x, S, h0, MatD(0, H), out_none, hn_none, nullptr);
+    rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, h0, MatD(0, H), out_none, hn_none, nullptr);
 
     // All-zero masks: layer 1 sees a zero input, but its own output and every h_n stay unmasked.
     MatD out_zero(TB, H), hn_zero(2 * B, H);
-    rnnfast::stack_forward<double>(cfg, params.data(), x, S, h0, MatD::Zero(TB, H), out_zero, hn_zero, nullptr);
+    rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, h0, MatD::Zero(TB, H), out_zero, hn_zero, nullptr);
     const MatD layer1_zero_input =
         naive_layer(MatD::Zero(TB, H), h0.bottomRows(B), take(params.data(), layout[4].offset, H, H),
                     take(params.data(), layout[5].offset, H, H), take(params.data(), layout[6].offset, 1, H),
@@ -498,17 +498,17 @@ TEST(StackForwardDetails, DropoutMasksApplyBetweenLayersOnly) {
 
     // All-one masks change nothing.
     MatD out_one(TB, H), hn_one(2 * B, H);
-    rnnfast::stack_forward<double>(cfg, params.data(), x, S, h0, MatD::Ones(TB, H), out_one, hn_one, nullptr);
+    rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, h0, MatD::Ones(TB, H), out_one, hn_one, nullptr);
     EXPECT_TRUE(all_close(out_one, out_none, 1e-14));
     EXPECT_TRUE(all_close(hn_one, hn_none, 1e-14));
 
     // Masks of 2 double layer 1's input.
     MatD out_two(TB, H), hn_two(2 * B, H);
-    rnnfast::stack_forward<double>(cfg, params.data(), x, S, h0, MatD::Constant(TB, H, 2.0), out_two, hn_two, nullptr);
+    rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, h0, MatD::Constant(TB, H, 2.0), out_two, hn_two, nullptr);
     std::vector<double> doubled = params;
     for (Index i = 0; i < layout[4].rows * layout[4].cols; ++i) doubled[static_cast<size_t>(layout[4].offset + i)] *= 2.0;
     MatD out_ref(TB, H), hn_ref(2 * B, H);
-    rnnfast::stack_forward<double>(cfg, doubled.data(), x, S, h0, MatD(0, H), out_ref, hn_ref, nullptr);
+    rnnfast::stack_forward<double>(cfg, doubled.data(), x, S, {}, h0, MatD(0, H), out_ref, hn_ref, nullptr);
     EXPECT_TRUE(all_close(out_two, out_ref, 1e-12));
 }
 
@@ -530,7 +530,7 @@ TEST(StackForwardDetails, StridedInputOutputAndFinalState) {
             MatD out_wide = MatD::Constant(TB, DH + 4, sentinel);
             MatD hn_wide = MatD::Constant(L * D * B, H + 2, sentinel);
             StackCache<double> cache;
-            rnnfast::stack_forward<double>(cfg, params.data(), x_wide.middleCols(1, I), S, h0, masks,
+            rnnfast::stack_forward<double>(cfg, params.data(), x_wide.middleCols(1, I), S, {}, h0, masks,
                                            out_wide.middleCols(2, DH), hn_wide.middleCols(1, H),
                                            cached ? &cache : nullptr);
             EXPECT_TRUE(all_close(out_wide.middleCols(2, DH), want.output, 1e-12));
@@ -550,13 +550,13 @@ TEST(StackForwardDetails, BatchSizeZeroRuns) {
     const std::vector<double> params = random_params(rng, rnnfast::param_count(cfg), 0.5);
     const MatD x(0, I);
     MatD output(0, 2 * H), h_n(0, H);
-    EXPECT_NO_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, MatD(0, H), MatD(0, 2 * H), output,
+    EXPECT_NO_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, MatD(0, H), MatD(0, 2 * H), output,
                                                    h_n, nullptr));
     StackCache<double> cache;
-    ASSERT_NO_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, MatD(0, H), MatD(0, 2 * H), output,
+    ASSERT_NO_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, MatD(0, H), MatD(0, 2 * H), output,
                                                    h_n, &cache));
-    EXPECT_EQ(cache.batch, 0);
-    EXPECT_EQ(cache.seq_len, S);
+    EXPECT_EQ(cache.packing.batch, 0);
+    EXPECT_EQ(cache.packing.seq_len, S);
 
     const std::vector<double> grads0 = random_params(rng, rnnfast::param_count(cfg), 1.0);
     std::vector<double> grads = grads0;
@@ -572,38 +572,38 @@ TEST(StackForwardDetails, RejectsBadSeqLenAndShapes) {
     const std::vector<double> params(static_cast<size_t>(rnnfast::param_count(cfg)), 0.1);
     {
         MatD output(0, H), h_n(2 * B, H);
-        EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), MatD(0, I), 0, MatD(0, H), MatD(0, H),
+        EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), MatD(0, I), 0, {}, MatD(0, H), MatD(0, H),
                                                     output, h_n, nullptr),
                      std::invalid_argument);
-        EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), MatD(0, I), -1, MatD(0, H), MatD(0, H),
+        EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), MatD(0, I), -1, {}, MatD(0, H), MatD(0, H),
                                                     output, h_n, nullptr),
                      std::invalid_argument);
     }
     const MatD x = MatD::Zero(S * B, I);
     MatD output(S * B, H), h_n(2 * B, H);
     // seq_len 0 with a non-empty input.
-    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, 0, MatD(0, H), MatD(0, H), output, h_n,
+    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, 0, {}, MatD(0, H), MatD(0, H), output, h_n,
                                                 nullptr),
                  std::invalid_argument);
     // Rows not a multiple of seq_len.
-    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), MatD::Zero(S * B + 1, I), S, MatD(0, H),
+    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), MatD::Zero(S * B + 1, I), S, {}, MatD(0, H),
                                                 MatD(0, H), output, h_n, nullptr),
                  std::invalid_argument);
     // Wrong input width, output, h_n, h0 and masks shapes.
-    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), MatD::Zero(S * B, I + 1), S, MatD(0, H),
+    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), MatD::Zero(S * B, I + 1), S, {}, MatD(0, H),
                                                 MatD(0, H), output, h_n, nullptr),
                  std::invalid_argument);
     MatD bad_output(S * B, H + 1), bad_h_n(B, H);
-    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, MatD(0, H), MatD(0, H), bad_output, h_n,
+    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, MatD(0, H), MatD(0, H), bad_output, h_n,
                                                 nullptr),
                  std::invalid_argument);
-    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, MatD(0, H), MatD(0, H), output, bad_h_n,
+    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, MatD(0, H), MatD(0, H), output, bad_h_n,
                                                 nullptr),
                  std::invalid_argument);
-    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, MatD::Zero(B, H), MatD(0, H), output,
+    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, MatD::Zero(B, H), MatD(0, H), output,
                                                 h_n, nullptr),
                  std::invalid_argument);
-    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, MatD(0, H), MatD::Ones(2 * S * B, H),
+    EXPECT_THROW(rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, MatD(0, H), MatD::Ones(2 * S * B, H),
                                                 output, h_n, nullptr),
                  std::invalid_argument);
 }
@@ -677,7 +677,7 @@ TEST_P(StackBackwardFD, MatchesFiniteDifferences) {
             const MatD h0_arg = h0_given ? h0 : MatD(0, H);
             MatD output(TB, DH), h_n(LDB, H);
             StackCache<double> cache;
-            rnnfast::stack_forward<double>(cfg, params.data(), x, S, h0_arg, masks, output, h_n, &cache);
+            rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, h0_arg, masks, output, h_n, &cache);
 
             MatD dx = MatD::Constant(TB, I, kNaN), dh0 = MatD::Constant(LDB, H, kNaN);
             const std::vector<double> grads0 = random_params(rng, n, 1.0);
@@ -726,7 +726,7 @@ TEST(StackBackward, AccumulatesIntoGradsAndAssignsDxDh0) {
     const MatD G = random_matrix(rng, TB, DH), Gn = random_matrix(rng, LDB, H);
     MatD output(TB, DH), h_n(LDB, H);
     StackCache<double> cache;
-    rnnfast::stack_forward<double>(cfg, params.data(), x, S, h0, masks, output, h_n, &cache);
+    rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, h0, masks, output, h_n, &cache);
 
     std::vector<double> grads(static_cast<size_t>(n), 0.0);
     MatD dx1(TB, I), dh01(LDB, H), dx2(TB, I), dh02(LDB, H);
@@ -754,7 +754,7 @@ TEST(StackBackward, FloatAgreesWithDouble) {
 
     MatD output(TB, DH), h_n(LDB, H), dx(TB, I), dh0(LDB, H);
     StackCache<double> cache;
-    rnnfast::stack_forward<double>(cfg, params.data(), x, S, h0, masks, output, h_n, &cache);
+    rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, h0, masks, output, h_n, &cache);
     std::vector<double> grads(static_cast<size_t>(n), 0.0);
     rnnfast::stack_backward<double>(cfg, params.data(), cache, G, Gn, dx, dh0, grads.data());
 
@@ -762,7 +762,7 @@ TEST(StackBackward, FloatAgreesWithDouble) {
     const std::vector<float> params_f(params.begin(), params.end());
     MatF output_f(TB, DH), h_n_f(LDB, H), dx_f(TB, I), dh0_f(LDB, H);
     StackCache<float> cache_f;
-    rnnfast::stack_forward<float>(cfg, params_f.data(), x.cast<float>(), S, h0.cast<float>(), masks.cast<float>(),
+    rnnfast::stack_forward<float>(cfg, params_f.data(), x.cast<float>(), S, {}, h0.cast<float>(), masks.cast<float>(),
                                   output_f, h_n_f, &cache_f);
     std::vector<float> grads_f(static_cast<size_t>(n), 0.0f);
     rnnfast::stack_backward<float>(cfg, params_f.data(), cache_f, G.cast<float>(), Gn.cast<float>(), dx_f, dh0_f,
@@ -784,7 +784,7 @@ TEST(StackBackward, RejectsACacheFromAnotherConfiguration) {
     const std::vector<double> params(static_cast<size_t>(rnnfast::param_count(cfg3)), 0.1);
     MatD output(S * B, H), h_n(2 * B, H);
     StackCache<double> cache;
-    rnnfast::stack_forward<double>(cfg2, params.data(), MatD::Zero(S * B, I), S, MatD(0, H), MatD(0, H), output, h_n,
+    rnnfast::stack_forward<double>(cfg2, params.data(), MatD::Zero(S * B, I), S, {}, MatD(0, H), MatD(0, H), output, h_n,
                                    &cache);
     std::vector<double> grads(params.size(), 0.0);
     MatD dx(S * B, I), dh0(3 * B, H);

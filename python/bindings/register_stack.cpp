@@ -28,10 +28,11 @@ public:
 
     Index param_count_value() const { return param_count_; }
 
-    // params [P], x [T, B, I], h0 [L*D, B, H] or None, masks [L-1, T, B, D*H] or None
+    // params [P], x [T, B, I], h0 [L*D, B, H] or None, masks [L-1, T, B, D*H] or None, lengths [B] or None
     // -> (output [T, B, D*H], h_n [L*D, B, H], cache or None)
     py::tuple forward(const Array<T>& params, const Array<T>& x, const std::optional<Array<T>>& h0,
-                      const std::optional<Array<T>>& masks, bool want_cache) const {
+                      const std::optional<Array<T>>& masks, const std::optional<Array<int64_t>>& lengths,
+                      bool want_cache) const {
         const Index L = cfg_.num_layers, LD = L * cfg_.directions(), H = cfg_.hidden_size, DH = cfg_.output_size();
         expect_shape("params", params, {param_count_});
         if (x.ndim() != 3 || x.shape(2) != cfg_.input_size || x.shape(0) < 1) {
@@ -41,6 +42,11 @@ public:
         const Index seq_len = x.shape(0), B = x.shape(1);
         if (h0) expect_shape("h0", *h0, {LD, B, H});
         if (masks) expect_shape("masks", *masks, {L - 1, seq_len, B, DH});
+        std::vector<Index> lens;
+        if (lengths) {
+            expect_shape("lengths", *lengths, {B});
+            lens.assign(lengths->data(), lengths->data() + B);
+        }
 
         Array<T> output = aligned_array<T>({seq_len, B, DH});
         Array<T> h_n = aligned_array<T>({LD, B, H});
@@ -52,7 +58,7 @@ public:
         MatrixMap<T> h_n_m = as_mutable_matrix<T>(h_n, H);
         {
             py::gil_scoped_release release;
-            stack_forward<T>(cfg_, params.data(), x_m, seq_len, h0_m, masks_m, output_m, h_n_m, cache.get());
+            stack_forward<T>(cfg_, params.data(), x_m, seq_len, lens, h0_m, masks_m, output_m, h_n_m, cache.get());
         }
         if (!cache) return py::make_tuple(std::move(output), std::move(h_n), py::none());
         return py::make_tuple(std::move(output), std::move(h_n), py::cast(std::move(cache)));
@@ -65,7 +71,7 @@ public:
         const Index LD = cfg_.num_layers * cfg_.directions(), H = cfg_.hidden_size, DH = cfg_.output_size();
         expect_shape("params", params, {param_count_});
         expect_shape("grads", grads, {param_count_});
-        const Index seq_len = cache.seq_len, B = cache.batch;
+        const Index seq_len = cache.packing.seq_len, B = cache.packing.batch;
         if (static_cast<Index>(cache.ys.size()) != cfg_.num_layers || cache.x.cols() != cfg_.input_size ||
             (cache.ys.size() > 0 && cache.ys[0].cols() != DH)) {
             throw std::invalid_argument("cache: it was made by a model of another configuration");
@@ -101,8 +107,8 @@ void register_stack_for(py::module_& m) {
     const std::string suffix = dtype_suffix<T>();
     py::class_<StackCache<T>>(m, ("StackCache" + suffix).c_str(),
                               "What backward needs from one forward of a stacked RNN (opaque).")
-        .def_property_readonly("seq_len", [](const StackCache<T>& c) { return c.seq_len; })
-        .def_property_readonly("batch", [](const StackCache<T>& c) { return c.batch; });
+        .def_property_readonly("seq_len", [](const StackCache<T>& c) { return c.packing.seq_len; })
+        .def_property_readonly("batch", [](const StackCache<T>& c) { return c.packing.batch; });
 
     py::class_<StackKernel<T>>(m, ("Stack" + suffix).c_str(), "Stacked, optionally bidirectional Elman RNN kernels.")
         .def(py::init<Index, Index, Index, bool, bool, const std::string&>(), py::arg("input_size"),
@@ -111,7 +117,8 @@ void register_stack_for(py::module_& m) {
         .def("param_layout", &StackKernel<T>::layout, "List of (name, offset, shape) in PyTorch's order.")
         .def_property_readonly("param_count", &StackKernel<T>::param_count_value)
         .def("forward", &StackKernel<T>::forward, py::arg("params").noconvert(), py::arg("x").noconvert(),
-             py::arg("h0").noconvert().none(true), py::arg("masks").noconvert().none(true), py::arg("want_cache"))
+             py::arg("h0").noconvert().none(true), py::arg("masks").noconvert().none(true), py::arg("lengths").noconvert().none(true),
+             py::arg("want_cache"))
         .def("backward", &StackKernel<T>::backward, py::arg("params").noconvert(), py::arg("cache"),
              py::arg("grad_output").noconvert().none(true), py::arg("grad_h_n").noconvert().none(true),
              py::arg("grads").noconvert());

@@ -78,3 +78,19 @@ def array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
 
 def shape_error(name: str, expected: str, actual: tuple[int, ...]) -> ValueError:
     return ValueError(f"{name}: expected shape {expected}, got {actual}")
+
+
+def lengths(value: Any, batch: int, seq_len: int) -> np.ndarray:
+    """Sequence lengths as a contiguous int64 array of shape [batch], each in [1, seq_len]."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"lengths: expected integers, got dtype {arr.dtype}")
+    if arr.ndim == 0 and batch == 1:
+        arr = arr.reshape(1)
+    if arr.shape != (batch,):
+        raise ValueError(f"lengths: expected shape ({batch},) (one length per sequence), got {arr.shape}")
+    bad = np.flatnonzero((arr < 1) | (arr > seq_len))
+    if bad.size:
+        b = int(bad[0])
+        raise ValueError(f"lengths[{b}]: expected an integer in [1, T={seq_len}], got {arr[b]}")
+    return np.ascontiguousarray(arr, dtype=np.int64)

@@ -98,11 +98,13 @@ class RNN(Module):
         )
         return f"RNN({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name})"
 
-    def __call__(self, x: np.ndarray, h0: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-        """Inference: same as ``forward(x, h0)``."""
-        return self.forward(x, h0)  # type: ignore[return-value]
+    def __call__(self, x: np.ndarray, h0: Optional[np.ndarray] = None, lengths: Optional[Any] = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Inference: same as ``forward(x, h0, lengths)``."""
+        return self.forward(x, h0, lengths)  # type: ignore[return-value]
 
-    def forward(self, x: np.ndarray, h0: Optional[np.ndarray] = None, return_cache: bool = False
+    def forward(self, x: np.ndarray, h0: Optional[np.ndarray] = None, lengths: Optional[Any] = None,
+                return_cache: bool = False
                 ) -> Union[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, RNNCache]]:
         """Run the sequence through every layer and direction.
 
@@ -110,6 +112,11 @@ class RNN(Module):
         ----------
         x : ndarray, ``[T, B, I]`` (``[B, T, I]`` if batch_first) or unbatched ``[T, I]``, the model's dtype
         h0 : ndarray or None, ``[L*D, B, H]`` (unbatched: ``[L*D, H]``); None means zeros
+        lengths : integer array-like ``[B]`` (unbatched: ``[1]``) or None
+            Valid steps of each sequence, any order, ``1 <= lengths[b] <= T``; None means all T. Item b only runs
+            steps ``t < lengths[b]`` (the reverse direction starts at its own last step), its outputs past them
+            are zero and ``h_n[:, b]`` is its state after its last valid step, as with PyTorch's
+            ``pack_padded_sequence(x, lengths, enforce_sorted=False)``. Padded steps cost no compute.
         return_cache : bool
             Also return the cache ``backward`` needs.
 
@@ -142,10 +149,12 @@ class RNN(Module):
             if h0.shape != h_n_shape:
                 raise _checks.shape_error("h0", str(h_n_shape), h0.shape)
             h0 = np.ascontiguousarray(h0.reshape(state_count, batch, self.hidden_size))
+        if lengths is not None:
+            lengths = _checks.lengths(lengths, batch, seq_len)
         masks = None
         if self.training and self.dropout > 0 and self.num_layers > 1:
             masks = self._dropout_masks(seq_len, batch)
-        output, h_n, core_cache = self._kernel.forward(self._flat, np.ascontiguousarray(seq), h0, masks,
+        output, h_n, core_cache = self._kernel.forward(self._flat, np.ascontiguousarray(seq), h0, masks, lengths,
                                                        bool(return_cache))
         if unbatched:
             output = output[:, 0, :]

@@ -16,6 +16,10 @@ Shapes and parameter names follow the conventions of ``torch.nn.RNN`` and
     I  input size               H  hidden size
     L  number of layers         D  directions (2 if bidirectional else 1)
 
+Variable-length batches (``rnn_forward(..., lengths=...)``) are handled the
+textbook way: every batch item is run on its own, truncated sequence, and the
+results are padded with zeros and stacked.
+
 Only NumPy is imported; nothing here depends on the compiled core.
 """
 
@@ -200,7 +204,7 @@ def _param_dtype(params, name):
 
 
 def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                bidirectional=False, h0=None, dropout_masks=None):
+                bidirectional=False, h0=None, dropout_masks=None, lengths=None):
     """Forward pass of a multi-layer Elman RNN.
 
     x: [T, B, I] ([B, T, I] if batch_first); an unbatched input [T, I]
@@ -216,6 +220,15 @@ def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batc
     dropout_masks: None, or array-like [L-1, T, B, D*H], always time-major and
        batched (B = 1 for unbatched input): the output of layer l < L-1 is
        multiplied by dropout_masks[l] before it becomes layer l+1's input.
+    lengths: None (every sequence has all T steps), or the valid length of
+       each batch item: integers of shape [B] (for unbatched input shape [1]
+       or a scalar), in any order, each in [1, T]. Item b then only uses its
+       steps t < lengths[b]: the forward direction stops after step
+       lengths[b]-1, the reverse direction starts there, and each stacked
+       layer reads only the valid steps of the layer below. Its output rows
+       t >= lengths[b] are zero, its h_n column is the state after its last
+       valid step (step 0 for the reverse direction), and the dropout mask
+       entries at its padded steps are ignored. The padding in x is never read.
 
     Returns (output, h_n, cache):
       output: [T, B, D*H] ([B, T, D*H] if batch_first, [T, D*H] unbatched);
@@ -275,6 +288,23 @@ def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batc
         if masks.shape != expected:
             raise ValueError(f"dropout_masks has shape {masks.shape}, expected {expected}")
 
+    if lengths is not None:
+        lengths = _check_lengths(lengths, num_steps, batch, unbatched)
+        output, h_n, item_caches = _forward_by_item(
+            x, h0, p, masks, lengths, num_layers=num_layers, nonlinearity=nonlinearity,
+            bias=bias, bidirectional=bidirectional)
+        cache = {
+            "num_layers": num_layers, "num_dirs": num_dirs,
+            "hidden": hidden, "dtype": dtype,
+            "unbatched": unbatched, "batch_first": batch_first,
+            "masks": masks, "lengths": lengths, "item_caches": item_caches,
+            "input_shape": x.shape, "param_shapes": shapes,
+            "output_shape": output.shape, "h_n_shape": h_n.shape,
+            "names": list(shapes),
+        }
+        output, h_n = _to_caller_layout(output, h_n, unbatched, batch_first)
+        return output, h_n, cache
+
     # The stacking loop: each layer reads the (dropped-out) output of the one below.
     layer_input = x
     layer_caches = []
@@ -300,16 +330,12 @@ def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batc
         "num_layers": num_layers, "num_dirs": num_dirs,
         "hidden": hidden, "dtype": dtype,
         "unbatched": unbatched, "batch_first": batch_first,
-        "masks": masks, "layer_caches": layer_caches,
+        "masks": masks, "lengths": None, "layer_caches": layer_caches,
         "output_shape": output.shape, "h_n_shape": h_n.shape,
         "names": list(shapes),
     }
 
-    # Back to the caller's layout.
-    if unbatched:
-        return output[:, 0, :], h_n[:, 0, :], cache
-    if batch_first:
-        output = output.transpose(1, 0, 2)
+    output, h_n = _to_caller_layout(output, h_n, unbatched, batch_first)
     return output, h_n, cache
 
 
@@ -320,9 +346,12 @@ def rnn_backward(cache, grad_output=None, grad_h_n=None):
     grad_output: gradient w.r.t. output, same shape and layout as output, or None.
     grad_h_n: gradient w.r.t. h_n, same shape as h_n, or None.
     None counts as zeros, but at least one must be given (else ValueError).
+    With lengths, the entries of grad_output at padded steps are ignored
+    (those outputs are constant zeros).
 
     Returns (grad_x, grad_h0, grads):
-      grad_x: x's shape and layout.
+      grad_x: x's shape and layout; zero at the padded steps of a
+         variable-length batch (the padding is never read).
       grad_h0: h0's shape ([L*D, B, H] or [L*D, H]), also when h0 was None.
       grads: dict name -> gradient, one entry per parameter in param_names order.
     """
@@ -352,6 +381,11 @@ def rnn_backward(cache, grad_output=None, grad_h_n=None):
         if grad_hn.shape != cache["h_n_shape"]:
             raise ValueError("grad_h_n must have the shape of h_n")
 
+    if cache["lengths"] is not None:
+        grad_x, grad_h0, grads = _backward_by_item(cache, grad_out, grad_hn)
+        grad_x, grad_h0 = _to_caller_layout(grad_x, grad_h0, unbatched, batch_first)
+        return grad_x, grad_h0, grads
+
     grads = {}
     grad_h0 = np.zeros(cache["h_n_shape"], dtype=dtype)
     suffixes = ("", "_reverse")[:num_dirs]
@@ -375,10 +409,84 @@ def rnn_backward(cache, grad_output=None, grad_h_n=None):
     grad_x = grad_layer_out
 
     grads = {name: grads[name] for name in cache["names"]}
+    grad_x, grad_h0 = _to_caller_layout(grad_x, grad_h0, unbatched, batch_first)
+    return grad_x, grad_h0, grads
+
+
+def _to_caller_layout(seq, states, unbatched, batch_first):
+    """From the canonical layouts [T, B, .] and [L*D, B, H] back to the caller's."""
     if unbatched:
-        return grad_x[:, 0, :], grad_h0[:, 0, :], grads
+        return seq[:, 0, :], states[:, 0, :]
     if batch_first:
-        grad_x = grad_x.transpose(1, 0, 2)
+        seq = seq.transpose(1, 0, 2)
+    return seq, states
+
+
+# ---------------------------------------------------------------------------
+# Variable-length batches
+# ---------------------------------------------------------------------------
+
+def _check_lengths(lengths, num_steps, batch, unbatched):
+    """Validate rnn_forward's lengths; return them as an int64 array [B]."""
+    arr = np.asarray(lengths)
+    scalar = arr.ndim == 0
+    if unbatched and scalar:
+        arr = arr.reshape(1)
+    if arr.shape != (batch,):
+        expected = "a scalar or shape (1,)" if unbatched else f"shape ({batch},), one entry per batch item"
+        raise ValueError(f"lengths has shape {np.shape(lengths)}, expected {expected}")
+    # Booleans are not integers here (np.bool_ is not a subtype of np.integer).
+    if arr.size > 0 and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"lengths: expected integers, got dtype {arr.dtype}")
+    for b, n in enumerate(arr):
+        if not 1 <= n <= num_steps:
+            name = "lengths" if scalar else f"lengths[{b}]"
+            raise ValueError(f"{name}: expected an integer in [1, T={num_steps}], got {n}")
+    return arr.astype(np.int64)
+
+
+def _forward_by_item(x, h0, p, masks, lengths, *, num_layers, nonlinearity, bias, bidirectional):
+    """Run each batch item alone on its valid steps, then pad with zeros and stack.
+
+    x: [T, B, I]; h0: [L*D, B, H]; masks: [L-1, T, B, D*H] or None; lengths: [B].
+    Item b is the batch of one x[:n, b:b+1] with n = lengths[b], its own h0
+    column and its own slice of the masks; the full-length rnn_forward does
+    the rest. Returns (output [T, B, D*H], h_n [L*D, B, H], one cache per item).
+    """
+    num_steps, batch = x.shape[0], x.shape[1]
+    num_dirs, hidden = 2 if bidirectional else 1, h0.shape[2]
+    output = np.zeros((num_steps, batch, num_dirs * hidden), dtype=x.dtype)   # padded rows stay 0
+    h_n = np.zeros_like(h0)
+    item_caches = []
+    for b, n in enumerate(lengths):
+        out_b, h_n_b, cache_b = rnn_forward(
+            x[:n, b:b + 1], p, num_layers=num_layers, nonlinearity=nonlinearity, bias=bias,
+            bidirectional=bidirectional, h0=h0[:, b:b + 1],
+            dropout_masks=None if masks is None else masks[:, :n, b:b + 1])
+        output[:n, b] = out_b[:, 0]
+        h_n[:, b] = h_n_b[:, 0]
+        item_caches.append(cache_b)
+    return output, h_n, item_caches
+
+
+def _backward_by_item(cache, grad_out, grad_hn):
+    """Backward of _forward_by_item, in the canonical layouts.
+
+    grad_out: [T, B, D*H]; grad_hn: [L*D, B, H]. Each item's backward gets its
+    own slices; the parameters are shared by all items, so their gradients
+    add up. grad_x stays zero at the padded steps.
+    """
+    dtype = cache["dtype"]
+    grad_x = np.zeros(cache["input_shape"], dtype=dtype)
+    grad_h0 = np.zeros(cache["h_n_shape"], dtype=dtype)
+    grads = {name: np.zeros(shape, dtype=dtype) for name, shape in cache["param_shapes"].items()}
+    for b, (n, cache_b) in enumerate(zip(cache["lengths"], cache["item_caches"])):
+        # Outputs at padded steps are constant zeros: their gradient is dropped.
+        g_x, g_h0, g = rnn_backward(cache_b, grad_out[:n, b:b + 1], grad_hn[:, b:b + 1])
+        grad_x[:n, b] = g_x[:, 0]
+        grad_h0[:, b] = g_h0[:, 0]
+        for name in grads:
+            grads[name] += g[name]
     return grad_x, grad_h0, grads
 
 

@@ -7,6 +7,7 @@
 // kernels add (+=) into weight and bias gradients, which the caller zeroes explicitly.
 #pragma once
 
+#include "rnnfast/steps.hpp"
 #include "rnnfast/types.hpp"
 
 namespace rnnfast {
@@ -34,30 +35,52 @@ void cell_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h, const
                    VectorRef<T> db_ih, VectorRef<T> db_hh);
 
 // One direction of one layer over a sequence. The reverse direction runs t = T-1 .. 0 and stores the state
-// it reaches at step t in row block t, like the forward one.
-//   x     [T*B, I]   layer input
+// it reaches at step t in step t's rows, like the forward one. With a packed layout, an item enters the reverse
+// direction at its own last step, from its row of h0.
+//   x     [rows, I]  layer input, laid out by `steps`
 //   h0    [B, H]     initial state; 0 rows means zeros
 //   w_ih [H, I], w_hh [H, H], b_ih [H] / b_hh [H] (or size 0)
-//   hs    [T*B, H]   out: the state after every step (may be a column block of a wider matrix)
+//   hs    [rows, H]  out: the state after every step (may be a column block of a wider matrix)
 template <class T>
 void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& w_ih,
                    const ConstMatrixRef<T>& w_hh, const ConstVectorRef<T>& b_ih, const ConstVectorRef<T>& b_hh,
-                   Activation act, bool reverse, Index seq_len, MatrixRef<T> hs);
+                   Activation act, bool reverse, const StepLayout& steps, MatrixRef<T> hs);
+
+// The same over a uniform [T*B, F] layout.
+template <class T>
+void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& w_ih,
+                   const ConstMatrixRef<T>& w_hh, const ConstVectorRef<T>& b_ih, const ConstVectorRef<T>& b_hh,
+                   Activation act, bool reverse, Index seq_len, MatrixRef<T> hs) {
+    layer_forward<T>(x, h0, w_ih, w_hh, b_ih, b_hh, act, reverse,
+                     StepLayout::uniform(seq_len, seq_len > 0 ? hs.rows() / seq_len : 0), hs);
+}
 
 // BPTT for one direction of one layer. Only the hidden-gradient recurrence is sequential; the weight, bias
-// and input gradients are whole products over all T*B rows afterwards.
+// and input gradients are whole products over all rows afterwards.
 //   x, h0, hs, w_ih, w_hh  as in layer_forward (hs is the forward's output)
-//   dhs    [T*B, H]   gradient flowing into hs from above; 0 rows means none
-//   dh_n   [B, H]     gradient of the final state; 0 rows means none
-//   dx     [T*B, I]   accumulated (+=), so the two directions of a layer can share it
+//   dhs    [rows, H]  gradient flowing into hs from above; 0 rows means none
+//   dh_n   [B, H]     gradient of each item's final state; 0 rows means none
+//   dx     [rows, I]  accumulated (+=), so the two directions of a layer can share it
 //   dh0    [B, H]     out (=): gradient of the initial state
 //   dw_ih, dw_hh, db_ih, db_hh   accumulated (+=)
-//   dz     [T*B, H]   workspace: gradient of the pre-activations
+//   dz     [rows, H]  workspace: gradient of the pre-activations
+template <class T>
+void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& w_ih,
+                    const ConstMatrixRef<T>& w_hh, const ConstMatrixRef<T>& hs, const ConstMatrixRef<T>& dhs,
+                    const ConstMatrixRef<T>& dh_n, Activation act, bool reverse, const StepLayout& steps,
+                    MatrixRef<T> dx, MatrixRef<T> dh0, MatrixRef<T> dw_ih, MatrixRef<T> dw_hh, VectorRef<T> db_ih,
+                    VectorRef<T> db_hh, MatrixRef<T> dz);
+
+// The same over a uniform [T*B, F] layout; seq_len must be positive.
 template <class T>
 void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& w_ih,
                     const ConstMatrixRef<T>& w_hh, const ConstMatrixRef<T>& hs, const ConstMatrixRef<T>& dhs,
                     const ConstMatrixRef<T>& dh_n, Activation act, bool reverse, Index seq_len, MatrixRef<T> dx,
                     MatrixRef<T> dh0, MatrixRef<T> dw_ih, MatrixRef<T> dw_hh, VectorRef<T> db_ih,
-                    VectorRef<T> db_hh, MatrixRef<T> dz);
+                    VectorRef<T> db_hh, MatrixRef<T> dz) {
+    if (seq_len <= 0) throw std::invalid_argument("seq_len: expected a positive integer, got " + std::to_string(seq_len));
+    layer_backward<T>(x, h0, w_ih, w_hh, hs, dhs, dh_n, act, reverse, StepLayout::uniform(seq_len, hs.rows() / seq_len),
+                      dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dz);
+}
 
 }  // namespace rnnfast

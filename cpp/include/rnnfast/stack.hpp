@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "rnnfast/steps.hpp"
 #include "rnnfast/types.hpp"
 
 namespace rnnfast {
@@ -41,33 +42,50 @@ struct ParamSpec {
 std::vector<ParamSpec> param_layout(const StackConfig& cfg);
 Index param_count(const StackConfig& cfg);
 
-// What backward needs from one forward. Owns copies so callers may reuse their buffers.
-template <class T>
-struct StackCache {
+// How a batch of variable-length sequences is packed: items sorted by decreasing length (stable), step t
+// holding the items still running. Full-length batches keep their own order and a uniform layout, so they are
+// never copied.
+struct Packing {
     Index seq_len = 0;
     Index batch = 0;
-    RowMatrix<T> x;               // [T*B, I]     layer-0 input
+    StepLayout steps;
+    std::vector<Index> order;    // order[j]: the item at sorted position j; empty when the batch is not packed
+    std::vector<Index> lengths;  // lengths in sorted order
+
+    bool is_packed() const { return !order.empty(); }
+};
+
+// lengths: [B] with 1 <= lengths[b] <= seq_len, or empty for full length (std::invalid_argument otherwise).
+Packing make_packing(Index seq_len, Index batch, const std::vector<Index>& lengths);
+
+// What backward needs from one forward. Owns copies so callers may reuse their buffers. Rows are in the packed
+// domain (see Packing): R = packing.steps.rows() rows, states sorted like the items.
+template <class T>
+struct StackCache {
+    Packing packing;
+    RowMatrix<T> x;               // [R, I]       layer-0 input
     RowMatrix<T> h0;              // [L*D*B, H]   initial states (zeros when none was given)
-    std::vector<RowMatrix<T>> ys;  // L x [T*B, D*H] hidden states of every layer, before dropout
-    RowMatrix<T> masks;           // [(L-1)*T*B, D*H] dropout masks, or 0 rows
+    std::vector<RowMatrix<T>> ys;  // L x [R, D*H] hidden states of every layer, before dropout
+    RowMatrix<T> masks;           // [(L-1)*R, D*H] dropout masks, or 0 rows
 };
 
 // Forward through every layer and direction.
 //   params  flat buffer of param_count(cfg) values
-//   x       [T*B, I]
+//   x       [T*B, I] time-major
+//   lengths [B] valid steps of each item (outputs past them are zero), or empty for full length
 //   h0      [L*D*B, H], 0 rows means zeros
 //   masks   [(L-1)*T*B, D*H] multiplied into each layer's output but the last; 0 rows means no dropout
 //   output  [T*B, D*H] out
-//   h_n     [L*D*B, H] out
+//   h_n     [L*D*B, H] out: each item's state after its last valid step
 //   cache   filled for stack_backward when not null
 template <class T>
 void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef<T>& x, Index seq_len,
-                   const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& masks, MatrixRef<T> output,
-                   MatrixRef<T> h_n, StackCache<T>* cache);
+                   const std::vector<Index>& lengths, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& masks,
+                   MatrixRef<T> output, MatrixRef<T> h_n, StackCache<T>* cache);
 
 // BPTT through every layer and direction.
 //   d_output  [T*B, D*H], 0 rows means none;  d_h_n [L*D*B, H], 0 rows means none
-//   dx        [T*B, I] out (=);  dh0 [L*D*B, H] out (=)
+//   dx        [T*B, I] out (=), zero at padded steps;  dh0 [L*D*B, H] out (=)
 //   grads     flat buffer laid out like params, accumulated (+=)
 template <class T>
 void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>& cache,

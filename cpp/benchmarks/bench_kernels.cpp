@@ -1,0 +1,177 @@
+// Unit benchmarks of the kernels (Google Benchmark): layer forward, layer backward, stack forward/backward and
+// one cell step, over the speed grid, float32, each reporting a GFLOP/s counter.
+//
+//   ./rnnfast_benchmarks --benchmark_filter=layer_forward
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+#include "rnnfast/config.hpp"
+#include "rnnfast/elman.hpp"
+#include "rnnfast/stack.hpp"
+
+namespace {
+
+using rnnfast::Index;
+using Matrix = rnnfast::RowMatrix<float>;
+using Vector = rnnfast::RowVector<float>;
+
+Matrix random_matrix(Index rows, Index cols, std::mt19937& gen, float scale = 1.0f) {
+    std::uniform_real_distribution<float> dist(-scale, scale);
+    Matrix m(rows, cols);
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = dist(gen);
+    return m;
+}
+
+// Multiply-adds of one direction of one layer: input projection + recurrence.
+double layer_flops(Index T, Index B, Index I, Index H) { return 2.0 * T * B * H * (I + H); }
+
+void set_flops(benchmark::State& state, double flops) {
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Args: T, B, I, H
+void layer_forward(benchmark::State& state) {
+    const Index T = state.range(0), B = state.range(1), I = state.range(2), H = state.range(3);
+    std::mt19937 gen(0);
+    const float bound = 1.0f / std::sqrt(static_cast<float>(H));
+    const Matrix x = random_matrix(T * B, I, gen), h0 = random_matrix(B, H, gen);
+    const Matrix w_ih = random_matrix(H, I, gen, bound), w_hh = random_matrix(H, H, gen, bound);
+    const Vector b_ih = random_matrix(1, H, gen, bound), b_hh = random_matrix(1, H, gen, bound);
+    Matrix hs(T * B, H);
+    for (auto _ : state) {
+        rnnfast::layer_forward<float>(x, h0, w_ih, w_hh, b_ih, b_hh, rnnfast::Activation::tanh, false, T, hs);
+        benchmark::DoNotOptimize(hs.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, layer_flops(T, B, I, H));
+}
+
+void layer_backward(benchmark::State& state) {
+    const Index T = state.range(0), B = state.range(1), I = state.range(2), H = state.range(3);
+    std::mt19937 gen(1);
+    const float bound = 1.0f / std::sqrt(static_cast<float>(H));
+    const Matrix x = random_matrix(T * B, I, gen), h0 = random_matrix(B, H, gen);
+    const Matrix w_ih = random_matrix(H, I, gen, bound), w_hh = random_matrix(H, H, gen, bound);
+    const Vector b_ih = random_matrix(1, H, gen, bound), b_hh = random_matrix(1, H, gen, bound);
+    Matrix hs(T * B, H);
+    rnnfast::layer_forward<float>(x, h0, w_ih, w_hh, b_ih, b_hh, rnnfast::Activation::tanh, false, T, hs);
+    const Matrix dhs = random_matrix(T * B, H, gen);
+    const Matrix none(0, H);
+    Matrix dx(T * B, I), dh0(B, H), dw_ih = Matrix::Zero(H, I), dw_hh = Matrix::Zero(H, H), dz(T * B, H);
+    Vector db_ih = Vector::Zero(H), db_hh = Vector::Zero(H);
+    for (auto _ : state) {
+        dx.setZero();
+        rnnfast::layer_backward<float>(x, h0, w_ih, w_hh, hs, dhs, none, rnnfast::Activation::tanh, false, T, dx,
+                                       dh0, dw_ih, dw_hh, db_ih, db_hh, dz);
+        benchmark::DoNotOptimize(dx.data());
+        benchmark::ClobberMemory();
+    }
+    // dz recurrence + dW_ih, dW_hh, dX products.
+    set_flops(state, 2.0 * T * B * H * (H + I + H + I));
+}
+
+// One RNNCell step: Args B, I, H.
+void cell_forward(benchmark::State& state) {
+    const Index B = state.range(0), I = state.range(1), H = state.range(2);
+    std::mt19937 gen(2);
+    const float bound = 1.0f / std::sqrt(static_cast<float>(H));
+    const Matrix x = random_matrix(B, I, gen), h = random_matrix(B, H, gen);
+    const Matrix w_ih = random_matrix(H, I, gen, bound), w_hh = random_matrix(H, H, gen, bound);
+    const Vector b_ih = random_matrix(1, H, gen, bound), b_hh = random_matrix(1, H, gen, bound);
+    Matrix h_new(B, H);
+    for (auto _ : state) {
+        rnnfast::cell_forward<float>(x, h, w_ih, w_hh, b_ih, b_hh, rnnfast::Activation::tanh, h_new);
+        benchmark::DoNotOptimize(h_new.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, 2.0 * B * H * (I + H));
+}
+
+// A whole stacked model, forward then forward + backward: Args T, B, I, H, L, bidirectional.
+struct StackFixture {
+    rnnfast::StackConfig cfg;
+    std::vector<float> params;
+    Matrix x, out, h_n;
+    explicit StackFixture(const benchmark::State& state) {
+        cfg.input_size = state.range(2);
+        cfg.hidden_size = state.range(3);
+        cfg.num_layers = state.range(4);
+        cfg.bidirectional = state.range(5) != 0;
+        std::mt19937 gen(3);
+        std::uniform_real_distribution<float> dist(-0.1f, 0.1f);
+        params.resize(static_cast<size_t>(rnnfast::param_count(cfg)));
+        for (float& p : params) p = dist(gen);
+        const Index TB = state.range(0) * state.range(1);
+        x = random_matrix(TB, cfg.input_size, gen);
+        out.resize(TB, cfg.output_size());
+        h_n.resize(cfg.num_layers * cfg.directions() * state.range(1), cfg.hidden_size);
+    }
+    double flops(Index T, Index B) const {
+        double total = 0;
+        for (Index l = 0; l < cfg.num_layers; ++l)
+            total += cfg.directions() * layer_flops(T, B, cfg.layer_input_size(l), cfg.hidden_size);
+        return total;
+    }
+};
+
+void stack_forward(benchmark::State& state) {
+    StackFixture f(state);
+    const Matrix none(0, f.cfg.hidden_size), no_masks(0, f.cfg.output_size());
+    for (auto _ : state) {
+        rnnfast::stack_forward<float>(f.cfg, f.params.data(), f.x, state.range(0), {}, none, no_masks, f.out, f.h_n,
+                                      nullptr);
+        benchmark::DoNotOptimize(f.out.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, f.flops(state.range(0), state.range(1)));
+}
+
+void stack_train_step(benchmark::State& state) {
+    StackFixture f(state);
+    const Matrix none(0, f.cfg.hidden_size), no_masks(0, f.cfg.output_size());
+    std::vector<float> grads(f.params.size(), 0.0f);
+    Matrix dx(f.x.rows(), f.x.cols()), dh0(f.h_n.rows(), f.h_n.cols());
+    rnnfast::StackCache<float> cache;
+    for (auto _ : state) {
+        rnnfast::stack_forward<float>(f.cfg, f.params.data(), f.x, state.range(0), {}, none, no_masks, f.out, f.h_n,
+                                      &cache);
+        rnnfast::stack_backward<float>(f.cfg, f.params.data(), cache, f.out, none, dx, dh0, grads.data());
+        benchmark::DoNotOptimize(dx.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, 3.0 * f.flops(state.range(0), state.range(1)));
+}
+
+// The speed grid: T, B, I, H (+ L, bidirectional for the stack).
+void layer_grid(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"T", "B", "I", "H"});
+    b->Args({10, 3, 100, 20});
+    b->Args({1000, 1, 32, 64});
+    b->Args({50, 16, 64, 128});
+    b->Args({100, 64, 256, 256});
+    b->Args({100, 64, 512, 512});
+}
+
+void stack_grid(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"T", "B", "I", "H", "L", "bidi"});
+    b->Args({10, 3, 100, 20, 1, 0});
+    b->Args({10, 3, 100, 20, 4, 0});
+    b->Args({1000, 1, 32, 64, 1, 0});
+    b->Args({50, 16, 64, 128, 1, 0});
+    b->Args({100, 64, 256, 256, 1, 0});
+    b->Args({100, 64, 512, 512, 1, 0});
+    b->Args({50, 32, 128, 128, 2, 1});
+}
+
+BENCHMARK(layer_forward)->Apply(layer_grid);
+BENCHMARK(layer_backward)->Apply(layer_grid);
+BENCHMARK(stack_forward)->Apply(stack_grid);
+BENCHMARK(stack_train_step)->Apply(stack_grid);
+BENCHMARK(cell_forward)->ArgNames({"B", "I", "H"})->Args({1, 20, 20})->Args({1, 128, 128});
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,163 @@
+"""The benchmark's plumbing: result structure, speedup arithmetic, the command line and the ONNX graph.
+
+No timing assertions: these tests run tiny cases in quick mode and check only that the numbers are well formed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast import bench
+from rnnfast.__main__ import main as cli_main
+
+QUICK_CASES = ["seed_1layer", "cell_step_H20"]
+REPEAT = 2
+
+
+@pytest.fixture(scope="module")
+def quick_results() -> dict:
+    return bench.run(cases=QUICK_CASES, threads=1, repeat=REPEAT, quick=True, reference=True)
+
+
+def check_mode(mode: dict, repeat: int) -> None:
+    times = mode["median_s"]
+    assert "rnnfast" in times
+    for backend, seconds in times.items():
+        assert backend in bench.BACKENDS
+        assert math.isfinite(seconds) and seconds > 0, (backend, seconds)
+        samples = mode["samples_s"][backend]
+        assert len(samples) == repeat and all(s > 0 for s in samples)
+        assert seconds == pytest.approx(statistics.median(samples))
+        assert mode["calls_per_sample"][backend] >= 1
+    assert set(mode["speedup"]) == set(times) - {"rnnfast"}
+    for backend, speedup in mode["speedup"].items():
+        assert speedup == pytest.approx(times[backend] / times["rnnfast"])
+    # Every backend that ran agreed with rnnfast: nothing was skipped as a mismatch or an error.
+    assert mode["skipped"] == {}
+
+
+def test_grid() -> None:
+    assert list(bench.CASES) == ["seed_1layer", "seed_4layer", "stream_T1000_B1", "mid_T50_B16_H128",
+                                 "big_T100_B64_H256", "big_T100_B64_H512", "bidir2_T50_B32_H128", "cell_step_H20",
+                                 "cell_step_H128"]
+    assert bench.CASES["seed_1layer"].flops == 2 * 10 * 3 * 20 * (100 + 20)
+    assert bench.CASES["seed_4layer"].flops == 2 * 10 * 3 * 20 * ((100 + 20) + 3 * (20 + 20))
+    assert bench.CASES["bidir2_T50_B32_H128"].flops == 2 * 2 * 50 * 32 * 128 * ((128 + 128) + (256 + 128))
+    assert bench.CASES["cell_step_H128"].flops == 2 * 128 * (128 + 128)
+    assert [c.name for c in bench.select_cases(["seed"])] == ["seed_1layer", "seed_4layer"]
+    assert [c.name for c in bench.select_cases(["cell_step_H128", "stream"])] == ["stream_T1000_B1",
+                                                                                  "cell_step_H128"]
+    with pytest.raises(ValueError, match="matches no case"):
+        bench.select_cases(["no_such_case"])
+
+
+def test_run_structure(quick_results: dict) -> None:
+    r = quick_results
+    assert list(r["cases"]) == QUICK_CASES
+    assert r["threads"] == 1 and r["repeat"] == REPEAT and r["quick"] is True
+    assert r["gemm"]["gflops"] > 0 and r["gemm"]["median_s"] > 0
+    assert r["machine"]["cpu_model"]
+    assert r["versions"]["rnnfast"] == rnnfast.__version__
+    assert r["backends"]["rnnfast"]["available"] and r["backends"]["reference"]["available"]
+    for name in ("torch", "onnxruntime", "openvino"):
+        assert isinstance(r["backends"][name]["available"], bool)
+
+    seed = r["cases"]["seed_1layer"]
+    assert set(seed["modes"]) == {"inference", "train"}
+    assert seed["flops"] == bench.CASES["seed_1layer"].flops
+    cell = r["cases"]["cell_step_H20"]
+    assert set(cell["modes"]) == {"inference"}
+    for case in (seed, cell):
+        for mode in case["modes"].values():
+            check_mode(mode, REPEAT)
+            assert "reference" in mode["median_s"]
+            if r["backends"]["torch"]["available"]:
+                assert "torch" in mode["median_s"]
+        inference = case["modes"]["inference"]
+        gflops = case["flops"] / inference["median_s"]["rnnfast"] / 1e9
+        assert inference["rnnfast_gflops"] == pytest.approx(gflops)
+        assert inference["percent_of_gemm"] == pytest.approx(100 * gflops / r["gemm"]["gflops"])
+    # The ONNX backends run the RNN cases' inference only.
+    for name in ("onnxruntime", "openvino"):
+        assert (name in seed["modes"]["inference"]["median_s"]) == r["backends"][name]["available"]
+        assert name not in seed["modes"]["train"]["median_s"]
+        assert name not in cell["modes"]["inference"]["median_s"]
+
+    json.loads(json.dumps(r))  # plain JSON types only
+    table = bench.format_table(r)
+    assert "seed_1layer" in table and "cell_step_H20" in table and "train" in table
+    # The global thread setting is restored afterwards.
+    assert rnnfast.get_num_threads() >= 1
+
+
+def test_plot(quick_results: dict, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "speedups.png"
+    bench.write_plot(quick_results, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_json(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rnnfast", "bench", "--cases", "seed_1layer", "--quick", "--threads", "1",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    assert "seed_1layer" in proc.stdout and "GEMM" in proc.stdout
+    r = json.loads(out.read_text())
+    assert list(r["cases"]) == ["seed_1layer"]
+    assert r["quick"] is True and r["threads"] == 1
+    for mode in r["cases"]["seed_1layer"]["modes"].values():
+        check_mode(mode, r["repeat"])
+
+
+def test_cli_errors(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli_main([])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["no-such-command"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["bench", "--cases", "no_such_case"])
+    assert exc.value.code == 2
+    assert "matches no case" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["bench", "--threads", "0"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "--no-reference" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("nonlinearity,bias", [("tanh", True), ("relu", False)])
+def test_onnx_graph_matches_rnnfast(nonlinearity: str, bias: bool) -> None:
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    rnn = rnnfast.RNN(6, 5, num_layers=2, nonlinearity=nonlinearity, bias=bias, bidirectional=True, seed=3)
+    model = bench.build_onnx_model(rnn)  # symbolic T and B
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for seq_len, batch in [(7, 3), (2, 1)]:
+        x = rng.standard_normal((seq_len, batch, 6), dtype=np.float32)
+        output, h_n = session.run(["output", "h_n"], {"input": x})
+        expected_output, expected_h_n = rnn(x)
+        assert output.shape == (seq_len, batch, 10) and h_n.shape == (4, batch, 5)
+        np.testing.assert_allclose(output, expected_output, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(h_n, expected_h_n, rtol=1e-4, atol=1e-5)
