@@ -41,6 +41,7 @@ def test_version_and_threads() -> None:
     (dict(seed=-1), ValueError, "seed"),
     (dict(seed=1.0), TypeError, "seed"),
     (dict(hidden_size=1 << 40, input_size=1 << 40), ValueError, "hidden_size"),
+    (dict(hidden_size=1 << 20, input_size=1 << 20), MemoryError, "sizes: .* parameters need"),
 ])
 def test_rnn_constructor_rejects_bad_arguments(kwargs, err, match) -> None:
     args = dict(input_size=I, hidden_size=H, num_layers=2)

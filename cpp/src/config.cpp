@@ -2,7 +2,10 @@
 
 #include <Eigen/Core>
 
+#include <atomic>
 #include <stdexcept>
+
+#include "parallel.hpp"
 
 #ifndef RNNFAST_VERSION
 #define RNNFAST_VERSION "0.0.0"
@@ -12,11 +15,28 @@ namespace rnnfast {
 
 const char* version() { return RNNFAST_VERSION; }
 
-int get_num_threads() { return Eigen::nbThreads(); }
+namespace detail {
+int default_thread_count();
+}
+
+namespace {
+
+std::atomic<int>& thread_setting() {
+    static std::atomic<int> threads{detail::default_thread_count()};
+    return threads;
+}
+
+}  // namespace
+
+namespace detail {
+int thread_limit() { return thread_setting().load(std::memory_order_relaxed); }
+}  // namespace detail
+
+int get_num_threads() { return detail::thread_limit(); }
 
 void set_num_threads(int n) {
     if (n < 1) throw std::invalid_argument("n: expected a positive number of threads, got " + std::to_string(n));
-    Eigen::setNbThreads(n);
+    thread_setting().store(n, std::memory_order_relaxed);
 }
 
 std::string simd_instruction_sets() { return Eigen::SimdInstructionSetsInUse(); }

@@ -1,5 +1,7 @@
 #include "rnnfast/elman.hpp"
 
+#include "parallel.hpp"
+
 #include <algorithm>
 #include <stdexcept>
 
@@ -22,13 +24,14 @@ void activate(Z&& z, Activation act) {
     }
 }
 
-// dz <- dz * act'(h), where h = act(z) is the saved output (tanh' = 1 - h^2, relu' = [h > 0]).
+// dz <- dz * act'(h), where h = act(z) is the saved output (tanh' = 1 - h^2, relu' = [h > 0]). relu's is a
+// select on h <= 0, as PyTorch's: a NaN state passes the gradient, a NaN gradient at an inactive unit stops.
 template <class T, class Z, class H>
 void multiply_by_derivative(Z&& dz, const H& h, Activation act) {
     if (act == Activation::tanh) {
         dz.array() *= T(1) - h.array().square();
     } else {
-        dz = (h.array() > T(0)).select(dz.array(), T(0)).matrix();
+        dz = (h.array() <= T(0)).select(T(0), dz.array()).matrix();
     }
 }
 
@@ -62,31 +65,65 @@ void cell_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h, const
     }
 }
 
+namespace {
+
+// Multiply-adds below which splitting across threads costs more than it saves: a whole product, and one
+// step of the recurrence (whose threads meet at a barrier every step).
+constexpr double kMinProductWork = 1 << 18;
+constexpr double kMinStepWork = 1 << 16;
+
+// dst = lhs * rhs (or += with `add`), the rows of dst split across threads.
+template <class Dst, class Lhs, class Rhs>
+void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
+    const int threads = detail::threads_for(static_cast<double>(dst.rows()) * dst.cols() * lhs.cols(), kMinProductWork);
+    detail::parallel(threads, [&](int k, int parts) {
+        const Index r0 = detail::split(dst.rows(), k, parts, 8), r1 = detail::split(dst.rows(), k + 1, parts, 8);
+        if (r1 <= r0) return;
+        if (add) {
+            dst.middleRows(r0, r1 - r0).noalias() += lhs.middleRows(r0, r1 - r0) * rhs;
+        } else {
+            dst.middleRows(r0, r1 - r0).noalias() = lhs.middleRows(r0, r1 - r0) * rhs;
+        }
+    });
+}
+
+}  // namespace
+
 template <class T>
 void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& w_ih,
                    const ConstMatrixRef<T>& w_hh, const ConstVectorRef<T>& b_ih, const ConstVectorRef<T>& b_hh,
                    Activation act, bool reverse, const StepLayout& steps, MatrixRef<T> hs) {
-    const Index T_ = steps.seq_len();
+    const Index T_ = steps.seq_len(), H = hs.cols();
     // Input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
-    hs.noalias() = x * w_ih.transpose();
+    rows_product(hs, x, w_ih.transpose(), false);
     if (b_ih.size() != 0) hs.rowwise() += b_ih + b_hh;
-    for (Index s = 0; s < T_; ++s) {
-        const Index t = reverse ? T_ - 1 - s : s;
-        const Index n = steps.size(t);
-        if (n == 0) continue;
-        // Items continuing from the step processed before; the others start here from h0.
-        const Index prev = reverse ? t + 1 : t - 1;
-        const Index cont = std::min(n, steps.size_or_zero(prev));
-        if (cont > 0) {
-            hs.middleRows(steps.offset(t), cont).noalias() +=
-                hs.middleRows(steps.offset(prev), cont) * w_hh.transpose();
+    // Each thread owns a band of the state's columns at every step; all meet before the next step reads them.
+    const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
+    detail::Barrier step_done;
+    detail::parallel(threads, [&](int k, int parts) {
+        const Index c0 = detail::split(H, k, parts), width = detail::split(H, k + 1, parts) - c0;
+        for (Index s = 0; s < T_; ++s) {
+            const Index t = reverse ? T_ - 1 - s : s;
+            const Index n = steps.size(t), o = steps.offset(t);
+            if (n == 0 || width <= 0) {
+                step_done.wait(parts);
+                continue;
+            }
+            // Items continuing from the step processed before; the others start here from h0.
+            const Index prev = reverse ? t + 1 : t - 1;
+            const Index cont = std::min(n, steps.size_or_zero(prev));
+            if (cont > 0) {
+                hs.block(o, c0, cont, width).noalias() +=
+                    hs.middleRows(steps.offset(prev), cont) * w_hh.middleRows(c0, width).transpose();
+            }
+            if (cont < n && h0.rows() != 0) {
+                hs.block(o + cont, c0, n - cont, width).noalias() +=
+                    h0.middleRows(cont, n - cont) * w_hh.middleRows(c0, width).transpose();
+            }
+            activate<T>(hs.block(o, c0, n, width), act);
+            step_done.wait(parts);
         }
-        if (cont < n && h0.rows() != 0) {
-            hs.middleRows(steps.offset(t) + cont, n - cont).noalias() +=
-                h0.middleRows(cont, n - cont) * w_hh.transpose();
-        }
-        activate<T>(hs.middleRows(steps.offset(t), n), act);
-    }
+    });
 }
 
 template <class T>
@@ -95,7 +132,7 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
                     const ConstMatrixRef<T>& dh_n, Activation act, bool reverse, const StepLayout& steps,
                     MatrixRef<T> dx, MatrixRef<T> dh0, MatrixRef<T> dw_ih, MatrixRef<T> dw_hh, VectorRef<T> db_ih,
                     VectorRef<T> db_hh, MatrixRef<T> dz) {
-    const Index T_ = steps.seq_len();
+    const Index T_ = steps.seq_len(), H = hs.cols();
     // dh0 carries dL/dh_{t-1} backwards through time. An item's row is written for the last time at its first
     // processed step, so it ends as dL/dh0; rows of items that have not started yet still hold their dh_n.
     if (dh_n.rows() != 0) {
@@ -103,21 +140,30 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
     } else {
         dh0.setZero();
     }
-    for (Index s = T_ - 1; s >= 0; --s) {
-        const Index t = reverse ? T_ - 1 - s : s;
-        const Index n = steps.size(t), o = steps.offset(t);
-        if (n == 0) continue;
-        if (dhs.rows() != 0) {
-            dz.middleRows(o, n) = dh0.topRows(n) + dhs.middleRows(o, n);
-        } else {
-            dz.middleRows(o, n) = dh0.topRows(n);
+    // Column bands as in layer_forward: a thread computes its band of dz, then (after all bands are done) its
+    // band of dz W_hh. The next step reads only the thread's own band of dh0, so one barrier per step suffices.
+    const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
+    detail::Barrier bands_done;
+    detail::parallel(threads, [&](int k, int parts) {
+        const Index c0 = detail::split(H, k, parts), width = detail::split(H, k + 1, parts) - c0;
+        for (Index s = T_ - 1; s >= 0; --s) {
+            const Index t = reverse ? T_ - 1 - s : s;
+            const Index n = steps.size(t), o = steps.offset(t);
+            if (n != 0 && width > 0) {
+                if (dhs.rows() != 0) {
+                    dz.block(o, c0, n, width) = dh0.block(0, c0, n, width) + dhs.block(o, c0, n, width);
+                } else {
+                    dz.block(o, c0, n, width) = dh0.block(0, c0, n, width);
+                }
+                multiply_by_derivative<T>(dz.block(o, c0, n, width), hs.block(o, c0, n, width), act);
+            }
+            bands_done.wait(parts);
+            if (n != 0 && width > 0) dh0.block(0, c0, n, width).noalias() = dz.middleRows(o, n) * w_hh.middleCols(c0, width);
         }
-        multiply_by_derivative<T>(dz.middleRows(o, n), hs.middleRows(o, n), act);
-        dh0.topRows(n).noalias() = dz.middleRows(o, n) * w_hh;
-    }
+    });
 
-    dw_ih.noalias() += dz.transpose() * x;
-    dx.noalias() += dz * w_ih;
+    rows_product(dw_ih, dz.transpose(), x, true);
+    rows_product(dx, dz, w_ih, true);
     if (db_ih.size() != 0) {
         RowVector<T> db = dz.colwise().sum();
         db_ih += db;
@@ -131,15 +177,15 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
         if (h0.rows() != 0) dw_hh.noalias() += dz.middleRows(first, B).transpose() * h0;
         if (rest > 0) {
             if (reverse) {
-                dw_hh.noalias() += dz.topRows(rest).transpose() * hs.bottomRows(rest);
+                rows_product(dw_hh, dz.topRows(rest).transpose(), hs.bottomRows(rest), true);
             } else {
-                dw_hh.noalias() += dz.bottomRows(rest).transpose() * hs.topRows(rest);
+                rows_product(dw_hh, dz.bottomRows(rest).transpose(), hs.topRows(rest), true);
             }
         }
         return;
     }
     // Packed: gather the previous states into one matrix, so dW_hh is still a single product.
-    RowMatrix<T> h_prev(steps.rows(), hs.cols());
+    RowMatrix<T> h_prev(steps.rows(), H);
     for (Index t = 0; t < T_; ++t) {
         const Index n = steps.size(t), o = steps.offset(t);
         const Index prev = reverse ? t + 1 : t - 1;
@@ -153,7 +199,7 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
             }
         }
     }
-    dw_hh.noalias() += dz.transpose() * h_prev;
+    rows_product(dw_hh, dz.transpose(), h_prev, true);
 }
 
 #define RNNFAST_INSTANTIATE(T)                                                                                  \

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "rnnfast/elman.hpp"
+#include "parallel.hpp"
 
 namespace rnnfast {
 namespace {
@@ -86,11 +87,11 @@ std::vector<ParamSpec> param_layout(const StackConfig& cfg) {
 
 Index param_count(const StackConfig& cfg) {
     cfg.validate();
-    Index offset = 0;
-    for (Index l = 0; l < cfg.num_layers; ++l) {
-        for (Index d = 0; d < cfg.directions(); ++d) offset = direction_layout(cfg, offset, l).end;
-    }
-    return offset;
+    // Closed form (validate() bounds it): a loop over the layers would take minutes for absurd layer counts.
+    const Index H = cfg.hidden_size, D = cfg.directions(), bias = cfg.bias ? 2 * H : 0;
+    const Index first = D * (H * cfg.input_size + H * H + bias);
+    const Index rest = D * (H * cfg.output_size() + H * H + bias);
+    return first + (cfg.num_layers - 1) * rest;
 }
 
 Packing make_packing(Index seq_len, Index batch, const std::vector<Index>& lengths) {
@@ -246,27 +247,33 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
         }
         const ConstMatrixMap<T> in(input, R, cfg.layer_input_size(l), Eigen::OuterStride<>(input_stride));
         MatrixMap<T> ys(y, R, DH, Eigen::OuterStride<>(y_stride));
-        for (Index d = 0; d < D; ++d) {
-            const DirectionLayout p = direction_layout(cfg, offset, l);
-            offset = p.end;
-            const Index ld = l * D + d;
-            const Index bias_size = cfg.bias ? H : 0;
-            layer_forward<T>(in, h0_in.rows() != 0 ? ConstMatrixRef<T>(h0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_state),
-                             const_matrix(params, p.w_ih, H, p.in), const_matrix(params, p.w_hh, H, H),
-                             Eigen::Map<const RowVector<T>>(params + p.b_ih, bias_size),
-                             Eigen::Map<const RowVector<T>>(params + p.b_hh, bias_size), cfg.activation, d == 1,
-                             steps, ys.middleCols(d * H, H));
-            // Each item's final state: its last valid step forward, step 0 in reverse.
-            if (!packed) {
-                const Index last = d == 1 ? 0 : seq_len - 1;
-                h_n.middleRows(ld * B, B) = ys.block(last * B, d * H, B, H);
-            } else {
-                for (Index j = 0; j < B; ++j) {
-                    const Index t = d == 1 ? 0 : pk.lengths[static_cast<size_t>(j)] - 1;
-                    h_n.row(ld * B + pk.order[static_cast<size_t>(j)]) = ys.block(steps.offset(t) + j, d * H, 1, H);
+        // The directions are independent: side by side on two threads when there are two.
+        const Index layer_params = offset;
+        detail::parallel(D == 2 ? detail::threads_for(2, 1) : 1, [&](int k, int parts) {
+            for (Index d = k; d < D; d += parts) {
+                Index off = layer_params;
+                for (Index e = 0; e < d; ++e) off = direction_layout(cfg, off, l).end;
+                const DirectionLayout p = direction_layout(cfg, off, l);
+                const Index ld = l * D + d;
+                const Index bias_size = cfg.bias ? H : 0;
+                layer_forward<T>(in, h0_in.rows() != 0 ? ConstMatrixRef<T>(h0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_state),
+                                 const_matrix(params, p.w_ih, H, p.in), const_matrix(params, p.w_hh, H, H),
+                                 Eigen::Map<const RowVector<T>>(params + p.b_ih, bias_size),
+                                 Eigen::Map<const RowVector<T>>(params + p.b_hh, bias_size), cfg.activation, d == 1,
+                                 steps, ys.middleCols(d * H, H));
+                // Each item's final state: its last valid step forward, step 0 in reverse.
+                if (!packed) {
+                    const Index last = d == 1 ? 0 : seq_len - 1;
+                    h_n.middleRows(ld * B, B) = ys.block(last * B, d * H, B, H);
+                } else {
+                    for (Index j = 0; j < B; ++j) {
+                        const Index t = d == 1 ? 0 : pk.lengths[static_cast<size_t>(j)] - 1;
+                        h_n.row(ld * B + pk.order[static_cast<size_t>(j)]) = ys.block(steps.offset(t) + j, d * H, 1, H);
+                    }
                 }
             }
-        }
+        });
+        for (Index d = 0; d < D; ++d) offset = direction_layout(cfg, offset, l).end;
         input = y;
         input_stride = y_stride;
         if (l < L - 1 && masks_in.rows() != 0) {
@@ -325,8 +332,11 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
 
     const bool dropout = cache.masks.rows() != 0;
     const RowMatrix<T> none(0, H);
-    RowMatrix<T> dz(R, H);
-    RowMatrix<T> d_y, d_x, dropped;  // gradient into a layer's output, into its input, masked input
+    // The directions run side by side when there are two threads; each then needs its own dz and input
+    // gradient (the second direction's is added in afterwards).
+    const int dir_threads = D == 2 ? detail::threads_for(2, 1) : 1;
+    std::vector<RowMatrix<T>> dz(static_cast<size_t>(dir_threads), RowMatrix<T>(R, H));
+    RowMatrix<T> d_y, d_x, d_in_second, dropped;  // gradient into a layer's output, into its input, ...
     if (L > 1) {
         d_y.resize(R, DH);
         d_x.resize(R, DH);
@@ -348,24 +358,29 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
         MatrixMap<T> d_in = l == 0 ? MatrixMap<T>(dx_out.data(), R, in_size, Eigen::OuterStride<>(dx_out.outerStride()))
                                    : matrix(d_x.data(), 0, R, DH);
         d_in.setZero();
-        Index off = layer_offset[ul];
-        for (Index d = 0; d < D; ++d) {
-            const DirectionLayout p = direction_layout(cfg, off, l);
-            off = p.end;
-            const Index ld = l * D + d;
-            const Index bias_size = cfg.bias ? H : 0;
-            // Gradient flowing into this direction's states from above: the next layer, the output, or none.
-            const ConstMatrixRef<T> d_hs = l < L - 1               ? ConstMatrixRef<T>(d_y.middleCols(d * H, H))
-                                           : d_out_in.rows() != 0 ? ConstMatrixRef<T>(d_out_in.middleCols(d * H, H))
-                                                                  : ConstMatrixRef<T>(none);
-            layer_backward<T>(in, cache.h0.middleRows(ld * B, B), const_matrix(params, p.w_ih, H, p.in),
-                              const_matrix(params, p.w_hh, H, H), cache.ys[ul].middleCols(d * H, H), d_hs,
-                              d_h_n_in.rows() != 0 ? ConstMatrixRef<T>(d_h_n_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(none),
-                              cfg.activation, d == 1, pk.steps, d_in, dh0_out.middleRows(ld * B, B),
-                              matrix(grads, p.w_ih, H, p.in), matrix(grads, p.w_hh, H, H),
-                              Eigen::Map<RowVector<T>>(grads + p.b_ih, bias_size),
-                              Eigen::Map<RowVector<T>>(grads + p.b_hh, bias_size), dz);
-        }
+        if (dir_threads > 1) d_in_second.setZero(R, in_size);
+        detail::parallel(dir_threads, [&](int k, int parts) {
+            for (Index d = k; d < D; d += parts) {
+                Index off = layer_offset[ul];
+                for (Index e = 0; e < d; ++e) off = direction_layout(cfg, off, l).end;
+                const DirectionLayout p = direction_layout(cfg, off, l);
+                const Index ld = l * D + d;
+                const Index bias_size = cfg.bias ? H : 0;
+                // Gradient flowing into this direction's states from above: the next layer, the output, or none.
+                const ConstMatrixRef<T> d_hs = l < L - 1               ? ConstMatrixRef<T>(d_y.middleCols(d * H, H))
+                                               : d_out_in.rows() != 0 ? ConstMatrixRef<T>(d_out_in.middleCols(d * H, H))
+                                                                      : ConstMatrixRef<T>(none);
+                MatrixRef<T> d_in_dir = k == 1 ? MatrixRef<T>(d_in_second) : MatrixRef<T>(d_in);
+                layer_backward<T>(in, cache.h0.middleRows(ld * B, B), const_matrix(params, p.w_ih, H, p.in),
+                                  const_matrix(params, p.w_hh, H, H), cache.ys[ul].middleCols(d * H, H), d_hs,
+                                  d_h_n_in.rows() != 0 ? ConstMatrixRef<T>(d_h_n_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(none),
+                                  cfg.activation, d == 1, pk.steps, d_in_dir, dh0_out.middleRows(ld * B, B),
+                                  matrix(grads, p.w_ih, H, p.in), matrix(grads, p.w_hh, H, H),
+                                  Eigen::Map<RowVector<T>>(grads + p.b_ih, bias_size),
+                                  Eigen::Map<RowVector<T>>(grads + p.b_hh, bias_size), dz[static_cast<size_t>(k)]);
+            }
+        });
+        if (dir_threads > 1) d_in += d_in_second;
         if (l > 0) {
             if (dropout) {
                 d_y = d_x.cwiseProduct(cache.masks.middleRows((l - 1) * R, R));

@@ -13,8 +13,8 @@ void register_cell(py::module_& m);
 PYBIND11_MODULE(_core, m) {
     m.doc() = "rnnfast compiled kernels (private; use the rnnfast package)";
     m.attr("__version__") = rnnfast::version();
-    m.def("get_num_threads", &rnnfast::get_num_threads, "Threads used by the matrix products.");
-    m.def("set_num_threads", &rnnfast::set_num_threads, py::arg("n"), "Set the threads used by the matrix products.");
+    m.def("get_num_threads", &rnnfast::get_num_threads, "Threads the kernels split their work across.");
+    m.def("set_num_threads", &rnnfast::set_num_threads, py::arg("n"), "Set the threads the kernels split their work across.");
     m.def("simd_instruction_sets", &rnnfast::simd_instruction_sets);
     m.def("eigen_version", &rnnfast::eigen_version);
     m.def("compiler", &rnnfast::compiler);

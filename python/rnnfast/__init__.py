@@ -7,20 +7,100 @@ of the same semantics, the oracle of the test suite.
 
 from __future__ import annotations
 
+from typing import IO, Any, Dict, List, Optional
+
+import numpy as np
+
 from . import _checks, _core
 from ._cell import RNNCell, RNNCellCache
 from ._rnn import RNN, RNNCache
 
 __version__: str = _core.__version__
 
-__all__ = ["RNN", "RNNCache", "RNNCell", "RNNCellCache", "__version__", "get_num_threads", "set_num_threads"]
+__all__ = ["RNN", "RNNCache", "RNNCell", "RNNCellCache", "__version__", "get_num_threads", "set_num_threads",
+           "show_config"]
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads (n >= 1) for the matrix products of every model in this process."""
-    _core.set_num_threads(_checks.positive_int("n", n))
+    """Split the kernels' work of every model in this process across ``n`` threads (n >= 1)."""
+    threads = _checks.positive_int("n", n)
+    if threads > 2**31 - 1:
+        raise ValueError(f"n: expected a positive integer below 2**31, got {threads}")
+    _core.set_num_threads(threads)
 
 
 def get_num_threads() -> int:
-    """Threads used for the matrix products (1 when built without OpenMP)."""
+    """Threads the kernels split their work across (default: the CPUs this process may run on)."""
     return int(_core.get_num_threads())
+
+
+# SIMD extensions looked up in the CPU's flags by show_config (names as /proc/cpuinfo spells them).
+_CPU_SIMD_FLAGS = ("avx2", "fma", "avx512f")
+
+
+def _cpu_simd_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[List[str]]:
+    """Which of ``_CPU_SIMD_FLAGS`` the CPU reports, or None where that is unknown (no /proc/cpuinfo)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return [flag for flag in _CPU_SIMD_FLAGS if flag in flags]
+    except OSError:
+        return None
+    return None
+
+
+def _simd_in_use(compiled: str, cpu_flags: Optional[List[str]]) -> str:
+    """The instruction sets the kernels run with. The build has one code path, chosen at compile time, so that is
+    the compiled one whatever the CPU offers beyond it."""
+    del cpu_flags  # unused until the kernels choose among several code paths at run time
+    return compiled
+
+
+def _config() -> Dict[str, Any]:
+    import os
+    import platform
+
+    compiled = str(_core.simd_instruction_sets())
+    cpu_flags = _cpu_simd_flags()
+    return {
+        "version": __version__,
+        "compiler": str(_core.compiler()),
+        "eigen_version": str(_core.eigen_version()),
+        "simd_compiled": compiled,
+        "simd_in_use": _simd_in_use(compiled, cpu_flags),
+        "cpu_simd_flags": cpu_flags,
+        "threads": get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": str(np.__version__),
+        "platform": platform.platform(),
+    }
+
+
+def show_config(file: Optional[IO[str]] = None) -> Dict[str, Any]:
+    """Print how this rnnfast was built and how it will run (the output of ``rnnfast info``); return it as a dict.
+
+    Keys: ``version``, ``compiler``, ``eigen_version``, ``simd_compiled`` (the instruction sets the kernels were
+    compiled for, as Eigen names them), ``simd_in_use``, ``cpu_simd_flags`` (which of avx2, fma, avx512f the CPU
+    reports; None where unknown), ``threads`` (``get_num_threads()``), ``cpu_count``, ``python``, ``numpy``,
+    ``platform``. ``file`` defaults to sys.stdout.
+    """
+    import sys
+
+    config = _config()
+    flags = config["cpu_simd_flags"]
+    rows = [
+        ("compiler", config["compiler"]),
+        ("Eigen", config["eigen_version"]),
+        ("SIMD compiled", config["simd_compiled"]),
+        ("SIMD in use", config["simd_in_use"]),
+        ("CPU SIMD flags", "unknown" if flags is None else " ".join(flags) or "none of " + " ".join(_CPU_SIMD_FLAGS)),
+        ("threads", f"{config['threads']} (of {config['cpu_count']} CPUs)"),
+        ("Python", f"{config['python']}, NumPy {config['numpy']}"),
+        ("platform", config["platform"]),
+    ]
+    lines = [f"rnnfast {config['version']}"] + [f"  {name + ':':<16}{value}" for name, value in rows]
+    print("\n".join(lines), file=sys.stdout if file is None else file)
+    return config

@@ -34,6 +34,31 @@ def command(name: str, help: str) -> Callable[[Callable[[List[str]], int]], Call
     return register
 
 
+@command("info", "version, compiler, Eigen version, SIMD instruction sets and threads of this build")
+def _info(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} info",
+        description="Print how rnnfast was built and how it will run (the same as rnnfast.show_config()).")
+    parser.add_argument("--json", action="store_true", help="print the configuration as one JSON object")
+    args = parser.parse_args(argv)
+    from . import _config, show_config
+
+    if args.json:
+        import json
+
+        print(json.dumps(_config(), indent=2))
+    else:
+        show_config()
+    return 0
+
+
+@command("demo", "train an RNN to predict a noisy sine wave, against the repeat-last-value baseline")
+def _demo(argv: List[str]) -> int:
+    from . import demo  # imported on use, like bench
+
+    return demo.main(argv, prog=f"{PROG} demo")
+
+
 @command("bench", "time rnnfast against the NumPy reference, PyTorch, ONNX Runtime and OpenVINO")
 def _bench(argv: List[str]) -> int:
     from . import bench  # imported on use: the other commands need none of it

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 import numpy as np
 
@@ -61,7 +61,23 @@ class RNNCell(Module):
 
     def __call__(self, x: np.ndarray, h: Optional[np.ndarray] = None) -> np.ndarray:
         """Inference: same as ``forward(x, h)``."""
-        return self.forward(x, h)  # type: ignore[return-value]
+        return self.forward(x, h)
+
+    @overload
+    def forward(self, x: np.ndarray, h: Optional[np.ndarray] = None, return_cache: Literal[False] = False
+                ) -> np.ndarray: ...
+
+    @overload
+    def forward(self, x: np.ndarray, h: Optional[np.ndarray] = None, *, return_cache: Literal[True]
+                ) -> tuple[np.ndarray, RNNCellCache]: ...
+
+    @overload
+    def forward(self, x: np.ndarray, h: Optional[np.ndarray], return_cache: Literal[True]
+                ) -> tuple[np.ndarray, RNNCellCache]: ...
+
+    @overload
+    def forward(self, x: np.ndarray, h: Optional[np.ndarray] = None, return_cache: bool = False
+                ) -> Union[np.ndarray, tuple[np.ndarray, RNNCellCache]]: ...
 
     def forward(self, x: np.ndarray, h: Optional[np.ndarray] = None, return_cache: bool = False
                 ) -> Union[np.ndarray, tuple[np.ndarray, RNNCellCache]]:

@@ -10,6 +10,7 @@ import numpy as np
 DTypeLike = Union[str, type, np.dtype]
 
 _SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_MAX_SIZE = 2**63 - 1
 NONLINEARITIES = ("tanh", "relu")
 
 
@@ -22,6 +23,8 @@ def positive_int(name: str, value: Any) -> int:
         raise TypeError(f"{name}: expected a positive integer, got {value!r} of type {type(value).__name__}") from None
     if n <= 0:
         raise ValueError(f"{name}: expected a positive integer, got {n}")
+    if n > _MAX_SIZE:
+        raise ValueError(f"{name}: expected a positive integer below 2**63, got {n}")
     return n
 
 
@@ -47,8 +50,10 @@ def probability(name: str, value: Any) -> float:
 
 
 def model_dtype(value: Any) -> np.dtype:
+    if value is None:  # PyTorch's dtype=None: the default dtype
+        return np.dtype(np.float32)
     try:
-        dt = np.dtype(value)
+        dt: np.dtype = np.dtype(value)
     except TypeError:
         raise TypeError(f"dtype: expected 'float32' or 'float64', got {value!r}") from None
     if dt not in _SUPPORTED_DTYPES:
@@ -83,6 +88,8 @@ def shape_error(name: str, expected: str, actual: tuple[int, ...]) -> ValueError
 def lengths(value: Any, batch: int, seq_len: int) -> np.ndarray:
     """Sequence lengths as a contiguous int64 array of shape [batch], each in [1, seq_len]."""
     arr = np.asarray(value)
+    if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64: an empty list for an empty batch
+        arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         raise ValueError(f"lengths: expected integers, got dtype {arr.dtype}")
     if arr.ndim == 0 and batch == 1:

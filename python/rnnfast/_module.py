@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+_M = TypeVar("_M", bound="Module")
+
+
+def _check_fits_in_memory(count: int, dtype: np.dtype) -> None:
+    """Refuse parameter buffers larger than the machine's memory up front: with overcommit, the allocation itself
+    could succeed and the process be killed later while filling it."""
+    needed = 2 * count * dtype.itemsize  # parameters and gradients
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not available on this platform
+        return
+    if needed > physical:
+        raise MemoryError(
+            f"sizes: {count} parameters need {needed / 2**30:.1f} GiB for parameters and gradients, "
+            f"more than this machine's {physical / 2**30:.1f} GiB"
+        )
 
 
 class Module:
@@ -20,6 +38,7 @@ class Module:
 
     def _init_parameters(self, kernel: Any, dtype: np.dtype, hidden_size: int, rng: np.random.Generator) -> None:
         count = kernel.param_count
+        _check_fits_in_memory(count, dtype)
         self._flat = np.empty(count, dtype=dtype)
         self._grad_flat = np.zeros(count, dtype=dtype)
         self._params: dict[str, np.ndarray] = {}
@@ -30,7 +49,11 @@ class Module:
             self._grads[name] = self._grad_flat[offset : offset + size].reshape(shape)
         # U(-1/sqrt(H), 1/sqrt(H)) for every parameter, as PyTorch initializes nn.RNN / nn.RNNCell.
         bound = 1.0 / math.sqrt(hidden_size)
-        self._flat[:] = rng.uniform(-bound, bound, size=count)
+        # Drawn in chunks (the same values as one draw), so peak memory stays at the buffers themselves.
+        chunk = 1 << 20
+        for start in range(0, count, chunk):
+            stop = min(count, start + chunk)
+            self._flat[start:stop] = rng.uniform(-bound, bound, size=stop - start)
         # Bumped whenever load_state_dict replaces the parameters, so stale caches are refused.
         self._version = 0
         self.training = True
@@ -78,19 +101,20 @@ class Module:
                 raise TypeError(f"state_dict[{name!r}]: expected a real numeric array, got dtype {value.dtype}")
             if value.shape != target.shape:
                 raise ValueError(f"state_dict[{name!r}]: expected shape {target.shape}, got {value.shape}")
-            staged[name] = value.astype(target.dtype, copy=False)
+            # A copy even when the dtype matches: the value may be a view of this model's own storage.
+            staged[name] = np.array(value, dtype=target.dtype, copy=True)
         for name, value in staged.items():
             self._params[name][...] = value
         self._version += 1
 
-    def train(self, mode: bool = True) -> Module:
+    def train(self: _M, mode: bool = True) -> _M:
         """Training mode (dropout active) or not; returns self."""
         if not isinstance(mode, (bool, np.bool_)):
             raise TypeError(f"mode: expected a bool, got {mode!r}")
         self.training = bool(mode)
         return self
 
-    def eval(self) -> Module:
+    def eval(self: _M) -> _M:
         """Inference mode (no dropout); returns self."""
         return self.train(False)
 

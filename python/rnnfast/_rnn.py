@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 import numpy as np
 
@@ -101,7 +101,24 @@ class RNN(Module):
     def __call__(self, x: np.ndarray, h0: Optional[np.ndarray] = None, lengths: Optional[Any] = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Inference: same as ``forward(x, h0, lengths)``."""
-        return self.forward(x, h0, lengths)  # type: ignore[return-value]
+        return self.forward(x, h0, lengths)
+
+    @overload
+    def forward(self, x: np.ndarray, h0: Optional[np.ndarray] = None, lengths: Optional[Any] = None,
+                return_cache: Literal[False] = False) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def forward(self, x: np.ndarray, h0: Optional[np.ndarray] = None, lengths: Optional[Any] = None, *,
+                return_cache: Literal[True]) -> tuple[np.ndarray, np.ndarray, RNNCache]: ...
+
+    @overload
+    def forward(self, x: np.ndarray, h0: Optional[np.ndarray], lengths: Optional[Any], return_cache: Literal[True]
+                ) -> tuple[np.ndarray, np.ndarray, RNNCache]: ...
+
+    @overload
+    def forward(self, x: np.ndarray, h0: Optional[np.ndarray] = None, lengths: Optional[Any] = None,
+                return_cache: bool = False
+                ) -> Union[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, RNNCache]]: ...
 
     def forward(self, x: np.ndarray, h0: Optional[np.ndarray] = None, lengths: Optional[Any] = None,
                 return_cache: bool = False

@@ -538,6 +538,9 @@ def _onnxruntime_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = env["threads"]
     options.inter_op_num_threads = 1
+    # Spinning worker threads would keep burning the cores after each call and slow whichever backend runs next
+    # in the interleaved loop; without spinning each backend gets the machine to itself.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3

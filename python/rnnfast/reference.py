@@ -101,11 +101,13 @@ def _activate(a, nonlinearity):
     return np.maximum(a, 0)
 
 
-def _activation_derivative(h, nonlinearity):
-    """act'(a), written in terms of the output h = act(a) (that is all we keep)."""
+def _through_activation(dh, h, nonlinearity):
+    """dL/da = dL/dh * act'(a), with act' written in terms of the output h = act(a) (that is all we keep)."""
     if nonlinearity == "tanh":
-        return 1 - h * h                      # tanh' = 1 - tanh^2
-    return (h > 0).astype(h.dtype)            # relu' = 1 where the unit is on, else 0
+        return dh * (1 - h * h)               # tanh' = 1 - tanh^2
+    # relu' = 1 where the unit is on, else 0. A select, not a product, so a NaN/Inf gradient at an inactive
+    # unit is stopped (0 * NaN would be NaN), as PyTorch does.
+    return np.where(h <= 0, 0, dh).astype(dh.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -176,7 +178,7 @@ def layer_backward(cache, grad_hs, grad_h_last):
         t = order[k]
         h_prev = h0 if k == 0 else hs[order[k - 1]]
         dh = grad_hs[t] + dh_next                                    # h_t feeds the output and the next step
-        da = dh * _activation_derivative(hs[t], cache["nonlinearity"])  # through act
+        da = _through_activation(dh, hs[t], cache["nonlinearity"])  # through act
         grad_w_ih += da.T @ x[t]                                     # a_t = x_t W_ih^T + ...
         grad_w_hh += da.T @ h_prev                                   # ... + h_{t-1} W_hh^T
         grad_b += da.sum(axis=0)                                     # biases are shared over the batch
@@ -558,7 +560,7 @@ def cell_backward(cache, grad_h_new):
     if g.shape != cache["h_new"].shape:
         raise ValueError("grad_h_new must have the shape of h_new")
 
-    da = g * _activation_derivative(cache["h_new"], cache["nonlinearity"])  # through act
+    da = _through_activation(g, cache["h_new"], cache["nonlinearity"])  # through act
     grads = {
         "weight_ih": da.T @ cache["x"],
         "weight_hh": da.T @ cache["h"],

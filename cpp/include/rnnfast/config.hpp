@@ -7,7 +7,7 @@ namespace rnnfast {
 
 const char* version();
 
-// Threads used by the matrix products (OpenMP through Eigen); 1 when built without OpenMP.
+// Threads the kernels split their work across (default: the CPUs this process may run on).
 int get_num_threads();
 // n >= 1; throws std::invalid_argument otherwise.
 void set_num_threads(int n);

@@ -1,0 +1,141 @@
+#include "parallel.hpp"
+
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <utility>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <sched.h>
+#include <unistd.h>
+
+namespace rnnfast::detail {
+namespace {
+
+thread_local bool running_job = false;
+
+// Workers wait for a job by spinning, then yielding, then sleeping: consecutive jobs of one call (a layer's
+// products and its recurrence) follow each other within microseconds.
+class Pool {
+public:
+    // Never destroyed (workers may outlive static destruction); a forked child, which has none of the
+    // parent's threads, gets a fresh pool.
+    static Pool& instance() {
+        static std::mutex guard;
+        static Pool* pool = nullptr;
+        std::lock_guard<std::mutex> lock(guard);
+        if (pool == nullptr || pool->pid_ != getpid()) pool = new Pool();
+        return *pool;
+    }
+
+    void run(int threads, const std::function<void(int, int)>& body) {
+        std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+        if (!busy.owns_lock()) {  // another caller's job is running: do this one inline
+            body(0, 1);
+            return;
+        }
+        grow(threads - 1);
+        body_ = &body;
+        parts_ = threads;
+        // Every worker acknowledges every job, so none can mistake a later job for the one it just saw.
+        pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+        {
+            std::lock_guard<std::mutex> lock(wake_);
+            generation_.fetch_add(1, std::memory_order_release);
+        }
+        wake_cv_.notify_all();
+        running_job = true;
+        std::exception_ptr error;
+        try {
+            body(0, threads);
+        } catch (...) {
+            error = std::current_exception();
+        }
+        running_job = false;
+        // The workers use the caller's body and data: wait for them even when this part failed.
+        spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
+        body_ = nullptr;
+        std::exception_ptr worker_error = std::exchange(worker_error_, nullptr);
+        if (!error) error = worker_error;
+        if (error) std::rethrow_exception(error);
+    }
+
+private:
+    void grow(int workers) {
+        while (static_cast<int>(workers_.size()) < workers) {
+            const int index = static_cast<int>(workers_.size()) + 1;
+            // The generation before the job being started, read here: the thread may start after it is bumped.
+            const unsigned seen = generation_.load(std::memory_order_acquire);
+            workers_.emplace_back([this, index, seen] { work(index, seen); });
+            workers_.back().detach();
+        }
+    }
+
+    void work(int index, unsigned seen) {
+        running_job = true;  // anything a worker starts runs inline
+        for (;;) {
+            wait_for_job(seen);
+            seen = generation_.load(std::memory_order_acquire);
+            if (index < parts_) {
+                try {
+                    (*body_)(index, parts_);
+                } catch (...) {  // e.g. std::bad_alloc: handed to the caller, which rethrows it
+                    std::lock_guard<std::mutex> lock(error_mutex_);
+                    if (!worker_error_) worker_error_ = std::current_exception();
+                }
+            }
+            pending_.fetch_sub(1, std::memory_order_acq_rel);
+        }
+    }
+
+    void wait_for_job(unsigned seen) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+        int spins = 0;
+        while (generation_.load(std::memory_order_acquire) == seen) {
+            if (++spins < 2000) {
+                cpu_relax();
+            } else if (std::chrono::steady_clock::now() < until) {
+                std::this_thread::yield();
+            } else {
+                std::unique_lock<std::mutex> lock(wake_);
+                wake_cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+            }
+        }
+    }
+
+    std::mutex busy_;  // one job at a time
+    std::mutex wake_;
+    std::condition_variable wake_cv_;
+    std::atomic<unsigned> generation_{0};
+    std::atomic<int> pending_{0};
+    const std::function<void(int, int)>* body_ = nullptr;
+    int parts_ = 1;
+    std::mutex error_mutex_;
+    std::exception_ptr worker_error_;
+    std::vector<std::thread> workers_;
+    const pid_t pid_ = getpid();
+};
+
+}  // namespace
+
+bool in_parallel() { return running_job; }
+
+void run_parallel(int threads, const std::function<void(int, int)>& body) {
+    if (threads <= 1 || running_job) {
+        body(0, 1);
+        return;
+    }
+    Pool::instance().run(threads, body);
+}
+
+int default_thread_count() {
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+}  // namespace rnnfast::detail

@@ -1,0 +1,88 @@
+// rnnfast's own threading: a small pool of persistent worker threads. Eigen runs single-threaded (it would
+// open and close a parallel region for every small product of the time loop); the kernels split work
+// themselves: big products by rows, the recurrence by bands of the state's columns inside one job with a
+// barrier per step, and the two directions of a bidirectional layer side by side.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <thread>
+
+#include "rnnfast/types.hpp"
+
+namespace rnnfast::detail {
+
+// The thread count set by set_num_threads.
+int thread_limit();
+
+// True on a thread that is running a pool job: work started there runs inline.
+bool in_parallel();
+
+// Threads worth using for `work` multiply-adds when each thread should get at least `min_work`.
+inline int threads_for(double work, double min_work) {
+    if (in_parallel()) return 1;
+    const double useful = std::max(1.0, work / min_work);
+    return static_cast<int>(std::min<double>(thread_limit(), useful));
+}
+
+// Runs body(k, parts) for k in [0, parts) on the pool, the caller taking k = 0, and returns when all are done.
+// parts is `threads`, or 1 when the pool is busy with another caller's job (the body then does all the work).
+void run_parallel(int threads, const std::function<void(int, int)>& body);
+
+template <class Body>
+void parallel(int threads, Body&& body) {
+    if (threads <= 1) {
+        body(0, 1);
+        return;
+    }
+    run_parallel(threads, std::function<void(int, int)>(std::forward<Body>(body)));
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+// Spins briefly, then yields, until `done()`: a step of the recurrence takes microseconds, and yielding keeps a
+// thread that lost its core from being starved by its partner's spinning.
+template <class Done>
+void spin_until(Done&& done) {
+    for (int spins = 0; !done(); ++spins) {
+        if (spins < 2000) {
+            cpu_relax();
+        } else {
+            std::this_thread::yield();
+        }
+    }
+}
+
+// A barrier for the threads of one job, met once per time step. `parts` is the job's thread count as the body
+// received it (1 when the job ran inline).
+class Barrier {
+public:
+    void wait(int parts) {
+        if (parts <= 1) return;
+        const unsigned gen = generation_.load(std::memory_order_acquire);
+        if (arrived_.fetch_add(1, std::memory_order_acq_rel) == parts - 1) {
+            arrived_.store(0, std::memory_order_relaxed);
+            generation_.fetch_add(1, std::memory_order_release);
+            return;
+        }
+        spin_until([&] { return generation_.load(std::memory_order_acquire) != gen; });
+    }
+
+private:
+    std::atomic<int> arrived_{0};
+    std::atomic<unsigned> generation_{0};
+};
+
+// Start of part `k` of `parts` over [0, n), on multiples of `align` so vector loops stay aligned.
+inline Index split(Index n, int k, int parts, Index align = 16) {
+    if (k >= parts) return n;
+    const Index raw = n * k / parts;
+    return std::min(n, (raw + align / 2) / align * align);
+}
+
+}  // namespace rnnfast::detail

@@ -1,0 +1,106 @@
+"""Sentiment-style sequence classification on a small generated data set, classifying from h_n.
+
+The "reviews" are sequences of word ids from a vocabulary of positive, negative and neutral words, 4 to 24 words
+long; a review is positive when it has more positive than negative words. Each word is a one-hot vector, so the
+RNN's input weights learn one embedding per word. The batches mix lengths: ``rnn.forward(x, lengths=...)`` runs
+each review only over its own words, and ``h_n`` is each review's state after its last word. A logistic read-out
+on ``h_n`` gives the probability of "positive"; the loss is binary cross-entropy; the gradient reaches the RNN as
+``grad_h_n`` (the outputs are not used). Adam written in NumPy updates the parameters in place.
+
+Run: python examples/sentiment_classification.py
+"""
+
+import time
+
+import numpy as np
+
+import rnnfast
+
+VOCAB = 40
+POSITIVE = range(0, 8)    # word ids 0-7 are positive words, 8-15 negative, the rest neutral
+NEGATIVE = range(8, 16)
+MIN_LEN, MAX_LEN = 4, 24
+HIDDEN = 24
+
+
+def make_reviews(count, rng):
+    """(x [MAX_LEN, count, VOCAB] one-hot and zero-padded, lengths [count], labels [count] of 0/1)."""
+    x = np.zeros((MAX_LEN, count, VOCAB), np.float32)
+    lengths = rng.integers(MIN_LEN, MAX_LEN + 1, count)
+    labels = np.zeros(count, np.float32)
+    for b in range(count):
+        while True:
+            words = rng.integers(0, VOCAB, lengths[b])
+            score = np.isin(words, POSITIVE).sum() - np.isin(words, NEGATIVE).sum()
+            if score != 0:  # no ties
+                break
+        x[np.arange(lengths[b]), b, words] = 1
+        labels[b] = score > 0
+    return x, lengths, labels
+
+
+class Adam:
+    def __init__(self, params, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
+        self.params, self.lr, self.b1, self.b2, self.eps, self.t = params, lr, b1, b2, eps, 0
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def step(self, grads):
+        self.t += 1
+        for k, p in self.params.items():
+            self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * grads[k]
+            self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * grads[k] ** 2
+            m_hat = self.m[k] / (1 - self.b1 ** self.t)
+            v_hat = self.v[k] / (1 - self.b2 ** self.t)
+            p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)  # in place: p is the model's own array
+
+
+def predict(rnn, head, x, lengths):
+    """Logits [B] of "positive", from the last layer's state after each review's last word."""
+    _, h_n = rnn(x, lengths=lengths)  # h_n: [num_layers, B, H]
+    return h_n[-1] @ head["w"] + head["b"]
+
+
+def accuracy(rnn, head, x, lengths, labels):
+    return float(np.mean((predict(rnn, head, x, lengths) > 0) == (labels > 0.5)))
+
+
+rnnfast.set_num_threads(1)  # small matrices: one thread is fastest
+rng = np.random.default_rng(0)
+train_x, train_len, train_y = make_reviews(2000, rng)
+test_x, test_len, test_y = make_reviews(500, rng)
+print(f"train {train_x.shape[1]} reviews, test {test_x.shape[1]}, lengths {MIN_LEN}-{MAX_LEN}, "
+      f"{train_y.mean():.0%} positive")
+
+rnn = rnnfast.RNN(input_size=VOCAB, hidden_size=HIDDEN, seed=0)
+head = {"w": np.zeros(HIDDEN, np.float32), "b": np.zeros(1, np.float32)}
+opt = Adam({**rnn.named_parameters(), **head}, lr=0.01)
+print(f"chance accuracy: {max(test_y.mean(), 1 - test_y.mean()):.3f}")
+
+start = time.perf_counter()
+batch = 50
+for epoch in range(12):
+    order = rng.permutation(train_x.shape[1])
+    losses = []
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        x, lengths, y = np.ascontiguousarray(train_x[:, idx]), train_len[idx], train_y[idx]
+        _, h_n, cache = rnn.forward(x, lengths=lengths, return_cache=True)
+        h_last = h_n[-1]                                             # [B, H]
+        z = h_last @ head["w"] + head["b"]                           # logits [B]
+        p = 1 / (1 + np.exp(-z))
+        losses.append(float(np.mean(np.logaddexp(0, z) - y * z)))   # binary cross-entropy with logits
+        grad_z = (p - y) / len(y)                                    # d(loss)/d(z)
+        grad_h_n = np.zeros_like(h_n)
+        grad_h_n[-1] = np.outer(grad_z, head["w"])                   # only the last layer's state is read
+        rnn.zero_grad()
+        rnn.backward(cache, grad_h_n=grad_h_n)                       # BPTT from h_n only
+        grads = {**rnn.grads, "w": h_last.T @ grad_z, "b": grad_z.sum(keepdims=True)}
+        opt.step(grads)
+    if epoch % 3 == 2:
+        print(f"epoch {epoch + 1:2d}  loss {np.mean(losses):.4f}  "
+              f"test accuracy {accuracy(rnn, head, test_x, test_len, test_y):.3f}")
+
+print(f"trained in {time.perf_counter() - start:.1f} s")
+print(f"train accuracy: {accuracy(rnn, head, train_x, train_len, train_y):.3f}")
+print(f"test accuracy: {accuracy(rnn, head, test_x, test_len, test_y):.3f}")

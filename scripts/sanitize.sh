@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Memory safety, proven by tools: build the C++ unit tests and the Python extension with AddressSanitizer and
+# UndefinedBehaviorSanitizer (CMake option RNNFAST_SANITIZE), run CTest and the pytest suite under them, and fail
+# on any sanitizer report (every sanitizer error aborts the process that hit it, which fails its test run).
+#
+#   scripts/sanitize.sh              # everything (C++ tests, then the Python suite)
+#   scripts/sanitize.sh cpp          # C++ tests only
+#   scripts/sanitize.sh python       # Python suite only
+#   JOBS=1 scripts/sanitize.sh       # build with one job (default 2)
+#   PYTEST_ARGS="tests/test_robustness.py" scripts/sanitize.sh python
+#
+# Builds go to build/sanitize/ (C++ tests: build/sanitize/cpp; extension: build/sanitize/py, installed into the venv
+# build/sanitize/venv), apart from the normal builds. Needs a C++17 compiler with libasan/libubsan (gcc or clang),
+# CMake, Ninja, GoogleTest (libgtest-dev) and Eigen for the C++ tests; pip reaches PyPI for the extension's build
+# requirements. CPython leaks by design, so the Python run has leak detection off; the C++ tests have it on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what="${1:-all}"
+jobs="${JOBS:-2}"
+out="build/sanitize"
+python="${PYTHON:-python3}"
+t0=$SECONDS
+phase() { echo "== sanitize: $* ($((SECONDS - t0)) s)"; }
+
+common_asan="halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:check_initialization_order=1"
+common_asan+=":strict_init_order=1:detect_invalid_pointer_pairs=0:print_summary=1"
+export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:report_error_type=1"
+
+if [[ "$what" == all || "$what" == cpp ]]; then
+  phase "configure and build the C++ tests"
+  cmake -S . -B "$out/cpp" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRNNFAST_SANITIZE=ON \
+        -DRNNFAST_BUILD_TESTS=ON -DRNNFAST_BUILD_BENCHMARKS=OFF -DRNNFAST_BUILD_PYTHON=OFF >/dev/null
+  cmake --build "$out/cpp" -j "$jobs"
+  phase "run the C++ tests"
+  # LeakSanitizer needs ptrace-like access that some containers forbid; SANITIZE_CPP_LEAKS=0 turns it off there.
+  ASAN_OPTIONS="$common_asan:detect_leaks=${SANITIZE_CPP_LEAKS:-1}" \
+    ctest --test-dir "$out/cpp" --output-on-failure -j "$jobs"
+fi
+
+if [[ "$what" == all || "$what" == python ]]; then
+  phase "build the extension into $out/venv"
+  if [[ ! -x "$out/venv/bin/python" ]]; then
+    "$python" -m venv "$out/venv"
+  fi
+  "$out/venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+  CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$out/venv/bin/python" -m pip install -q ".[test]" \
+    -C cmake.define.RNNFAST_SANITIZE=ON -C cmake.build-type=RelWithDebInfo -C build-dir="$out/py"
+  # The interpreter is not instrumented: the ASan runtime must be loaded first, from the compiler that built _core.
+  # libstdc++ is preloaded too: ASan resolves its __cxa_throw interceptor at startup, and the interpreter does not
+  # load libstdc++ by itself, so without it the first C++ exception aborts ("real___cxa_throw != 0" CHECK).
+  cxx="${CXX:-c++}"
+  libasan="$("$cxx" -print-file-name=libasan.so)"
+  libstdcxx="$("$cxx" -print-file-name=libstdc++.so.6)"
+  for lib in "$libasan" "$libstdcxx"; do
+    if [[ ! -e "$lib" ]]; then
+      echo "sanitize: cannot find $lib for $cxx" >&2
+      exit 2
+    fi
+  done
+  phase "run the pytest suite under ASan+UBSan (LD_PRELOAD=$libasan:$libstdcxx)"
+  # shellcheck disable=SC2086
+  LD_PRELOAD="$libasan:$libstdcxx" RNNFAST_SANITIZED=1 \
+  ASAN_OPTIONS="$common_asan:detect_leaks=0" \
+    "$out/venv/bin/python" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-}
+  # Guard against a silently uninstrumented build making "no report" meaningless.
+  phase "check the extension really is instrumented"
+  if ! nm -D "$(ls "$out"/venv/lib/python*/site-packages/rnnfast/_core*.so)" | grep -q "__asan_report"; then
+    echo "sanitize: rnnfast/_core is not built with AddressSanitizer" >&2
+    exit 1
+  fi
+fi
+
+phase "done: no sanitizer report"

@@ -1,0 +1,219 @@
+"""Threads and the GIL: forward and backward release the GIL; many threads may run inference on one model at once
+and get exactly the serial results; concurrent backward calls on distinct caches of one model add up the same
+gradients as serial ones."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast import reference as ref
+
+THREADS = 8
+
+
+def _bitwise(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _in_parallel(n: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run work(0..n-1) on n threads released together by a barrier; re-raise the first exception."""
+    barrier = threading.Barrier(n)
+
+    def start(i: int) -> Any:
+        barrier.wait(timeout=60)
+        return work(i)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        futures = [pool.submit(start, i) for i in range(n)]
+        return [f.result(timeout=300) for f in futures]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The GIL is released inside the kernels
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _gil_is_released_during(call: Callable[[], Any]) -> bool:
+    """Whether another Python thread gets to run while `call` is in progress on a worker thread.
+
+    The switch interval is made huge, so a thread that holds the GIL is never asked to drop it: the main thread,
+    waiting for the GIL once the worker has started, can only run before `call` returns if `call` itself releases
+    the GIL. No timing assumption: the main thread then checks that the worker has not finished, which is certain
+    when the GIL was released inside the call (the worker needs the GIL back to return).
+    """
+    started, finished = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        started.set()  # from here on this thread keeps the GIL unless `call` releases it
+        try:
+            call()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finished.set()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        assert started.wait(timeout=60)
+        # This line runs as soon as the main thread has the GIL again.
+        ran_while_in_call = not finished.is_set()
+    finally:
+        sys.setswitchinterval(old)
+    thread.join(timeout=300)
+    assert not errors, errors
+    return ran_while_in_call
+
+
+def _long_rnn() -> tuple[rnnfast.RNN, np.ndarray]:
+    model = rnnfast.RNN(32, 128, num_layers=2, dtype="float64", seed=0)
+    x = np.random.default_rng(0).standard_normal((200, 16, 32))  # C-contiguous: no NumPy copy before the kernel
+    return model, x
+
+
+def test_forward_releases_the_gil() -> None:
+    model, x = _long_rnn()
+    assert _gil_is_released_during(lambda: model(x))
+    assert _gil_is_released_during(lambda: model.forward(x, return_cache=True))
+
+
+def test_backward_releases_the_gil() -> None:
+    model, x = _long_rnn()
+    out, _, cache = model.forward(x, return_cache=True)
+    g = np.ones_like(out)
+    assert _gil_is_released_during(lambda: model.backward(cache, g))
+
+
+def test_cell_forward_and_backward_release_the_gil() -> None:
+    cell = rnnfast.RNNCell(512, 512, dtype="float64", seed=0)
+    x = np.random.default_rng(1).standard_normal((1024, 512))
+    assert _gil_is_released_during(lambda: cell(x, x))
+    h, cache = cell.forward(x, x, return_cache=True)
+    g = np.ones_like(h)
+    assert _gil_is_released_during(lambda: cell.backward(cache, g))
+
+
+def test_the_check_detects_a_call_that_holds_the_gil() -> None:
+    # The same check on a pure-Python loop (which never releases the GIL) says "not released": the check is real.
+    def spin() -> None:
+        n = 0
+        for _ in range(200_000):
+            n += 1
+
+    assert not _gil_is_released_during(spin)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Many threads, one model
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_many_threads_of_inference_on_one_model_give_the_serial_results_bitwise(dtype) -> None:
+    model = rnnfast.RNN(8, 24, num_layers=2, bidirectional=True, batch_first=True, dtype=dtype, seed=0)
+    model.eval()
+    cell = rnnfast.RNNCell(8, 24, dtype=dtype, seed=1)
+    rng = np.random.default_rng(2)
+    # Each thread its own input, batch and lengths (and a few share them).
+    inputs = []
+    for i in range(THREADS):
+        B, T = 1 + i % 4, 5 + i
+        x = rng.standard_normal((B, T, 8)).astype(dtype)
+        lengths = rng.integers(1, T + 1, size=B) if i % 2 else None
+        inputs.append((x, lengths))
+    serial = [(model(x, lengths=lengths), cell(x[:, 0])) for x, lengths in inputs]
+    calls = 6
+
+    def work(i: int) -> list[Any]:
+        x, lengths = inputs[i]
+        return [(model(x, lengths=lengths), cell(x[:, 0])) for _ in range(calls)]
+
+    for _ in range(3):
+        results = _in_parallel(THREADS, work)
+        for i, runs in enumerate(results):
+            (out, h_n), h = serial[i]
+            for (out_i, h_n_i), h_i in runs:
+                assert _bitwise(out_i, out) and _bitwise(h_n_i, h_n) and _bitwise(h_i, h)
+
+
+def test_concurrent_backward_on_distinct_caches_adds_the_serial_gradients() -> None:
+    model = rnnfast.RNN(6, 16, num_layers=2, bidirectional=True, dtype="float64", seed=3)
+    cell = rnnfast.RNNCell(6, 16, dtype="float64", seed=4)
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((7, 3, 6)) for _ in range(THREADS)]
+    gs = [rng.standard_normal((7, 3, 32)) for _ in range(THREADS)]
+
+    def one(i: int) -> tuple[np.ndarray, ...]:
+        out, h_n, cache = model.forward(xs[i], return_cache=True)
+        gx, gh0 = model.backward(cache, gs[i], np.cos(h_n))
+        h, c = cell.forward(xs[i][0], np.tanh(gs[i][1, :, :16]), return_cache=True)
+        cgx, cgh = cell.backward(c, gs[i][0, :, :16])
+        return out, gx, gh0, cgx, cgh
+
+    serial = [one(i) for i in range(THREADS)]
+    serial_grads = {k: v.copy() for k, v in model.grads.items()}
+    serial_cell_grads = {k: v.copy() for k, v in cell.grads.items()}
+    for _ in range(3):
+        model.zero_grad()
+        cell.zero_grad()
+        results = _in_parallel(THREADS, one)
+        for got, expected in zip(results, serial):
+            assert all(_bitwise(a, b) for a, b in zip(got, expected))  # each call's own results: exact
+        for k, v in model.grads.items():  # the sums: same terms, maybe in another order
+            np.testing.assert_allclose(v, serial_grads[k], rtol=1e-12, atol=1e-12)
+        for k, v in cell.grads.items():
+            np.testing.assert_allclose(v, serial_cell_grads[k], rtol=1e-12, atol=1e-12)
+
+
+def test_concurrent_training_forwards_with_dropout_are_each_consistent() -> None:
+    # Training-mode forwards share the model's dropout generator: each call gets its own masks (in some order),
+    # and each result is exactly what the reference computes with the masks its cache recorded.
+    model = rnnfast.RNN(4, 8, num_layers=3, dropout=0.5, dtype="float64", seed=6)
+    x = np.random.default_rng(7).standard_normal((5, 2, 4))
+
+    def work(i: int) -> list[Any]:
+        return [model.forward(x, return_cache=True) for _ in range(4)]
+
+    results = [r for runs in _in_parallel(THREADS, work) for r in runs]
+    masks = [cache.dropout_masks for _, _, cache in results]
+    assert len({m.tobytes() for m in masks}) == len(masks)  # no two calls drew the same masks
+    for out, h_n, cache in results[:: len(results) // 4]:
+        r_out, r_h_n, _ = ref.rnn_forward(x, model.state_dict(), num_layers=3, dropout_masks=cache.dropout_masks)
+        np.testing.assert_allclose(out, r_out, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(h_n, r_h_n, rtol=1e-12, atol=1e-13)
+
+
+def test_changing_the_thread_count_while_kernels_run_is_safe() -> None:
+    before = rnnfast.get_num_threads()
+    model = rnnfast.RNN(48, 160, num_layers=2, bidirectional=True, dtype="float64", seed=8).eval()
+    x = np.random.default_rng(9).standard_normal((6, 20, 48))  # big enough for the kernels' parallel paths
+    expected = model(x)
+    stop = threading.Event()
+
+    def toggle() -> None:
+        n = 0
+        while not stop.is_set():
+            rnnfast.set_num_threads(1 + n % 3)
+            n += 1
+
+    toggler = threading.Thread(target=toggle)
+    toggler.start()
+    try:
+        results = _in_parallel(4, lambda i: [model(x) for _ in range(10)])
+    finally:
+        stop.set()
+        toggler.join()
+        rnnfast.set_num_threads(before)
+    for runs in results:
+        for out, h_n in runs:
+            np.testing.assert_allclose(out, expected[0], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(h_n, expected[1], rtol=1e-12, atol=1e-12)

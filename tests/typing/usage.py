@@ -1,0 +1,92 @@
+"""The public API as a user's typed code calls it; tests/test_typing.py checks that it passes ``mypy --strict``
+(and runs it, so it stays correct code). Any reveal of ``Any`` or a needed cast here is a gap in the types."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+import rnnfast
+from rnnfast import demo
+
+
+def sequence_model() -> Tuple[np.ndarray, np.ndarray]:
+    rnn = rnnfast.RNN(input_size=4, hidden_size=8, num_layers=2, nonlinearity="relu", bias=True,
+                      batch_first=True, dropout=0.1, bidirectional=True, dtype="float64", seed=0)
+    x: npt.NDArray[np.float64] = np.zeros((3, 5, 4))
+    h0: Optional[np.ndarray] = np.zeros((4, 3, 8))
+    out, h_n = rnn(x, h0)
+    out, h_n = rnn(x, lengths=[5, 2, 4])
+    out, h_n = rnn.forward(x)
+    out, h_n, cache = rnn.forward(x, h0, return_cache=True)
+    out, h_n, cache = rnn.forward(x, None, np.array([5, 2, 4]), True)
+    masks: Optional[np.ndarray] = cache.dropout_masks
+    grad_x, grad_h0 = rnn.backward(cache, grad_output=np.ones_like(out))
+    grad_x, grad_h0 = rnn.backward(cache, grad_h_n=np.ones_like(h_n))
+    assert grad_x.shape == x.shape and grad_h0.shape == h_n.shape and masks is not None
+    return out, h_n
+
+
+def training_step(rnn: rnnfast.RNN, x: np.ndarray, target: np.ndarray, lr: float = 0.01) -> float:
+    out, _, cache = rnn.forward(x, return_cache=True)
+    diff = out - target
+    rnn.zero_grad()
+    rnn.backward(cache, 2 * diff / diff.size)
+    grads: Dict[str, np.ndarray] = rnn.grads
+    for name, p in rnn.named_parameters().items():
+        p -= lr * grads[name]
+    return float(np.mean(diff ** 2))
+
+
+def cells() -> np.ndarray:
+    cell = rnnfast.RNNCell(3, 6, bias=False, nonlinearity="tanh", dtype=np.float32, seed=1)
+    x = np.ones((2, 3), np.float32)
+    h: np.ndarray = cell(x)
+    h = cell(x, h)
+    h = cell.forward(x, h)
+    h, cache = cell.forward(x, h, return_cache=True)
+    h, cache = cell.forward(x, h, True)
+    caches: List[rnnfast.RNNCellCache] = [cache]
+    grad_x, grad_h = cell.backward(caches[0], np.ones_like(h))
+    assert grad_h.shape == h.shape
+    return grad_x
+
+
+def state(model: rnnfast.RNN) -> rnnfast.RNN:
+    saved: Dict[str, np.ndarray] = model.state_dict()
+    model.load_state_dict(saved)
+    weight: np.ndarray = model.weight_ih_l0  # PyTorch-style attribute access
+    assert weight.shape == (model.hidden_size, model.input_size)
+    evaluated: rnnfast.RNN = model.eval()  # train() / eval() return the model itself, with its type
+    trained: rnnfast.RNN = evaluated.train(True)
+    assert trained.training and model.dtype == np.float32 and model.num_layers == 1
+    return trained
+
+
+def configuration() -> Dict[str, Any]:
+    rnnfast.set_num_threads(1)
+    threads: int = rnnfast.get_num_threads()
+    version: str = rnnfast.__version__
+    config = rnnfast.show_config()
+    assert config["threads"] == threads and config["version"] == version
+    return config
+
+
+def demo_metrics() -> float:
+    metrics: Dict[str, Any] = demo.run(epochs=1, hidden=4, seed=0, series_length=200, progress=False)
+    ratio: float = metrics["test_ratio"]
+    return ratio
+
+
+if __name__ == "__main__":
+    sequence_model()
+    rnn = rnnfast.RNN(2, 3, seed=0)
+    x = np.zeros((4, 1, 2), np.float32)
+    training_step(rnn, x, np.zeros((4, 1, 3), np.float32))
+    cells()
+    state(rnn)
+    configuration()
+    demo_metrics()
+    print("usage ok")
