@@ -84,8 +84,8 @@ def test_python_dash_m_help() -> None:
 
 # ------------------------------------------------------------------------------------------------------ info
 
-INFO_KEYS = {"version", "compiler", "eigen_version", "simd_compiled", "simd_in_use", "cpu_simd_flags", "threads",
-             "cpu_count", "python", "numpy", "platform"}
+INFO_KEYS = {"version", "compiler", "eigen_version", "simd_compiled", "simd_in_use", "isa_level",
+             "isa_levels_installed", "cpu_simd_flags", "threads", "cpu_count", "python", "numpy", "platform"}
 
 
 def test_show_config_prints_and_returns_the_configuration() -> None:
@@ -96,7 +96,8 @@ def test_show_config_prints_and_returns_the_configuration() -> None:
     assert config["compiler"] == _core.compiler() and config["compiler"]
     assert config["eigen_version"] == _core.eigen_version() and config["eigen_version"].startswith("Eigen 3.")
     assert config["simd_compiled"] == _core.simd_instruction_sets()
-    assert config["simd_in_use"] == config["simd_compiled"]  # one code path, chosen at compile time
+    assert config["simd_in_use"] == f"{config['isa_level']} ({config['simd_compiled']})"
+    assert config["isa_level"] == _core.isa_level and config["isa_level"] in config["isa_levels_installed"]
     assert config["threads"] == rnnfast.get_num_threads() >= 1
     assert config["numpy"] == np.__version__
     flags = config["cpu_simd_flags"]
@@ -148,7 +149,7 @@ def test_info_command() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == f"rnnfast {rnnfast.__version__}"
     labels = [line.split(":")[0].strip() for line in lines[1:]]
-    assert labels == ["compiler", "Eigen", "SIMD compiled", "SIMD in use", "CPU SIMD flags", "threads", "Python",
+    assert labels == ["compiler", "Eigen", "SIMD compiled", "SIMD in use", "ISA levels", "CPU SIMD flags", "threads", "Python",
                       "platform"]
     assert _core.simd_instruction_sets() in result.stdout
 

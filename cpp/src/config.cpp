@@ -46,6 +46,22 @@ std::string eigen_version() {
            std::to_string(EIGEN_MINOR_VERSION);
 }
 
+bool cpu_supports(const std::string& level) {
+    if (level == "baseline" || level == "native") return true;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("bmi2");
+    if (level == "avx2") return v3;
+    if (level == "avx512") {
+        return v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512cd");
+    }
+#endif
+    return false;
+}
+
 std::string compiler() {
 #if defined(__clang__)
     return std::string("clang ") + __clang_version__;

@@ -10,9 +10,19 @@ void register_stack(py::module_& m);
 void register_cell(py::module_& m);
 }  // namespace rnnfast::bindings
 
-PYBIND11_MODULE(_core, m) {
-    m.doc() = "rnnfast compiled kernels (private; use the rnnfast package)";
+#ifndef RNNFAST_MODULE_NAME
+#define RNNFAST_MODULE_NAME _core_baseline
+#endif
+#ifndef RNNFAST_ISA_LEVEL
+#define RNNFAST_ISA_LEVEL "baseline"
+#endif
+
+PYBIND11_MODULE(RNNFAST_MODULE_NAME, m) {
+    m.doc() = "rnnfast compiled kernels for one instruction-set level (private; use the rnnfast package)";
     m.attr("__version__") = rnnfast::version();
+    m.attr("isa_level") = RNNFAST_ISA_LEVEL;
+    m.def("cpu_supports", &rnnfast::cpu_supports, py::arg("level"),
+          "Whether this CPU can run the kernels of an instruction-set level (baseline, avx2, avx512, native).");
     m.def("get_num_threads", &rnnfast::get_num_threads, "Threads the kernels split their work across.");
     m.def("set_num_threads", &rnnfast::set_num_threads, py::arg("n"), "Set the threads the kernels split their work across.");
     m.def("simd_instruction_sets", &rnnfast::simd_instruction_sets);

@@ -122,9 +122,9 @@ private:
 
 template <class T>
 void register_cell_for(py::module_& m) {
-    py::class_<CellCache<T>>(m, (std::string("CellCache") + dtype_suffix<T>()).c_str(),
+    py::class_<CellCache<T>>(m, (std::string("CellCache") + dtype_suffix<T>()).c_str(), py::module_local(),
                              "What backward needs from one cell step (opaque).");
-    py::class_<CellKernel<T>>(m, (std::string("Cell") + dtype_suffix<T>()).c_str(), "Elman RNN cell kernels.")
+    py::class_<CellKernel<T>>(m, (std::string("Cell") + dtype_suffix<T>()).c_str(), py::module_local(), "Elman RNN cell kernels.")
         .def(py::init<Index, Index, bool, const std::string&>(), py::arg("input_size"), py::arg("hidden_size"),
              py::arg("bias"), py::arg("nonlinearity"))
         .def("param_layout", &CellKernel<T>::layout, "List of (name, offset, shape) in PyTorch's order.")

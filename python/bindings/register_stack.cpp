@@ -105,12 +105,12 @@ private:
 template <class T>
 void register_stack_for(py::module_& m) {
     const std::string suffix = dtype_suffix<T>();
-    py::class_<StackCache<T>>(m, ("StackCache" + suffix).c_str(),
+    py::class_<StackCache<T>>(m, ("StackCache" + suffix).c_str(), py::module_local(),
                               "What backward needs from one forward of a stacked RNN (opaque).")
         .def_property_readonly("seq_len", [](const StackCache<T>& c) { return c.packing.seq_len; })
         .def_property_readonly("batch", [](const StackCache<T>& c) { return c.packing.batch; });
 
-    py::class_<StackKernel<T>>(m, ("Stack" + suffix).c_str(), "Stacked, optionally bidirectional Elman RNN kernels.")
+    py::class_<StackKernel<T>>(m, ("Stack" + suffix).c_str(), py::module_local(), "Stacked, optionally bidirectional Elman RNN kernels.")
         .def(py::init<Index, Index, Index, bool, bool, const std::string&>(), py::arg("input_size"),
              py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"), py::arg("bias"),
              py::arg("nonlinearity"))

@@ -51,11 +51,9 @@ def _cpu_simd_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[List[str]]:
     return None
 
 
-def _simd_in_use(compiled: str, cpu_flags: Optional[List[str]]) -> str:
-    """The instruction sets the kernels run with. The build has one code path, chosen at compile time, so that is
-    the compiled one whatever the CPU offers beyond it."""
-    del cpu_flags  # unused until the kernels choose among several code paths at run time
-    return compiled
+def _simd_in_use(compiled: str) -> str:
+    """The instruction-set level whose kernels were loaded (see rnnfast._core), with what it was compiled for."""
+    return f"{_core.isa_level} ({compiled})"
 
 
 def _config() -> Dict[str, Any]:
@@ -69,7 +67,9 @@ def _config() -> Dict[str, Any]:
         "compiler": str(_core.compiler()),
         "eigen_version": str(_core.eigen_version()),
         "simd_compiled": compiled,
-        "simd_in_use": _simd_in_use(compiled, cpu_flags),
+        "simd_in_use": _simd_in_use(compiled),
+        "isa_level": str(_core.isa_level),
+        "isa_levels_installed": _core.installed_levels(),
         "cpu_simd_flags": cpu_flags,
         "threads": get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -83,7 +83,8 @@ def show_config(file: Optional[IO[str]] = None) -> Dict[str, Any]:
     """Print how this rnnfast was built and how it will run (the output of ``rnnfast info``); return it as a dict.
 
     Keys: ``version``, ``compiler``, ``eigen_version``, ``simd_compiled`` (the instruction sets the kernels were
-    compiled for, as Eigen names them), ``simd_in_use``, ``cpu_simd_flags`` (which of avx2, fma, avx512f the CPU
+    compiled for, as Eigen names them), ``simd_in_use``, ``isa_level`` (the level loaded: baseline, avx2, avx512
+    or native; ``RNNFAST_ISA`` caps it), ``isa_levels_installed``, ``cpu_simd_flags`` (which of avx2, fma, avx512f the CPU
     reports; None where unknown), ``threads`` (``get_num_threads()``), ``cpu_count``, ``python``, ``numpy``,
     ``platform``. ``file`` defaults to sys.stdout.
     """
@@ -96,6 +97,7 @@ def show_config(file: Optional[IO[str]] = None) -> Dict[str, Any]:
         ("Eigen", config["eigen_version"]),
         ("SIMD compiled", config["simd_compiled"]),
         ("SIMD in use", config["simd_in_use"]),
+        ("ISA levels", " ".join(config["isa_levels_installed"]) + " installed; RNNFAST_ISA caps the choice"),
         ("CPU SIMD flags", "unknown" if flags is None else " ".join(flags) or "none of " + " ".join(_CPU_SIMD_FLAGS)),
         ("threads", f"{config['threads']} (of {config['cpu_count']} CPUs)"),
         ("Python", f"{config['python']}, NumPy {config['numpy']}"),

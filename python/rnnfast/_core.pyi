@@ -1,4 +1,5 @@
-"""Type stubs of rnnfast._core, the private compiled module (python/bindings/*.cpp).
+"""Type stubs of rnnfast._core: the private compiled module (python/bindings/*.cpp) for the instruction-set
+level the loader chose (python/rnnfast/_core.py).
 
 Arrays are C-contiguous and of exactly the kernel's dtype (the bindings do not convert); the public classes
 ``rnnfast.RNN`` and ``rnnfast.RNNCell`` take care of that. Shape errors raise ValueError.
@@ -16,6 +17,14 @@ _I64 = npt.NDArray[np.int64]
 _Layout = List[Tuple[str, int, Tuple[int, ...]]]
 
 __version__: str
+isa_level: str
+LEVELS: Tuple[str, ...]
+
+def installed_levels() -> List[str]:
+    """The instruction-set levels whose module is installed, best first."""
+
+def cpu_supports(level: str) -> bool:
+    """Whether this CPU can run the kernels of an instruction-set level (baseline, avx2, avx512, native)."""
 
 def get_num_threads() -> int:
     """Threads the kernels split their work across."""

@@ -94,6 +94,7 @@ class Case:
     bidirectional: bool = False
     cell: bool = False
     nonlinearity: str = "tanh"
+    ragged: bool = False  # lengths drawn uniformly from 1..T (rnnfast's `lengths`, PyTorch's packed path)
 
     @property
     def directions(self) -> int:
@@ -127,6 +128,9 @@ CASES: Dict[str, Case] = {c.name: c for c in [
     Case("big_T100_B64_H256", 100, 64, 256, 256, 1),
     Case("big_T100_B64_H512", 100, 64, 512, 512, 1),
     Case("bidir2_T50_B32_H128", 50, 32, 128, 128, 2, bidirectional=True),
+    # Variable lengths: the ragged batch against the same batch at full length.
+    Case("ragged_T200_B64_H128", 200, 64, 128, 128, 1, ragged=True),
+    Case("full_T200_B64_H128", 200, 64, 128, 128, 1),
     _cell_case("cell_step_H20", 20),
     _cell_case("cell_step_H128", 128),
 ]}
@@ -305,6 +309,7 @@ class _Workload:
     x: np.ndarray                   # [T, B, I], or [B, I] for a cell
     h: Optional[np.ndarray]         # the cell's input state; None for RNN cases
     target: Optional[np.ndarray]    # the training target, output's shape; None for cells
+    lengths: Optional[np.ndarray] = None  # [B] for ragged cases
 
 
 @dataclass
@@ -332,7 +337,8 @@ def _make_workload(case: Case) -> _Workload:
                         nonlinearity=case.nonlinearity, bidirectional=case.bidirectional, seed=seed)
     x = rng.standard_normal((case.seq_len, case.batch, case.input_size), dtype=np.float32)
     target = rng.standard_normal((case.seq_len, case.batch, case.directions * case.hidden_size), dtype=np.float32)
-    return _Workload(case, model, x, None, target)
+    lengths = rng.integers(1, case.seq_len + 1, size=case.batch) if case.ragged else None
+    return _Workload(case, model, x, None, target, lengths)
 
 
 def _mse_grad(out: np.ndarray, target: np.ndarray) -> Tuple[float, np.ndarray]:
@@ -353,15 +359,15 @@ def _rnnfast_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
 
         return {"inference": _Job(cell_n, lambda: (model(x, h),))}
 
-    target = w.target
+    target, lengths = w.target, w.lengths
 
     def infer_n(n: int) -> None:
         for _ in range(n):
-            model(x)
+            model(x, lengths=lengths)
 
     def step() -> None:
         model.zero_grad()
-        out, _, cache = model.forward(x, return_cache=True)
+        out, _, cache = model.forward(x, lengths=lengths, return_cache=True)
         _, grad = _mse_grad(out, target)
         model.backward(cache, grad)
 
@@ -373,7 +379,7 @@ def _rnnfast_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
         step()
         return {name: g.copy() for name, g in model.grads.items()}
 
-    return {"inference": _Job(infer_n, lambda: model(x)), "train": _Job(train_n, train_probe)}
+    return {"inference": _Job(infer_n, lambda: model(x, lengths=lengths)), "train": _Job(train_n, train_probe)}
 
 
 def _reference_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
@@ -389,7 +395,7 @@ def _reference_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
         return {"inference": _Job(cell_n, lambda: (reference.cell_forward(x, h, params, case.nonlinearity)[0],))}
 
     kwargs = dict(num_layers=case.num_layers, nonlinearity=case.nonlinearity, bias=True,
-                  bidirectional=case.bidirectional)
+                  bidirectional=case.bidirectional, lengths=w.lengths)
     target = w.target
 
     def infer() -> Tuple[np.ndarray, np.ndarray]:
@@ -438,20 +444,30 @@ def _torch_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
                        nonlinearity=case.nonlinearity, bidirectional=case.bidirectional)
     rnn.load_state_dict(state)
     target = torch.from_numpy(w.target)
+    utils = importlib.import_module("torch.nn.utils.rnn")
+    lengths = None if w.lengths is None else torch.from_numpy(w.lengths)
+
+    def run(inputs: Any) -> Tuple[Any, Any]:
+        if lengths is None:
+            return rnn(inputs)  # type: ignore[no-any-return]
+        # PyTorch's path for a ragged batch: pack, run, pad back to T.
+        packed = utils.pack_padded_sequence(inputs, lengths, enforce_sorted=False)
+        out, h_n = rnn(packed)
+        return utils.pad_packed_sequence(out, total_length=case.seq_len)[0], h_n
 
     def infer_n(n: int) -> None:
         with torch.inference_mode():
             for _ in range(n):
-                rnn(x)
+                run(x)
 
     def infer_probe() -> Tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            out, h_n = rnn(x)
+            out, h_n = run(x)
             return out.numpy().copy(), h_n.numpy().copy()
 
     def step() -> None:
         rnn.zero_grad()
-        out, _ = rnn(x)
+        out, _ = run(x)
         functional.mse_loss(out, target).backward()
 
     def train_n(n: int) -> None:
@@ -529,6 +545,8 @@ def build_onnx_model(rnn: "rnnfast.RNN", seq_len: Optional[int] = None, batch: O
 def _onnx_model_for(w: _Workload, env: Dict[str, Any]) -> Any:
     if w.case.cell:
         raise _Skip("RNN cases only")
+    if w.case.ragged:
+        raise _Skip("full-length batches only (the graph has no sequence_lens)")
     return build_onnx_model(w.model, seq_len=w.case.seq_len, batch=w.case.batch)
 
 

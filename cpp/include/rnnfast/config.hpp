@@ -16,6 +16,10 @@ void set_num_threads(int n);
 std::string simd_instruction_sets();
 // "Eigen 3.4.0"
 std::string eigen_version();
+// Whether this CPU can run code built for an instruction-set level: "baseline" (x86-64 or the compiler's
+// default), "avx2" (x86-64-v3: AVX2, FMA, BMI2, ...), "avx512" (x86-64-v4), "native" (only the machine that
+// built it: answered true, the loader checks it by importing). Unknown names are false.
+bool cpu_supports(const std::string& level);
 // Compiler name and version.
 std::string compiler();
 

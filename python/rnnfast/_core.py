@@ -1,0 +1,46 @@
+"""The compiled kernels, for the best instruction-set level this CPU supports.
+
+The extension is built once per level (``_core_baseline``: any x86-64, or the compiler's default elsewhere;
+``_core_avx2``: x86-64-v3, AVX2 + FMA; ``_core_avx512``: x86-64-v4; ``_core_native``: an opt-in source build for
+the building machine). This module imports the best one that is installed and that the CPU runs, and takes its
+names. ``RNNFAST_ISA=baseline|avx2|avx512|native`` caps the level (for tests, or to step around a problem).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+from typing import Any
+
+LEVELS = ("native", "avx512", "avx2", "baseline")  # best first
+
+
+def installed_levels() -> list[str]:
+    """The levels whose module is installed, best first."""
+    return [level for level in LEVELS if importlib.util.find_spec(f"{__package__}._core_{level}") is not None]
+
+
+def _choose(baseline: Any) -> str:
+    forced = os.environ.get("RNNFAST_ISA", "").strip().lower()
+    if forced and forced not in LEVELS:
+        raise ImportError(f"RNNFAST_ISA: expected one of {', '.join(LEVELS)}, got {forced!r}")
+    candidates = installed_levels()
+    if forced:
+        candidates = candidates[candidates.index(forced):] if forced in candidates else ["baseline"]
+    for level in candidates:
+        if level == "baseline" or baseline.cpu_supports(level):
+            return level
+    return "baseline"
+
+
+def _load() -> ModuleType:
+    baseline = importlib.import_module(f"{__package__}._core_baseline")  # runs on any CPU of its architecture
+    level = _choose(baseline)
+    return baseline if level == "baseline" else importlib.import_module(f"{__package__}._core_{level}")
+
+
+_module = _load()
+globals().update({name: getattr(_module, name) for name in dir(_module) if not name.startswith("__")})
+__version__: str = _module.__version__

@@ -1,0 +1,69 @@
+"""Instruction-set levels: every installed level this CPU runs gives the same results (within float rounding),
+the loader picks the best one, and RNNFAST_ISA caps it."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rnnfast
+from conftest import assert_close
+from rnnfast import _core
+
+RUNNABLE = [level for level in _core.installed_levels() if _core.cpu_supports(level)]
+
+
+def test_baseline_is_installed_and_the_best_runnable_level_is_loaded() -> None:
+    assert "baseline" in _core.installed_levels()
+    forced = os.environ.get("RNNFAST_ISA")
+    expected = RUNNABLE[0] if not forced else next(l for l in RUNNABLE if _core.LEVELS.index(l) >= _core.LEVELS.index(forced))
+    assert _core.isa_level == expected
+
+
+@pytest.mark.parametrize("level", RUNNABLE)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_levels_agree(level: str, dtype: str) -> None:
+    module = importlib.import_module(f"rnnfast._core_{level}")
+    baseline = importlib.import_module("rnnfast._core_baseline")
+    assert module.isa_level == level
+    rng = np.random.default_rng(0)
+    T, B, I, H = 9, 5, 24, 40
+    suffix = "F32" if dtype == "float32" else "F64"
+    results = []
+    for mod in (baseline, module):
+        kernel = getattr(mod, "Stack" + suffix)(I, H, 2, True, True, "tanh")
+        params = np.random.default_rng(1).uniform(-0.2, 0.2, kernel.param_count).astype(dtype)
+        x = rng.standard_normal((T, B, I)).astype(dtype) if not results else results[0][0]
+        out, h_n, cache = kernel.forward(params, x, None, None, None, True)
+        grads = np.zeros_like(params)
+        gx, gh0 = kernel.backward(params, cache, np.ones_like(out), None, grads)
+        results.append((x, out, h_n, gx, gh0, grads))
+    for a, b in zip(results[0][1:], results[1][1:]):
+        assert_close(b, a, np.dtype(dtype), depth=2)
+
+
+@pytest.mark.parametrize("level", ["baseline", "avx2"])
+def test_rnnfast_isa_caps_the_level(level: str) -> None:
+    code = "import rnnfast._core as c; print(c.isa_level)"
+    env = dict(os.environ, RNNFAST_ISA=level)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    chosen = out.strip()
+    assert _core.LEVELS.index(chosen) >= _core.LEVELS.index(level)
+    if level in RUNNABLE:
+        assert chosen == level
+
+
+def test_unknown_rnnfast_isa_is_a_clear_error() -> None:
+    env = dict(os.environ, RNNFAST_ISA="sse9")
+    proc = subprocess.run([sys.executable, "-c", "import rnnfast"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "RNNFAST_ISA: expected one of" in proc.stderr
+
+
+def test_show_config_reports_the_level() -> None:
+    assert rnnfast.show_config(file=io.StringIO())["isa_level"] == _core.isa_level
