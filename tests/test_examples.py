@@ -52,7 +52,8 @@ def test_quickstart_example_is_the_readme_and_prints_the_tutorial_shapes() -> No
 
 
 def test_every_example_is_tested_and_listed_in_the_readme() -> None:
-    tested = {"quickstart.py", "one_layer_rnn.py", "four_layer_rnn.py", "cell_by_hand.py", "two_cells_backward.py",
+    tested = {"ddp_train.py", "quickstart.py", "one_layer_rnn.py", "four_layer_rnn.py", "cell_by_hand.py",
+              "two_cells_backward.py",
               "sentiment_classification.py", "pytorch_interop.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
     for name in tested:

@@ -1,0 +1,688 @@
+"""rnnfast.torch: ``torch.nn.RNN`` and ``torch.nn.RNNCell`` whose forward and backward run rnnfast's kernels.
+
+Change one import and keep the rest of a PyTorch program -- optimizer, checkpoints, gradient clipping, hooks,
+``DistributedDataParallel``::
+
+    from rnnfast.torch import RNN            # instead of: from torch.nn import RNN
+    rnn = RNN(input_size=1, hidden_size=32, num_layers=2, batch_first=True)
+
+or swap every ``nn.RNN`` / ``nn.RNNCell`` of an existing model, weights included: ``model = rnnfast.torch.convert(model)``.
+
+``RNN`` and ``RNNCell`` subclass ``torch.nn.RNN`` / ``torch.nn.RNNCell``: same constructor, parameters (names,
+shapes, order, initialization), ``state_dict``, ``repr`` and forward signature; only ``forward`` is replaced. The
+fast path covers CPU tensors of dtype float32 / float64 (input, state and weights of one dtype); anything else
+(another device or dtype, autocast, tracing or compiling) runs PyTorch's own implementation, which also raises
+PyTorch's own errors for bad arguments.
+
+How it works: each module keeps an rnnfast model of the same configuration whose flat parameter buffer *is* the
+storage of the module's ``Parameter`` s (each parameter is a view into it), so an optimizer step or
+``load_state_dict`` writes straight into the buffer the kernels read and no copy is made on forward. Where that
+sharing is not possible (weights replaced by ``torch.func.functional_call`` or a parametrization, parameters moved
+to shared memory) the values are copied into a separate buffer on each forward and backward instead. Forward and
+backward go through a ``torch.autograd.Function``: backward runs rnnfast's BPTT and hands the parameter gradients
+to autograd (a fresh tensor per parameter), which accumulates them into ``.grad`` and runs any hooks.
+Modifying a parameter in place between forward and backward raises PyTorch's usual version-counter error.
+Double backward (``create_graph=True`` through the RNN) is not supported, nor are ``torch.func`` transforms.
+
+Dropout (``dropout > 0``, ``num_layers > 1``, training mode) applies ``torch.nn.functional.dropout`` between the
+layers, with the same shapes and in the same order as PyTorch's CPU implementation, so the masks are drawn from
+PyTorch's random generator and equal PyTorch's for the same seed; in that mode the layers run one at a time
+(from their own rnnfast buffers, refreshed by copy).
+
+PackedSequence input is unpacked to a padded batch that runs with rnnfast's ``lengths`` (padded steps cost no
+compute) and the output is packed again with the input's ``batch_sizes`` and ordering, as PyTorch returns it.
+
+The kernels split their work across ``rnnfast.set_num_threads`` threads (default: the CPUs this process may run
+on), independently of ``torch.set_num_threads``.
+
+Importing ``rnnfast`` never imports torch; this module needs torch (``pip install "rnnfast[torch]"``).
+"""
+
+from __future__ import annotations
+
+if __name__ == "torch":  # pragma: no cover - only when the package folder itself is on sys.path
+    raise ImportError(
+        "rnnfast/torch.py was imported as the top-level module 'torch' because the folder python/rnnfast is on "
+        "sys.path (a script run from inside it); run scripts from elsewhere, or with python -m"
+    )
+
+import time
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+try:
+    import torch
+except ImportError as exc:  # pragma: no cover - exercised without torch
+    raise ImportError("rnnfast.torch needs PyTorch: pip install \"rnnfast[torch]\" (or pip install torch)") from exc
+from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ._cell import RNNCell as _FastCell
+from ._rnn import RNN as _FastRNN
+
+__all__ = ["RNN", "RNNCell", "benchmark", "convert", "format_benchmark"]
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_TORCH_DTYPES = {np.float32: torch.float32, np.float64: torch.float64}
+
+# Module hook registries carried over by convert() (those this torch version has).
+_HOOK_ATTRIBUTES = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+                    "_backward_hooks", "_is_full_backward_hook", "_state_dict_hooks", "_state_dict_pre_hooks",
+                    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tensors <-> arrays
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (a copy only where a lazy negation / conjugation must be resolved)."""
+    return t.detach().resolve_conj().resolve_neg().numpy()
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor over a kernel's result array (no copy)."""
+    if not a.flags.writeable:
+        a = a.copy()
+    return torch.from_numpy(a)
+
+
+def _is_view_of(w: torch.Tensor, view: np.ndarray) -> bool:
+    """Whether tensor ``w`` is exactly the memory of array ``view`` (so the kernels already read its values)."""
+    return (w.data_ptr() == view.ctypes.data and tuple(w.shape) == view.shape and w.is_contiguous()
+            and _NUMPY_DTYPES.get(w.dtype) == view.dtype)
+
+
+class _Runner:
+    """An rnnfast model and, for each of a list of torch weights, the array view of its buffer that holds it.
+
+    A runner either *backs* a module's parameters (they are views of its buffer, which is then never written by
+    ``load``) or is a scratch one that ``load`` fills by copy.
+    """
+
+    __slots__ = ("model", "names", "views", "backs_params", "_layout")
+
+    def __init__(self, model: Union[_FastRNN, _FastCell], names: Sequence[str]) -> None:
+        self.model = model
+        self.names = list(names)  # the model's name of each weight
+        params = model.named_parameters()
+        self.views = [params[name] for name in names]
+        self.backs_params = False
+        # (address, shape) of each view, for a cheap "is this weight that view" test on every call
+        self._layout = [(view.ctypes.data, torch.Size(view.shape)) for view in self.views]
+
+    def holds(self, weights: Sequence[torch.Tensor]) -> bool:
+        """Whether every weight is exactly the memory of its view (and so a dense CPU tensor of its dtype)."""
+        dtype = _TORCH_DTYPES[self.views[0].dtype.type]
+        for (address, shape), w in zip(self._layout, weights):
+            if w.data_ptr() != address or w.shape != shape or w.dtype != dtype or not w.is_contiguous():
+                return False
+        return True
+
+    def load(self, weights: Sequence[torch.Tensor]) -> None:
+        """Make the buffer hold ``weights``: nothing to do for those that share its memory, a copy for the rest."""
+        if self.holds(weights):
+            return
+        for view, w in zip(self.views, weights):
+            if not _is_view_of(w, view):
+                if self.backs_params:  # never overwrite parameters with other values
+                    raise RuntimeError("rnnfast.torch: the parameters were replaced between this forward and its "
+                                       "backward; run forward again")
+                view[...] = _np(w)
+
+    def share(self, weights: Sequence[torch.Tensor]) -> None:
+        """Copy ``weights`` into the buffer and make each tensor a view of it (``.data`` is swapped, so the
+        ``Parameter`` objects, their optimizer state and their hooks stay the same)."""
+        with torch.no_grad():
+            for view, w in zip(self.views, weights):
+                view[...] = _np(w)
+                w.data = torch.from_numpy(view)
+        self.backs_params = True
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _fast_dtype(tensors: Sequence[Optional[torch.Tensor]]) -> Optional[torch.dtype]:
+    """The common dtype when every tensor is a dense CPU float32 / float64 tensor of one dtype, else None."""
+    dtype = None
+    for t in tensors:
+        if t is None:
+            continue
+        if (not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided
+                or t.dtype not in _NUMPY_DTYPES or t.is_nested or (dtype is not None and t.dtype != dtype)):
+            return None
+        dtype = t.dtype
+    return dtype
+
+
+def _cpu_autocast_enabled() -> bool:
+    return bool(torch.is_autocast_enabled("cpu"))
+
+
+try:
+    _cpu_autocast_enabled()
+except TypeError:  # torch < 2.4 has no device argument
+    def _cpu_autocast_enabled() -> bool:  # type: ignore[misc]
+        return bool(torch.is_autocast_cpu_enabled())
+
+
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _fast_context_ok() -> bool:
+    """False while tracing / scripting / compiling or under autocast: PyTorch's own implementation runs then."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if _is_compiling is not None and _is_compiling():
+        return False
+    return not _cpu_autocast_enabled()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# autograd Functions
+# ---------------------------------------------------------------------------------------------------------------------
+
+class _StackFunction(torch.autograd.Function):
+    """x ``[T, B, I]``, h0 ``[L*D, B, H]`` or None, lengths (int64 array ``[B]``) or None, then the weights in
+    the runner's order -> (output ``[T, B, D*H]``, h_n ``[L*D, B, H]``)."""
+
+    @staticmethod
+    def forward(ctx: Any, runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor],
+                lengths: Optional[np.ndarray], *weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        runner.load(weights)
+        model = runner.model
+        assert isinstance(model, _FastRNN)
+        out, h_n, cache = model.forward(_np(x), None if h0 is None else _np(h0), lengths, return_cache=True)
+        ctx.runner = runner
+        ctx.cache = cache
+        ctx.has_h0 = h0 is not None
+        ctx.save_for_backward(*weights)  # no copy; lets autograd refuse weights modified in place before backward
+        ctx.set_materialize_grads(False)
+        return _tensor(out), _tensor(h_n)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Optional[torch.Tensor], grad_h_n: Optional[torch.Tensor]
+                 ) -> Tuple[Optional[torch.Tensor], ...]:
+        weights = ctx.saved_tensors
+        if grad_output is None and grad_h_n is None:
+            return (None,) * (4 + len(weights))
+        runner: _Runner = ctx.runner
+        runner.load(weights)  # a scratch buffer may hold other values since this forward
+        model = runner.model
+        assert isinstance(model, _FastRNN)
+        model.zero_grad()
+        gx, gh0 = model.backward(ctx.cache, None if grad_output is None else _np(grad_output),
+                                 None if grad_h_n is None else _np(grad_h_n))
+        grads = model.grads
+        needs = ctx.needs_input_grad
+        weight_grads = [torch.from_numpy(grads[runner.names[i]].copy()) if needs[4 + i] else None
+                        for i in range(len(weights))]
+        return (None, _tensor(gx) if needs[1] else None, _tensor(gh0) if ctx.has_h0 and needs[2] else None, None,
+                *weight_grads)
+
+
+class _CellFunction(torch.autograd.Function):
+    """x ``[B, I]``, h ``[B, H]`` or None, then the weights -> h_new ``[B, H]``."""
+
+    @staticmethod
+    def forward(ctx: Any, runner: _Runner, x: torch.Tensor, h: Optional[torch.Tensor], *weights: torch.Tensor
+                ) -> torch.Tensor:
+        runner.load(weights)
+        model = runner.model
+        assert isinstance(model, _FastCell)
+        h_new, cache = model.forward(_np(x), None if h is None else _np(h), return_cache=True)
+        ctx.runner = runner
+        ctx.cache = cache
+        ctx.has_h = h is not None
+        ctx.save_for_backward(*weights)
+        ctx.set_materialize_grads(False)
+        return _tensor(h_new)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_h_new: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+        weights = ctx.saved_tensors
+        if grad_h_new is None:
+            return (None,) * (3 + len(weights))
+        runner: _Runner = ctx.runner
+        runner.load(weights)
+        model = runner.model
+        assert isinstance(model, _FastCell)
+        model.zero_grad()
+        gx, gh = model.backward(ctx.cache, _np(grad_h_new))
+        grads = model.grads
+        needs = ctx.needs_input_grad
+        weight_grads = [torch.from_numpy(grads[runner.names[i]].copy()) if needs[3 + i] else None
+                        for i in range(len(weights))]
+        return (None, _tensor(gx) if needs[1] else None, _tensor(gh) if ctx.has_h and needs[2] else None,
+                *weight_grads)
+
+
+def _run_stack(runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor], lengths: Optional[np.ndarray],
+               weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Time-major forward through the runner: through autograd when a gradient is wanted, else inference only."""
+    if _needs_grad(x, h0, *weights):
+        out, h_n = _StackFunction.apply(runner, x, h0, lengths, *weights)
+        return out, h_n
+    runner.load(weights)
+    model = runner.model
+    assert isinstance(model, _FastRNN)
+    out_np, h_n_np = model.forward(_np(x), None if h0 is None else _np(h0), lengths)
+    return _tensor(out_np), _tensor(h_n_np)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The modules
+# ---------------------------------------------------------------------------------------------------------------------
+
+class _Shared:
+    """What RNN and RNNCell have in common: the rnnfast runners and the parameter-buffer sharing."""
+
+    _rnnfast_runners: Dict[Any, _Runner]
+
+    def _rnnfast_names(self) -> List[str]:
+        raise NotImplementedError
+
+    def _rnnfast_new_model(self, key: Any, dtype: Any) -> Tuple[Union[_FastRNN, _FastCell], List[str]]:
+        """The rnnfast model for ``key`` and the name of each of its parameters, in ``_rnnfast_names`` order
+        (or that of the key's slice of them)."""
+        raise NotImplementedError
+
+    def _rnnfast_weights(self) -> List[torch.Tensor]:
+        """The weights as the module holds them now: its parameters, or what replaced them (``functional_call``,
+        parametrizations, an assigned tensor)."""
+        params = self.__dict__["_parameters"]
+        weights = []
+        for name in self._rnnfast_names():
+            w = params.get(name)
+            weights.append(w if w is not None else getattr(self, name))
+        return weights
+
+    def _rnnfast_runner(self, key: Any, dtype: torch.dtype) -> _Runner:
+        runners = self.__dict__.get("_rnnfast_runners")
+        if runners is None:
+            runners = self.__dict__["_rnnfast_runners"] = {}
+        runner = runners.get((key, dtype))
+        if runner is None:
+            model, names = self._rnnfast_new_model(key, _NUMPY_DTYPES[dtype])
+            model.eval()
+            runner = runners[(key, dtype)] = _Runner(model, names)
+        return runner
+
+    def _rnnfast_full_runner(self, weights: Sequence[torch.Tensor], dtype: Optional[torch.dtype]
+                             ) -> Optional[_Runner]:
+        """The full model's runner for these weights and this input dtype (None: not a fast-path case): the one
+        whose buffer they are, else a scratch one (for tensors given by ``functional_call``, say) that they are
+        copied into."""
+        if dtype is None:
+            return None
+        runners = self.__dict__.get("_rnnfast_runners")
+        runner = None if runners is None else runners.get(("all", dtype))
+        if runner is not None and runner.backs_params and runner.holds(weights):
+            return runner  # the common case, checked cheaply
+        if _fast_dtype(weights) != dtype:
+            return None
+        runner = self._rnnfast_runner("all", dtype)
+        if runner.backs_params:  # and these weights are not its views
+            runner = self._rnnfast_runner("scratch", dtype)
+        return runner
+
+    def _rnnfast_share(self) -> None:
+        """Make the parameters views of the full model's rnnfast buffer, where they can be (CPU, float32 or
+        float64, not in shared memory); otherwise leave them alone (forward copies them in). Runners of another
+        dtype, left over from before a ``.to()``, are dropped."""
+        weights = self._rnnfast_weights()
+        dtype = _fast_dtype(weights)
+        runners = self.__dict__.get("_rnnfast_runners", {})
+        for key in [key for key in runners if key[1] != dtype]:
+            del runners[key]
+        if dtype is None or any(w.is_shared() or w.is_meta for w in weights):
+            return
+        runner = self._rnnfast_runner("all", dtype)
+        if runner.holds(weights):
+            return
+        if runner.backs_params:  # other parameters (load_state_dict(assign=True)): a fresh buffer for them, so
+            del self._rnnfast_runners[("all", dtype)]  # the replaced ones keep theirs
+            runner = self._rnnfast_runner("all", dtype)
+        runner.share(weights)
+
+    # --- keep the sharing through .to() / .double() / deepcopy / pickling / load_state_dict(assign=True) ---
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        ret = super()._apply(fn, *args, **kwargs)  # type: ignore[misc]
+        self._rnnfast_share()
+        return ret
+
+    def __getstate__(self) -> Dict[str, Any]:
+        parent = getattr(super(), "__getstate__", None)
+        state = dict(parent() if parent is not None else self.__dict__)
+        state.pop("_rnnfast_runners", None)  # rebuilt on demand (the kernels do not pickle)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        self._rnnfast_share()
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[misc]
+        self._rnnfast_share()  # a no-op unless assign=True replaced the parameters
+
+
+class RNN(_Shared, torch.nn.RNN):
+    """``torch.nn.RNN`` with rnnfast's CPU kernels: same constructor, parameters, ``state_dict`` and forward.
+
+    ``forward(input, hx=None) -> (output, h_n)``, ``input`` a tensor ``[T, B, I]`` (``[B, T, I]`` with
+    ``batch_first``, unbatched ``[T, I]``) or a ``PackedSequence``, as ``torch.nn.RNN``. See the module docstring.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__(input_size, hidden_size, num_layers=num_layers, nonlinearity=nonlinearity, bias=bias,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, device=device,
+                         dtype=dtype)
+        self._rnnfast_share()
+
+    def _rnnfast_names(self) -> List[str]:
+        return list(self._flat_weights_names)
+
+    def _rnnfast_new_model(self, key: Any, dtype: Any) -> Tuple[_FastRNN, List[str]]:
+        common = dict(nonlinearity=self.nonlinearity, bias=self.bias, bidirectional=self.bidirectional, dtype=dtype,
+                      seed=0)
+        if key in ("all", "scratch"):
+            model = _FastRNN(self.input_size, self.hidden_size, self.num_layers, **common)  # type: ignore[arg-type]
+            return model, self._rnnfast_names()
+        # One layer (the dropout path): its parameters are the full model's names of layer ``key`` with l0.
+        directions = 2 if self.bidirectional else 1
+        layer_input = self.input_size if key == 0 else directions * self.hidden_size
+        model = _FastRNN(layer_input, self.hidden_size, 1, **common)  # type: ignore[arg-type]
+        return model, [name.replace(f"_l{key}", "_l0") for name in self._layer_names(key)]
+
+    def _layer_names(self, layer: int) -> List[str]:
+        names = self._rnnfast_names()
+        per_layer = len(names) // self.num_layers
+        return names[layer * per_layer:(layer + 1) * per_layer]
+
+    def forward(self, input: Any, hx: Optional[torch.Tensor] = None) -> Any:  # noqa: A002 - torch's name
+        weights = self._rnnfast_weights()
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        runner = None
+        if _fast_context_ok() and self._rnnfast_shapes_ok(input, hx):
+            runner = self._rnnfast_full_runner(weights, _fast_dtype([data, hx]))
+        if runner is None:
+            return super().forward(input, hx)  # PyTorch's implementation (and its errors)
+        lengths: Optional[torch.Tensor] = None
+        unbatched = False
+        if packed:
+            x, lengths = pad_packed_sequence(input)  # [T, B, I] in the caller's batch order; lengths int64 [B]
+            h0 = hx
+        else:
+            unbatched = input.dim() == 2
+            if unbatched:
+                x = input.unsqueeze(1)
+                h0 = None if hx is None else hx.unsqueeze(1)
+            else:
+                x = input.transpose(0, 1) if self.batch_first else input
+                h0 = hx
+        lengths_np = None if lengths is None else np.ascontiguousarray(lengths.numpy(), dtype=np.int64)
+
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            out, h_n = self._forward_with_dropout(input if packed else None, x, h0, lengths, lengths_np, weights)
+        else:
+            out, h_n = _run_stack(runner, x, h0, lengths_np, weights)
+
+        if packed:
+            assert lengths is not None
+            return PackedSequence(_pack_like(out, lengths, input), input.batch_sizes, input.sorted_indices,
+                                  input.unsorted_indices), h_n
+        if unbatched:
+            return out.squeeze(1), h_n.squeeze(1)
+        return (out.transpose(0, 1) if self.batch_first else out), h_n
+
+    def _forward_with_dropout(self, packed: Optional[PackedSequence], x: torch.Tensor, h0: Optional[torch.Tensor],
+                              lengths: Optional[torch.Tensor], lengths_np: Optional[np.ndarray],
+                              weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Layer by layer with ``F.dropout`` between the layers, applied as PyTorch's CPU implementation does: on
+        the time-major ``[T, B, D*H]`` output, or on the packed data for a PackedSequence."""
+        D = 2 if self.bidirectional else 1
+        names = self._rnnfast_names()
+        index = {name: i for i, name in enumerate(names)}
+        layer_input, states = x, []
+        for layer in range(self.num_layers):
+            layer_weights = [weights[index[name]] for name in self._layer_names(layer)]
+            layer_h0 = None if h0 is None else h0[layer * D:(layer + 1) * D]
+            out, h_n = _run_stack(self._rnnfast_runner(layer, x.dtype), layer_input, layer_h0, lengths_np,
+                                  layer_weights)
+            states.append(h_n)
+            if layer < self.num_layers - 1:
+                if packed is None:
+                    out = torch.nn.functional.dropout(out, self.dropout, True)
+                else:
+                    assert lengths is not None
+                    data = torch.nn.functional.dropout(_pack_like(out, lengths, packed), self.dropout, True)
+                    out = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                                                             packed.unsorted_indices))[0]
+            layer_input = out
+        return layer_input, torch.cat(states, 0)
+
+    def _rnnfast_shapes_ok(self, input: Any, hx: Optional[torch.Tensor]) -> bool:
+        """Whether the arguments are ones the fast path runs; anything else goes to PyTorch's forward."""
+        D = 2 if self.bidirectional else 1
+        if isinstance(input, PackedSequence):
+            data, batch_sizes = input.data, input.batch_sizes
+            if data.dim() != 2 or data.size(-1) != self.input_size or batch_sizes.numel() == 0:
+                return False
+            batch = int(batch_sizes[0])
+            return hx is None or tuple(hx.shape) == (self.num_layers * D, batch, self.hidden_size)
+        if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3) or input.size(-1) != self.input_size:
+            return False
+        if input.dim() == 2:
+            seq_len, batch = input.size(0), 1
+            state_shape: Tuple[int, ...] = (self.num_layers * D, self.hidden_size)
+        else:
+            seq_len, batch = (input.size(1), input.size(0)) if self.batch_first else (input.size(0), input.size(1))
+            state_shape = (self.num_layers * D, batch, self.hidden_size)
+        if seq_len == 0 or batch == 0:
+            return False
+        return hx is None or tuple(hx.shape) == state_shape
+
+
+def _pack_like(padded: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> torch.Tensor:
+    """The packed data of a padded time-major batch (caller's order), with ``like``'s batch sizes and ordering."""
+    if like.sorted_indices is not None:
+        padded = padded.index_select(1, like.sorted_indices)
+        lengths = lengths.index_select(0, like.sorted_indices.to(lengths.device))
+    return pack_padded_sequence(padded, lengths, enforce_sorted=True).data
+
+
+class RNNCell(_Shared, torch.nn.RNNCell):
+    """``torch.nn.RNNCell`` with rnnfast's CPU kernel: same constructor, parameters, ``state_dict`` and forward.
+
+    ``forward(input, hx=None) -> h'``, ``input`` ``[B, I]`` or unbatched ``[I]``, ``hx`` ``[B, H]`` / ``[H]``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, device=device, dtype=dtype)
+        self._rnnfast_share()
+
+    def _rnnfast_names(self) -> List[str]:
+        return ["weight_ih", "weight_hh", "bias_ih", "bias_hh"] if self.bias else ["weight_ih", "weight_hh"]
+
+    def _rnnfast_new_model(self, key: Any, dtype: Any) -> Tuple[_FastCell, List[str]]:
+        model = _FastCell(self.input_size, self.hidden_size, bias=self.bias, nonlinearity=self.nonlinearity,
+                          dtype=dtype, seed=0)
+        return model, self._rnnfast_names()
+
+    def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: A002
+        weights = self._rnnfast_weights()
+        runner = None
+        if _fast_context_ok() and self.nonlinearity in ("tanh", "relu") and self._rnnfast_shapes_ok(input, hx):
+            runner = self._rnnfast_full_runner(weights, _fast_dtype([input, hx]))
+        if runner is None:
+            return super().forward(input, hx)
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        h = None if hx is None else (hx.unsqueeze(0) if unbatched else hx)
+        if _needs_grad(x, h, *weights):
+            h_new = _CellFunction.apply(runner, x, h, *weights)
+        else:
+            runner.load(weights)
+            h_new = _tensor(runner.model.forward(_np(x), None if h is None else _np(h)))  # type: ignore[arg-type]
+        return h_new.squeeze(0) if unbatched else h_new
+
+    def _rnnfast_shapes_ok(self, input: Any, hx: Optional[torch.Tensor]) -> bool:
+        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2) or input.size(-1) != self.input_size:
+            return False
+        if input.dim() == 2 and input.size(0) == 0:
+            return False
+        state_shape = (self.hidden_size,) if input.dim() == 1 else (input.size(0), self.hidden_size)
+        return hx is None or tuple(hx.shape) == state_shape
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# convert
+# ---------------------------------------------------------------------------------------------------------------------
+
+def convert(module: torch.nn.Module) -> torch.nn.Module:
+    """Swap every ``torch.nn.RNN`` / ``torch.nn.RNNCell`` in ``module`` (the module itself included) for
+    ``rnnfast.torch.RNN`` / ``RNNCell``; return the module, or its replacement when it is itself one.
+
+    Children are replaced in place in their parents. The new modules take over the old ones' very ``Parameter``
+    objects (so the weights, an optimizer made before the swap, and parameter hooks all carry over), their training
+    mode and their module hooks. Only those exact classes are swapped: a subclass of them may override
+    ``forward``. A module reachable along several paths becomes one replacement. No random numbers are drawn.
+    """
+    return _convert(module, {})
+
+
+def _convert(module: torch.nn.Module, memo: Dict[int, torch.nn.Module]) -> torch.nn.Module:
+    if id(module) in memo:
+        return memo[id(module)]
+    new: torch.nn.Module
+    if type(module) is torch.nn.RNN:
+        new = _swap(module, RNN)
+    elif type(module) is torch.nn.RNNCell:
+        new = _swap(module, RNNCell)
+    else:
+        new = module
+        for name, child in list(module.named_children()):
+            converted = _convert(child, memo)
+            if converted is not child:
+                setattr(module, name, converted)
+    memo[id(module)] = new
+    return new
+
+
+def _swap(old: Any, cls: type) -> torch.nn.Module:
+    weights = list(old.parameters(recurse=False))
+    dtype = weights[0].dtype if weights else None
+    new: Any
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch's dropout warning, given already when `old` was made
+        # On the meta device: no memory, no random numbers; the old parameters are then taken over.
+        if cls is RNN:
+            new = RNN(old.input_size, old.hidden_size, old.num_layers, old.nonlinearity, old.bias, old.batch_first,
+                      float(old.dropout), old.bidirectional, device="meta", dtype=dtype)
+        else:
+            new = RNNCell(old.input_size, old.hidden_size, old.bias, old.nonlinearity, device="meta", dtype=dtype)
+    for name, param in old.named_parameters(recurse=False):
+        setattr(new, name, param)
+    if isinstance(new, torch.nn.RNN):
+        new._init_flat_weights()
+    new.train(old.training)
+    for attr in _HOOK_ATTRIBUTES:
+        if attr in old.__dict__:
+            new.__dict__[attr] = old.__dict__[attr]
+    new._rnnfast_share()
+    return new
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Benchmark: a full training step against the same model with torch.nn.RNN
+# ---------------------------------------------------------------------------------------------------------------------
+
+def benchmark(cases: Optional[Sequence[str]] = None, threads: Optional[int] = None, repeat: int = 5,
+              min_seconds: float = 0.05) -> List[Dict[str, Any]]:
+    """Time one full training step of a model with ``rnnfast.torch.RNN`` against the same model with
+    ``torch.nn.RNN``: ``zero_grad``, forward, a linear head on every step's output, MSE loss against a fixed
+    random target, ``backward``, ``torch.optim.Adam`` ``step``; float32, CPU.
+
+    ``cases``: names (or substrings of names) of RNN cases of ``rnnfast.bench.CASES``, None for all of them
+    (ragged cases feed a ``PackedSequence`` to both). ``threads``: set for both torch and rnnfast (None leaves them
+    as they are). Each repetition times both models in turn, alternating which goes first, each for at least
+    ``min_seconds``; the result per case is the median time per step over the repetitions. Returns one dict per
+    case: ``name``, ``threads``, ``torch_ms``, ``rnnfast_ms``, ``speedup`` (torch's time / rnnfast's).
+    """
+    from . import get_num_threads, set_num_threads
+    from .bench import select_cases
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+        set_num_threads(threads)
+    results = []
+    for case in select_cases(cases):
+        if case.cell:
+            continue
+        gen = torch.Generator().manual_seed(0)
+        x: Any = torch.randn(case.seq_len, case.batch, case.input_size, generator=gen)
+        if case.ragged:
+            lengths = torch.randint(1, case.seq_len + 1, (case.batch,), generator=gen)
+            x = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            target = torch.randn(x.data.shape[0], 1, generator=gen)
+        else:
+            target = torch.randn(case.seq_len, case.batch, 1, generator=gen)
+        steps = {}
+        for label, cls in (("torch", torch.nn.RNN), ("rnnfast", RNN)):
+            torch.manual_seed(0)
+            rnn = cls(case.input_size, case.hidden_size, case.num_layers, case.nonlinearity,
+                      bidirectional=case.bidirectional)
+            head = torch.nn.Linear(case.directions * case.hidden_size, 1)
+            optimizer = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-3)
+
+            def step(rnn: torch.nn.Module = rnn, head: torch.nn.Module = head, optimizer: Any = optimizer) -> None:
+                optimizer.zero_grad()
+                out = rnn(x)[0]
+                loss = torch.nn.functional.mse_loss(head(out.data if case.ragged else out), target)
+                loss.backward()
+                optimizer.step()
+
+            step()  # warm-up
+            steps[label] = step
+        times: Dict[str, List[float]] = {"torch": [], "rnnfast": []}
+        for r in range(repeat):
+            for label in (("torch", "rnnfast") if r % 2 == 0 else ("rnnfast", "torch")):
+                calls, start = 0, time.perf_counter()
+                while True:
+                    steps[label]()
+                    calls += 1
+                    elapsed = time.perf_counter() - start
+                    if elapsed >= min_seconds:
+                        break
+                times[label].append(elapsed / calls)
+        torch_ms = 1e3 * float(np.median(times["torch"]))
+        rnnfast_ms = 1e3 * float(np.median(times["rnnfast"]))
+        results.append({"name": case.name, "threads": get_num_threads() if threads is None else threads,
+                        "torch_ms": torch_ms, "rnnfast_ms": rnnfast_ms, "speedup": torch_ms / rnnfast_ms})
+    return results
+
+
+def format_benchmark(results: Sequence[Dict[str, Any]]) -> str:
+    """The results of ``benchmark`` as a table."""
+    lines = [f"{'case':<22}{'torch.nn.RNN':>14}{'rnnfast.torch':>15}{'speedup':>9}"]
+    for r in results:
+        lines.append(f"{r['name']:<22}{r['torch_ms']:>11.3f} ms{r['rnnfast_ms']:>12.3f} ms{r['speedup']:>8.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m rnnfast.torch [case ...]
+    import sys
+
+    print(format_benchmark(benchmark(sys.argv[1:] or None)))
