@@ -8,6 +8,7 @@
 #   scripts/sanitize.sh python       # Python suite only
 #   JOBS=1 scripts/sanitize.sh       # build with one job (default 2)
 #   PYTEST_ARGS="tests/test_robustness.py" scripts/sanitize.sh python
+#   SANITIZE_SKIP_INSTALL=1 scripts/sanitize.sh python   # reuse the instrumented venv as it is
 #
 # Builds go to build/sanitize/ (C++ tests: build/sanitize/cpp; extension: build/sanitize/py, installed into the venv
 # build/sanitize/venv), apart from the normal builds. Needs a C++17 compiler with libasan/libubsan (gcc or clang),
@@ -23,9 +24,27 @@ python="${PYTHON:-python3}"
 t0=$SECONDS
 phase() { echo "== sanitize: $* ($((SECONDS - t0)) s)"; }
 
+# Reports go to files too: pytest captures the output of the process that aborts, so without them a report could
+# be lost; any report file fails the run, also one written by a subprocess of a test.
+reports="$PWD/$out/reports"
+rm -rf "$reports"
+mkdir -p "$reports"
 common_asan="halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:check_initialization_order=1"
-common_asan+=":strict_init_order=1:detect_invalid_pointer_pairs=0:print_summary=1"
-export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:report_error_type=1"
+common_asan+=":strict_init_order=1:print_summary=1:log_path=$reports/asan"
+export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1:report_error_type=1:log_path=$reports/ubsan"
+
+# Fails (exit 1) when a sanitizer wrote a report, printing it; else returns the status it was given.
+check_reports() {
+  local status="$1" found=0
+  for f in "$reports"/*; do
+    [[ -e "$f" ]] || continue
+    found=1
+    echo "== sanitize: REPORT $f" >&2
+    cat "$f" >&2
+  done
+  if ((found)); then exit 1; fi
+  if ((status != 0)); then exit "$status"; fi
+}
 
 if [[ "$what" == all || "$what" == cpp ]]; then
   phase "configure and build the C++ tests"
@@ -34,18 +53,22 @@ if [[ "$what" == all || "$what" == cpp ]]; then
   cmake --build "$out/cpp" -j "$jobs"
   phase "run the C++ tests"
   # LeakSanitizer needs ptrace-like access that some containers forbid; SANITIZE_CPP_LEAKS=0 turns it off there.
+  status=0
   ASAN_OPTIONS="$common_asan:detect_leaks=${SANITIZE_CPP_LEAKS:-1}" \
-    ctest --test-dir "$out/cpp" --output-on-failure -j "$jobs"
+    ctest --test-dir "$out/cpp" --output-on-failure -j "$jobs" || status=$?
+  check_reports "$status"
 fi
 
 if [[ "$what" == all || "$what" == python ]]; then
-  phase "build the extension into $out/venv"
-  if [[ ! -x "$out/venv/bin/python" ]]; then
-    "$python" -m venv "$out/venv"
+  if [[ -z "${SANITIZE_SKIP_INSTALL:-}" || ! -x "$out/venv/bin/python" ]]; then
+    phase "build the extension into $out/venv"
+    if [[ ! -x "$out/venv/bin/python" ]]; then
+      "$python" -m venv "$out/venv"
+    fi
+    "$out/venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+    CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$out/venv/bin/python" -m pip install -q ".[test]" \
+      -C cmake.define.RNNFAST_SANITIZE=ON -C cmake.build-type=RelWithDebInfo -C build-dir="$out/py"
   fi
-  "$out/venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-  CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$out/venv/bin/python" -m pip install -q ".[test]" \
-    -C cmake.define.RNNFAST_SANITIZE=ON -C cmake.build-type=RelWithDebInfo -C build-dir="$out/py"
   # The interpreter is not instrumented: the ASan runtime must be loaded first, from the compiler that built _core.
   # libstdc++ is preloaded too: ASan resolves its __cxa_throw interceptor at startup, and the interpreter does not
   # load libstdc++ by itself, so without it the first C++ exception aborts ("real___cxa_throw != 0" CHECK).
@@ -59,10 +82,12 @@ if [[ "$what" == all || "$what" == python ]]; then
     fi
   done
   phase "run the pytest suite under ASan+UBSan (LD_PRELOAD=$libasan:$libstdcxx)"
+  status=0
   # shellcheck disable=SC2086
   LD_PRELOAD="$libasan:$libstdcxx" RNNFAST_SANITIZED=1 \
   ASAN_OPTIONS="$common_asan:detect_leaks=0" \
-    "$out/venv/bin/python" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-}
+    "$out/venv/bin/python" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} || status=$?
+  check_reports "$status"
   # Guard against a silently uninstrumented build making "no report" meaningless.
   phase "check the extension really is instrumented"
   if ! nm -D "$(ls "$out"/venv/lib/python*/site-packages/rnnfast/_core*.so)" | grep -q "__asan_report"; then

@@ -61,8 +61,10 @@ MIN_LOOP_SECONDS = 0.02
 QUICK_MIN_LOOP_SECONDS = 0.002
 QUICK_MAX_REPEAT = 3
 GEMM_SIZE = 1024
-# Pause before each timed loop so that the thread pool of the backend timed before it has gone idle.
-_SETTLE_SECONDS = 0.02
+# Pause before each timed loop so that the thread pool of the backend timed before it has gone idle: OpenBLAS
+# (under the NumPy reference) and OpenMP runtimes keep their workers spinning for a while after a call, and a
+# spinning neighbour takes a core from whatever runs next.
+_SETTLE_SECONDS = 0.3
 _QUICK_SETTLE_SECONDS = 0.005
 # Output agreement needed before a backend is timed.
 OUTPUT_TOLERANCE = 1e-3
