@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import operator
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -101,3 +102,19 @@ def lengths(value: Any, batch: int, seq_len: int) -> np.ndarray:
         b = int(bad[0])
         raise ValueError(f"lengths[{b}]: expected an integer in [1, T={seq_len}], got {arr[b]}")
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def cli_int(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers >= ``minimum``, with a clear message otherwise."""
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse

@@ -924,16 +924,6 @@ def write_plot(results: Dict[str, Any], path: str) -> None:
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _split_list(values: Optional[Sequence[str]]) -> Optional[List[str]]:
     if values is None:
         return None
@@ -948,8 +938,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         epilog="cases: " + ", ".join(CASES))
     parser.add_argument("--cases", nargs="+", metavar="NAME",
                         help="case names or substrings of names (comma- or space-separated; default: all)")
-    parser.add_argument("--threads", type=_positive_int, default=2, help="threads for every backend (default 2)")
-    parser.add_argument("--repeat", type=_positive_int, default=5,
+    parser.add_argument("--threads", type=rnnfast._checks.cli_int(1), default=2,
+                        help="threads for every backend (default 2)")
+    parser.add_argument("--repeat", type=rnnfast._checks.cli_int(1), default=5,
                         help="repetitions; times are their median (default 5; at most 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="fewer and shorter repetitions (smoke runs, tests)")
     parser.add_argument("--backends", nargs="+", metavar="NAME",

@@ -323,26 +323,6 @@ def format_report(metrics: Dict[str, Any]) -> str:
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog or "python -m rnnfast demo",
@@ -350,9 +330,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                     "noisy sine wave (MSE loss, backpropagation through time, gradient clipping, Adam or SGD), "
                     "then compare its train and test MSE with the naive forecast that repeats the last value. "
                     f"Exit status 1 when the test MSE is not below {SUCCESS_RATIO}x the naive one.")
-    parser.add_argument("--epochs", type=_positive_int, default=40, help="passes over the training data (default 40)")
-    parser.add_argument("--hidden", type=_positive_int, default=32, help="hidden size of the RNN (default 32)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0,
+    parser.add_argument("--epochs", type=_checks.cli_int(1), default=40, help="passes over the training data (default 40)")
+    parser.add_argument("--hidden", type=_checks.cli_int(1), default=32, help="hidden size of the RNN (default 32)")
+    parser.add_argument("--seed", type=_checks.cli_int(0), default=0,
                         help="seeds the data, the initialization and the shuffling (default 0)")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="default adam")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of prediction vs truth on the test part "
