@@ -24,8 +24,9 @@ python="${PYTHON:-python3}"
 t0=$SECONDS
 phase() { echo "== sanitize: $* ($((SECONDS - t0)) s)"; }
 
-# Reports go to files too: pytest captures the output of the process that aborts, so without them a report could
-# be lost; any report file fails the run, also one written by a subprocess of a test.
+# A report must not be lost with the output of the process it aborts: pytest runs with --capture=sys (reports go
+# to the real stderr), and ASan also writes them to files, any of which fails the run (UBSan, inside the ASan
+# runtime, ignores log_path: its reports are on stderr).
 reports="$PWD/$out/reports"
 rm -rf "$reports"
 mkdir -p "$reports"
@@ -86,14 +87,17 @@ if [[ "$what" == all || "$what" == python ]]; then
   # shellcheck disable=SC2086
   LD_PRELOAD="$libasan:$libstdcxx" RNNFAST_SANITIZED=1 \
   ASAN_OPTIONS="$common_asan:detect_leaks=0" \
-    "$out/venv/bin/python" -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} || status=$?
+    "$out/venv/bin/python" -m pytest -q -p no:cacheprovider --capture=sys ${PYTEST_ARGS:-} || status=$?
   check_reports "$status"
   # Guard against a silently uninstrumented build making "no report" meaningless.
   phase "check the extension really is instrumented"
-  if ! nm -D "$(ls "$out"/venv/lib/python*/site-packages/rnnfast/_core*.so)" | grep -q "__asan_report"; then
-    echo "sanitize: rnnfast/_core is not built with AddressSanitizer" >&2
-    exit 1
-  fi
+  for so in "$out"/venv/lib/python*/site-packages/rnnfast/_core*.so; do
+    # (grep without -q: under pipefail, -q would stop reading early and nm's SIGPIPE would fail the pipe)
+    if ! nm -D "$so" | grep "__asan_" >/dev/null; then
+      echo "sanitize: $so is not built with AddressSanitizer" >&2
+      exit 1
+    fi
+  done
 fi
 
 phase "done: no sanitizer report"

@@ -27,7 +27,7 @@ import rnnfast  # noqa: E402
 from rnnfast import reference as ref  # noqa: E402
 
 settings.register_profile(
-    "ci", max_examples=120, derandomize=True, database=None, deadline=None, print_blob=True,
+    "ci", max_examples=250, derandomize=True, database=None, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(

@@ -697,6 +697,46 @@ def test_cell_any_layout_gives_the_contiguous_result(kind, unbatched) -> None:
         _equal_bitwise(a, b)
 
 
+class _KernelSpy:
+    """Wraps a model's compiled kernel and records every array handed to it."""
+
+    def __init__(self, kernel: Any, seen: list[tuple[str, np.ndarray]]) -> None:
+        self._kernel, self._seen = kernel, seen
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._kernel, name)
+        if name not in ("forward", "backward"):
+            return attr
+
+        def call(*args: Any) -> Any:
+            self._seen.extend((f"{name} argument {i}", a) for i, a in enumerate(args) if isinstance(a, np.ndarray))
+            return attr(*args)
+
+        return call
+
+
+@pytest.mark.xfail(strict=True, reason="unaligned inputs reach the kernels: np.ascontiguousarray does not align, so "
+                   "the core reads floats from misaligned addresses, undefined behaviour that UBSan reports "
+                   "(scripts/sanitize.sh) and that faults on strict-alignment CPUs (fix: np.require(a, "
+                   "requirements=['C', 'A']) instead of np.ascontiguousarray(a) in _rnn.py, _cell.py and "
+                   "_checks.lengths)")
+def test_the_kernels_only_ever_see_aligned_contiguous_arrays() -> None:
+    seen: list[tuple[str, np.ndarray]] = []
+    model = _model(dtype="float64", bidirectional=True)
+    model._kernel = _KernelSpy(model._kernel, seen)
+    cell = rnnfast.RNNCell(I, H, dtype="float64", seed=0)
+    cell._kernel = _KernelSpy(cell._kernel, seen)
+    u = lambda a: _layout(np.asarray(a), "unaligned")  # noqa: E731
+    out, h_n, cache = model.forward(u(_x("float64")), u(np.zeros((4, B, H))), lengths=u(np.array([T, 1, 2])),
+                                    return_cache=True)
+    model.backward(cache, u(np.ones_like(out)), u(np.ones_like(h_n)))
+    h, c = cell.forward(u(_x("float64", (B, I))), u(np.zeros((B, H))), return_cache=True)
+    cell.backward(c, u(np.ones_like(h)))
+    assert len(seen) > 10
+    bad = [name for name, a in seen if not (a.flags.aligned and a.flags.c_contiguous)]
+    assert not bad, f"unaligned or non-contiguous arrays passed to the kernels: {bad}"
+
+
 def test_zero_stride_broadcast_inputs() -> None:
     model = _model(dtype="float64")
     row = np.random.default_rng(3).standard_normal((1, 1, I))
