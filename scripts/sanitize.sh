@@ -67,8 +67,10 @@ if [[ "$what" == all || "$what" == python ]]; then
       "$python" -m venv "$out/venv"
     fi
     "$out/venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+    # One instruction-set level by default (SANITIZE_LEVELS, e.g. "baseline;avx2"): each is the same code.
     CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$out/venv/bin/python" -m pip install -q ".[test]" \
-      -C cmake.define.RNNFAST_SANITIZE=ON -C cmake.build-type=RelWithDebInfo -C build-dir="$out/py"
+      -C cmake.define.RNNFAST_SANITIZE=ON -C cmake.build-type=RelWithDebInfo -C build-dir="$out/py" \
+      -C "cmake.define.RNNFAST_ISA_LEVELS=${SANITIZE_LEVELS:-baseline}"
   fi
   # The interpreter is not instrumented: the ASan runtime must be loaded first, from the compiler that built _core.
   # libstdc++ is preloaded too: ASan resolves its __cxa_throw interceptor at startup, and the interpreter does not

@@ -715,11 +715,6 @@ class _KernelSpy:
         return call
 
 
-@pytest.mark.xfail(strict=True, reason="unaligned inputs reach the kernels: np.ascontiguousarray does not align, so "
-                   "the core reads floats from misaligned addresses, undefined behaviour that UBSan reports "
-                   "(scripts/sanitize.sh) and that faults on strict-alignment CPUs (fix: np.require(a, "
-                   "requirements=['C', 'A']) instead of np.ascontiguousarray(a) in _rnn.py, _cell.py and "
-                   "_checks.lengths)")
 def test_the_kernels_only_ever_see_aligned_contiguous_arrays() -> None:
     seen: list[tuple[str, np.ndarray]] = []
     model = _model(dtype="float64", bidirectional=True)

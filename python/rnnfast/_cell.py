@@ -98,14 +98,14 @@ class RNNCell(Module):
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise _checks.shape_error("x", f"[B, {self.input_size}] or unbatched [{self.input_size}]", x.shape)
         unbatched = x.ndim == 1
-        x2 = np.ascontiguousarray(x[None, :] if unbatched else x)
+        x2 = _checks.for_kernel(x[None, :] if unbatched else x)
         state_shape = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
         h2 = None
         if h is not None:
             h = _checks.array("h", h, self.dtype)
             if h.shape != state_shape:
                 raise _checks.shape_error("h", str(state_shape), h.shape)
-            h2 = np.ascontiguousarray(h[None, :] if unbatched else h)
+            h2 = _checks.for_kernel(h[None, :] if unbatched else h)
         h_new, core_cache = self._kernel.forward(self._flat, x2, h2, bool(return_cache))
         out = h_new[0] if unbatched else h_new
         if not return_cache:
@@ -136,7 +136,7 @@ class RNNCell(Module):
         if grad_h_new.shape != cache._h_new_shape:
             raise _checks.shape_error("grad_h_new", str(cache._h_new_shape), grad_h_new.shape)
         unbatched = len(cache._h_new_shape) == 1
-        g = np.ascontiguousarray(grad_h_new[None, :] if unbatched else grad_h_new)
+        g = _checks.for_kernel(grad_h_new[None, :] if unbatched else grad_h_new)
         grad_x, grad_h = self._kernel.backward(self._flat, cache._core, g, self._grad_flat)
         if unbatched:
             return grad_x[0], grad_h[0]

@@ -101,7 +101,7 @@ def lengths(value: Any, batch: int, seq_len: int) -> np.ndarray:
     if bad.size:
         b = int(bad[0])
         raise ValueError(f"lengths[{b}]: expected an integer in [1, T={seq_len}], got {arr[b]}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return for_kernel(arr.astype(np.int64, copy=False))
 
 
 def cli_int(minimum: int) -> Callable[[str], int]:
@@ -118,3 +118,12 @@ def cli_int(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def for_kernel(a: np.ndarray) -> np.ndarray:
+    """``a`` as the kernels need it: C-contiguous and aligned (a copy only when it is not). Contiguity alone is not
+    enough: a view at an odd byte offset is contiguous but misaligned, and reading it is undefined behaviour."""
+    flags = a.flags
+    if flags.c_contiguous and flags.aligned:
+        return a
+    return np.require(a, requirements=["C", "A"])

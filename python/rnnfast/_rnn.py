@@ -165,13 +165,13 @@ class RNN(Module):
             h0 = _checks.array("h0", h0, self.dtype)
             if h0.shape != h_n_shape:
                 raise _checks.shape_error("h0", str(h_n_shape), h0.shape)
-            h0 = np.ascontiguousarray(h0.reshape(state_count, batch, self.hidden_size))
+            h0 = _checks.for_kernel(h0.reshape(state_count, batch, self.hidden_size))
         if lengths is not None:
             lengths = _checks.lengths(lengths, batch, seq_len)
         masks = None
         if self.training and self.dropout > 0 and self.num_layers > 1:
             masks = self._dropout_masks(seq_len, batch)
-        output, h_n, core_cache = self._kernel.forward(self._flat, np.ascontiguousarray(seq), h0, masks, lengths,
+        output, h_n, core_cache = self._kernel.forward(self._flat, _checks.for_kernel(seq), h0, masks, lengths,
                                                        bool(return_cache))
         if unbatched:
             output = output[:, 0, :]
@@ -221,13 +221,13 @@ class RNN(Module):
                 go = grad_output.transpose(1, 0, 2)
             else:
                 go = grad_output
-            go = np.ascontiguousarray(go)
+            go = _checks.for_kernel(go)
         gh = None
         if grad_h_n is not None:
             grad_h_n = _checks.array("grad_h_n", grad_h_n, self.dtype)
             if grad_h_n.shape != cache._h_n_shape:
                 raise _checks.shape_error("grad_h_n", str(cache._h_n_shape), grad_h_n.shape)
-            gh = np.ascontiguousarray(grad_h_n[:, None, :] if unbatched else grad_h_n)
+            gh = _checks.for_kernel(grad_h_n[:, None, :] if unbatched else grad_h_n)
         grad_input, grad_h0 = self._kernel.backward(self._flat, cache._core, go, gh, self._grad_flat)
         if unbatched:
             return grad_input[:, 0, :], grad_h0[:, 0, :]
