@@ -15,10 +15,6 @@ namespace rnnfast {
 
 const char* version() { return RNNFAST_VERSION; }
 
-namespace detail {
-int default_thread_count();
-}
-
 namespace {
 
 std::atomic<int>& thread_setting() {

@@ -16,6 +16,9 @@ namespace rnnfast::detail {
 // The thread count set by set_num_threads.
 int thread_limit();
 
+// The CPUs this process may run on: the default thread count.
+int default_thread_count();
+
 // True on a thread that is running a pool job: work started there runs inline.
 bool in_parallel();
 
