@@ -32,40 +32,51 @@ void set_flops(benchmark::State& state, double flops) {
         benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// Args: T, B, I, H
-void layer_forward(benchmark::State& state) {
-    const Index T = state.range(0), B = state.range(1), I = state.range(2), H = state.range(3);
-    std::mt19937 gen(0);
-    const float bound = 1.0f / std::sqrt(static_cast<float>(H));
-    const Matrix x = random_matrix(T * B, I, gen), h0 = random_matrix(B, H, gen);
-    const Matrix w_ih = random_matrix(H, I, gen, bound), w_hh = random_matrix(H, H, gen, bound);
-    const Vector b_ih = random_matrix(1, H, gen, bound), b_hh = random_matrix(1, H, gen, bound);
-    Matrix hs(T * B, H);
-    for (auto _ : state) {
+// One direction of one layer with random inputs and PyTorch-scaled weights: Args T, B, I, H.
+struct LayerFixture {
+    Index T, B, I, H;
+    Matrix x, h0, w_ih, w_hh, hs;
+    Vector b_ih, b_hh;
+    LayerFixture(const benchmark::State& state, unsigned seed)
+        : T(state.range(0)), B(state.range(1)), I(state.range(2)), H(state.range(3)) {
+        std::mt19937 gen(seed);
+        const float bound = 1.0f / std::sqrt(static_cast<float>(H));
+        x = random_matrix(T * B, I, gen);
+        h0 = random_matrix(B, H, gen);
+        w_ih = random_matrix(H, I, gen, bound);
+        w_hh = random_matrix(H, H, gen, bound);
+        b_ih = random_matrix(1, H, gen, bound);
+        b_hh = random_matrix(1, H, gen, bound);
+        hs.resize(T * B, H);
+    }
+    void forward() {
         rnnfast::layer_forward<float>(x, h0, w_ih, w_hh, b_ih, b_hh, rnnfast::Activation::tanh, false, T, hs);
-        benchmark::DoNotOptimize(hs.data());
+    }
+};
+
+void layer_forward(benchmark::State& state) {
+    LayerFixture f(state, 0);
+    for (auto _ : state) {
+        f.forward();
+        benchmark::DoNotOptimize(f.hs.data());
         benchmark::ClobberMemory();
     }
-    set_flops(state, layer_flops(T, B, I, H));
+    set_flops(state, layer_flops(f.T, f.B, f.I, f.H));
 }
 
 void layer_backward(benchmark::State& state) {
-    const Index T = state.range(0), B = state.range(1), I = state.range(2), H = state.range(3);
-    std::mt19937 gen(1);
-    const float bound = 1.0f / std::sqrt(static_cast<float>(H));
-    const Matrix x = random_matrix(T * B, I, gen), h0 = random_matrix(B, H, gen);
-    const Matrix w_ih = random_matrix(H, I, gen, bound), w_hh = random_matrix(H, H, gen, bound);
-    const Vector b_ih = random_matrix(1, H, gen, bound), b_hh = random_matrix(1, H, gen, bound);
-    Matrix hs(T * B, H);
-    rnnfast::layer_forward<float>(x, h0, w_ih, w_hh, b_ih, b_hh, rnnfast::Activation::tanh, false, T, hs);
+    LayerFixture f(state, 1);
+    const Index T = f.T, B = f.B, I = f.I, H = f.H;
+    f.forward();
+    std::mt19937 gen(2);
     const Matrix dhs = random_matrix(T * B, H, gen);
     const Matrix none(0, H);
     Matrix dx(T * B, I), dh0(B, H), dw_ih = Matrix::Zero(H, I), dw_hh = Matrix::Zero(H, H), dz(T * B, H);
     Vector db_ih = Vector::Zero(H), db_hh = Vector::Zero(H);
     for (auto _ : state) {
         dx.setZero();
-        rnnfast::layer_backward<float>(x, h0, w_ih, w_hh, hs, dhs, none, rnnfast::Activation::tanh, false, T, dx,
-                                       dh0, dw_ih, dw_hh, db_ih, db_hh, dz);
+        rnnfast::layer_backward<float>(f.x, f.h0, f.w_ih, f.w_hh, f.hs, dhs, none, rnnfast::Activation::tanh, false, T,
+                                       dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dz);
         benchmark::DoNotOptimize(dx.data());
         benchmark::ClobberMemory();
     }
