@@ -54,10 +54,6 @@ def import_rnnfast(instrument: bool) -> None:
 ALLOWED = (TypeError, ValueError, MemoryError)
 PER_INPUT_TIMEOUT_S = 20
 
-# Inputs that hit a known bug are skipped unless --known-bugs (each has an xfail test in tests/test_robustness.py).
-# None at present: RNN(..., num_layers=N) for 2**27 <= N < 2**56 used to spend minutes in the core's param_count
-# loop with the GIL held (fixed; test_huge_num_layers_is_refused_promptly).
-KNOWN_BUG_NUM_LAYERS: range = range(0)
 
 # Sizes that the memory check accepts but that really allocate and fill gigabytes are legitimate, only slow and
 # hungry: a size in this range is replaced by 2**40 (refused at once, as the parameter count overflows or cannot
@@ -295,7 +291,7 @@ def expect(condition: bool, message: str) -> None:
         raise Failure(message)
 
 
-def rnn_kwargs(d: Data, known_bugs: bool) -> dict:
+def rnn_kwargs(d: Data) -> dict:
     def size(name: str) -> Any:
         if d.chance(0.85):
             return d.small(1, 6)
@@ -304,8 +300,6 @@ def rnn_kwargs(d: Data, known_bugs: bool) -> dict:
             n = operator.index(value)
         except TypeError:
             return value
-        if name == "num_layers" and not known_bugs and n in KNOWN_BUG_NUM_LAYERS:
-            return 2
         if n in REALLY_ALLOCATES:
             return 2**40
         return value
@@ -321,8 +315,8 @@ def rnn_kwargs(d: Data, known_bugs: bool) -> dict:
     return kwargs
 
 
-def new_rnn(d: Data, known_bugs: bool) -> Any:
-    kwargs = rnn_kwargs(d, known_bugs)
+def new_rnn(d: Data) -> Any:
+    kwargs = rnn_kwargs(d)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dropout with one layer warns, as PyTorch does
         model = guarded(f"RNN(**{kwargs!r})", lambda: rnnfast.RNN(**kwargs))
@@ -332,8 +326,8 @@ def new_rnn(d: Data, known_bugs: bool) -> Any:
     return model
 
 
-def new_cell(d: Data, known_bugs: bool) -> Any:
-    kwargs = rnn_kwargs(d, known_bugs)
+def new_cell(d: Data) -> Any:
+    kwargs = rnn_kwargs(d)
     kwargs = {k: v for k, v in kwargs.items() if k in ("input_size", "hidden_size", "bias", "nonlinearity", "dtype",
                                                      "seed")}
     cell = guarded(f"RNNCell(**{kwargs!r})", lambda: rnnfast.RNNCell(**kwargs))
@@ -515,7 +509,7 @@ def misc(d: Data, module: Any) -> None:
             pass
 
 
-def one_input(data: bytes, known_bugs: bool = False) -> None:
+def one_input(data: bytes) -> None:
     """Run one fuzz input; raise Failure on a contract violation."""
     d = Data(data)
     STATS["inputs"] += 1
@@ -524,31 +518,31 @@ def one_input(data: bytes, known_bugs: bool = False) -> None:
     for _ in range(d.small(1, 6)):
         op = d.below(10)
         if op == 0:
-            new_rnn(d, known_bugs)
+            new_rnn(d)
         elif op == 1:
-            new_cell(d, known_bugs)
+            new_cell(d)
         elif op in (2, 3):
-            model = some(d, rnnfast.RNN, lambda: new_rnn(d, known_bugs))
+            model = some(d, rnnfast.RNN, lambda: new_rnn(d))
             if model is not None:
                 rnn_forward(d, model)
         elif op == 4:
-            model = some(d, rnnfast.RNN, lambda: new_rnn(d, known_bugs))
+            model = some(d, rnnfast.RNN, lambda: new_rnn(d))
             if model is not None:
                 rnn_backward(d, model)
         elif op == 5:
-            cell = some(d, rnnfast.RNNCell, lambda: new_cell(d, known_bugs))
+            cell = some(d, rnnfast.RNNCell, lambda: new_cell(d))
             if cell is not None:
                 cell_forward(d, cell)
         elif op == 6:
-            cell = some(d, rnnfast.RNNCell, lambda: new_cell(d, known_bugs))
+            cell = some(d, rnnfast.RNNCell, lambda: new_cell(d))
             if cell is not None:
                 cell_backward(d, cell)
         elif op == 7:
-            module = d.pick(WORLD.modules) if WORLD.modules else new_rnn(d, known_bugs)
+            module = d.pick(WORLD.modules) if WORLD.modules else new_rnn(d)
             if module is not None:
                 load_state(d, module)
         else:
-            module = d.pick(WORLD.modules) if WORLD.modules else new_cell(d, known_bugs)
+            module = d.pick(WORLD.modules) if WORLD.modules else new_cell(d)
             if module is not None:
                 misc(d, module)
 
@@ -572,7 +566,6 @@ def main() -> int:
     parser.add_argument("--engine", choices=["auto", "atheris", "random"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-len", type=int, default=256, help="bytes per input")
-    parser.add_argument("--known-bugs", action="store_true", help="also generate inputs that hit known bugs")
     parser.add_argument("--artifacts", default=os.path.join(tempfile.gettempdir(), "rnnfast_fuzz"),
                         help="where atheris writes failing inputs")
     parser.add_argument("--verbose", action="store_true", help="print outcomes per entry point at the end")
@@ -590,7 +583,7 @@ def main() -> int:
     if args.replay:
         data = open(args.replay, "rb").read() if os.path.exists(args.replay) else bytes.fromhex(args.replay)
         try:
-            one_input(data, args.known_bugs)
+            one_input(data)
         except Failure as exc:
             report_failure(data, exc)
             return 1
@@ -603,7 +596,7 @@ def main() -> int:
         def test_one_input(data: bytes) -> None:
             faulthandler.dump_traceback_later(PER_INPUT_TIMEOUT_S, exit=True)
             try:
-                one_input(data, args.known_bugs)
+                one_input(data)
             except Failure as exc:
                 report_failure(data, exc)
                 raise
@@ -625,7 +618,7 @@ def main() -> int:
         data = rng.randbytes(rng.randint(0, args.max_len))
         faulthandler.dump_traceback_later(PER_INPUT_TIMEOUT_S, exit=True)
         try:
-            one_input(data, args.known_bugs)
+            one_input(data)
         except Failure as exc:
             report_failure(data, exc)
             return 1
