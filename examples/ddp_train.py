@@ -1,6 +1,6 @@
 """Data-parallel training of rnnfast.torch.RNN with PyTorch's DistributedDataParallel.
 
-Two processes on this machine (gloo backend, loopback 127.0.0.1, a free port) train the demo's time-series task --
+Two processes on this machine (gloo backend, meeting through a file in a temporary folder) train the demo's time-series task --
 windows of a noisy two-sine series, predict the next value -- with ``rnnfast.torch.RNN`` and an ``nn.Linear``
 read-out. Each process takes half of every batch; DistributedDataParallel averages the gradients across them, so
 the run equals training one model on the whole batch in one process. The script checks exactly that: it trains
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -93,25 +92,22 @@ def build_model(config: Dict[str, Any]) -> Forecaster:
     return Forecaster(config["hidden"])
 
 
-def worker(rank: int, world_size: int, port: int, config: Dict[str, Any], out_dir: str) -> None:
+def worker(rank: int, world_size: int, store: str, config: Dict[str, Any], out_dir: str) -> None:
     """One process: join the group, train its shard with DistributedDataParallel, save parameters and losses."""
     torch.set_num_threads(1)
     rnnfast.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    # A file store rather than tcp://: no free port to race for, and no store server thread in rank 0 to be torn
+    # down at interpreter exit.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         model = DistributedDataParallel(build_model(config))
         batches = make_batches(config["steps"], config["batch"], config["window"], config["seed"])
         losses = train(model, batches, config["lr"], config["warmup"], shard=(rank, world_size))
         torch.save({"state_dict": model.module.state_dict(), "losses": losses},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        del model  # its reducer holds the group's pending work: release it before the group
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_ddp(config: Dict[str, Any], world_size: int = 2) -> List[Dict[str, Any]]:
@@ -119,7 +115,8 @@ def run_ddp(config: Dict[str, Any], world_size: int = 2) -> List[Dict[str, Any]]
     if config["batch"] % world_size:
         raise ValueError(f"batch: expected a multiple of world_size={world_size}, got {config['batch']}")
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(worker, args=(world_size, free_port(), config, out_dir), nprocs=world_size, join=True)
+        store = os.path.join(out_dir, "store")
+        mp.spawn(worker, args=(world_size, store, config, out_dir), nprocs=world_size, join=True)
         return [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world_size)]
 
 
@@ -149,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ranks = run_ddp(config, args.world_size)
     single = run_single(config)
     losses = ranks[0]["losses"]
-    print(f"DistributedDataParallel, {args.world_size} processes (gloo on 127.0.0.1), rnnfast.torch.RNN(1, "
+    print(f"DistributedDataParallel, {args.world_size} processes (gloo, file store), rnnfast.torch.RNN(1, "
           f"{config['hidden']}) + Linear, Adam, batch {config['batch']} ({config['batch'] // args.world_size} "
           f"per process), {config['steps']} steps: MSE {losses[0]:.5f} -> {losses[-1]:.5f}")
     between_ranks = max(max_difference(ranks[0]["state_dict"], r["state_dict"]) for r in ranks[1:])

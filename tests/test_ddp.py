@@ -1,4 +1,4 @@
-"""DistributedDataParallel with rnnfast.torch.RNN: 2 processes, gloo on 127.0.0.1, equal to one process on the
+"""DistributedDataParallel with rnnfast.torch.RNN: 2 processes, gloo with a file store, equal to one process on the
 combined batch (skipped without torch or torch.distributed)."""
 
 from __future__ import annotations
