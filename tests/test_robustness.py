@@ -745,7 +745,7 @@ def test_zero_stride_broadcast_inputs() -> None:
     _equal_bitwise(cell(x[0]), cell(np.ascontiguousarray(x[0])))
 
 
-def test_the_cache_does_not_depend_on_the_callers_arrays_after_forward() -> None:
+def test_the_cache_copies_h0_and_refuses_a_reused_x() -> None:
     model = _model(dtype="float64")
     x = _x("float64")
     h0 = np.ones((2, B, H))
@@ -753,11 +753,17 @@ def test_the_cache_does_not_depend_on_the_callers_arrays_after_forward() -> None
     expected = model.backward(cache, np.ones_like(out))
     model.zero_grad()
     out, _, cache = model.forward(x, h0, return_cache=True)
-    x[...] = np.nan  # the caller reuses its buffers
-    h0[...] = np.nan
+    h0[...] = np.nan  # the caller reuses its buffer: the cache holds a copy of h0
     got = model.backward(cache, np.ones_like(out))
     for a, b in zip(expected, got):
         _equal_bitwise(a, b)
+    # x and the output are referred to, not copied (as PyTorch saves them): reusing x's buffer is refused.
+    model.zero_grad()
+    out, _, cache = model.forward(x, h0=None, return_cache=True)
+    x[...] = np.nan
+    with pytest.raises(ValueError, match="^x: it was modified in place"):
+        model.backward(cache, np.ones_like(out))
+    assert all(not g.any() for g in model.grads.values())
 
 
 def test_outputs_are_fresh_writable_arrays() -> None:

@@ -140,66 +140,95 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
     } else {
         dh0.setZero();
     }
-    // Column bands as in layer_forward: a thread computes its band of dz, then (after all bands are done) its
-    // band of dz W_hh. The next step reads only the thread's own band of dh0, so one barrier per step suffices.
+    if (T_ == 0 || steps.rows() == 0) return;
+    if (dz.rows() < steps.size(0) || dz.cols() != H) {
+        throw std::invalid_argument("dz: expected a workspace of at least " + std::to_string(steps.size(0)) +
+                                    " rows and " + std::to_string(H) + " columns, got [" + std::to_string(dz.rows()) +
+                                    ", " + std::to_string(dz.cols()) + "]");
+    }
+    // Previous states of a packed chunk, gathered so that its dW_hh is one product.
+    RowMatrix<T> h_prev(steps.is_uniform() ? 0 : dz.rows(), H);
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     detail::Barrier bands_done;
-    detail::parallel(threads, [&](int k, int parts) {
-        const Index c0 = detail::split(H, k, parts), width = detail::split(H, k + 1, parts) - c0;
-        for (Index s = T_ - 1; s >= 0; --s) {
-            const Index t = reverse ? T_ - 1 - s : s;
-            const Index n = steps.size(t), o = steps.offset(t);
-            if (n != 0 && width > 0) {
-                if (dhs.rows() != 0) {
-                    dz.block(o, c0, n, width) = dh0.block(0, c0, n, width) + dhs.block(o, c0, n, width);
-                } else {
-                    dz.block(o, c0, n, width) = dh0.block(0, c0, n, width);
+    // Processing order: s = T_-1 down to 0, step t = s (forward) or T_-1-s (reverse).
+    Index s_next = T_ - 1;
+    while (s_next >= 0) {
+        // The chunk: processing positions [s_end, s_begin], as many as fit in dz; its steps [t_lo, t_hi].
+        const Index s_begin = s_next;
+        Index s_end = s_begin, chunk_rows = 0;
+        for (Index s = s_begin; s >= 0; --s) {
+            const Index n = steps.size(reverse ? T_ - 1 - s : s);
+            if (chunk_rows + n > dz.rows()) break;
+            chunk_rows += n;
+            s_end = s;
+        }
+        s_next = s_end - 1;
+        const Index t_lo = reverse ? T_ - 1 - s_begin : s_end, t_hi = reverse ? T_ - 1 - s_end : s_begin;
+        const Index base = steps.offset(t_lo);
+        if (chunk_rows == 0) continue;
+        MatrixMap<T> dzc(dz.data(), chunk_rows, H, Eigen::OuterStride<>(dz.outerStride()));
+        // Column bands as in layer_forward: a thread computes its band of dz, then (after all bands are done) its
+        // band of dz W_hh. The next step reads only the thread's own band of dh0, so one barrier per step suffices.
+        detail::parallel(threads, [&](int k, int parts) {
+            const Index c0 = detail::split(H, k, parts), width = detail::split(H, k + 1, parts) - c0;
+            for (Index s = s_begin; s >= s_end; --s) {
+                const Index t = reverse ? T_ - 1 - s : s;
+                const Index n = steps.size(t), o = steps.offset(t), oc = o - base;
+                if (n != 0 && width > 0) {
+                    if (dhs.rows() != 0) {
+                        dzc.block(oc, c0, n, width) = dh0.block(0, c0, n, width) + dhs.block(o, c0, n, width);
+                    } else {
+                        dzc.block(oc, c0, n, width) = dh0.block(0, c0, n, width);
+                    }
+                    multiply_by_derivative<T>(dzc.block(oc, c0, n, width), hs.block(o, c0, n, width), act);
                 }
-                multiply_by_derivative<T>(dz.block(o, c0, n, width), hs.block(o, c0, n, width), act);
+                bands_done.wait(parts);
+                if (n != 0 && width > 0) {
+                    dh0.block(0, c0, n, width).noalias() = dzc.middleRows(oc, n) * w_hh.middleCols(c0, width);
+                }
             }
-            bands_done.wait(parts);
-            if (n != 0 && width > 0) dh0.block(0, c0, n, width).noalias() = dz.middleRows(o, n) * w_hh.middleCols(c0, width);
-        }
-    });
+        });
 
-    rows_product(dw_ih, dz.transpose(), x, true);
-    rows_product(dx, dz, w_ih, true);
-    if (db_ih.size() != 0) {
-        RowVector<T> db = dz.colwise().sum();
-        db_ih += db;
-        db_hh += db;
-    }
-    if (T_ == 0) return;
-    // dW_hh pairs each step's dz with the state before it: h0 where an item starts, hs elsewhere.
-    if (steps.is_uniform()) {
-        const Index B = steps.batch(), rest = (T_ - 1) * B;
-        const Index first = reverse ? rest : 0;  // rows of the first step processed
-        if (h0.rows() != 0) dw_hh.noalias() += dz.middleRows(first, B).transpose() * h0;
-        if (rest > 0) {
-            if (reverse) {
-                rows_product(dw_hh, dz.topRows(rest).transpose(), hs.bottomRows(rest), true);
-            } else {
-                rows_product(dw_hh, dz.bottomRows(rest).transpose(), hs.topRows(rest), true);
-            }
+        rows_product(dw_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
+        if (dx.rows() != 0) rows_product(dx.middleRows(base, chunk_rows), dzc, w_ih, true);
+        if (db_ih.size() != 0) {
+            RowVector<T> db = dzc.colwise().sum();
+            db_ih += db;
+            db_hh += db;
         }
-        return;
-    }
-    // Packed: gather the previous states into one matrix, so dW_hh is still a single product.
-    RowMatrix<T> h_prev(steps.rows(), H);
-    for (Index t = 0; t < T_; ++t) {
-        const Index n = steps.size(t), o = steps.offset(t);
-        const Index prev = reverse ? t + 1 : t - 1;
-        const Index cont = std::min(n, steps.size_or_zero(prev));
-        if (cont > 0) h_prev.middleRows(o, cont) = hs.middleRows(steps.offset(prev), cont);
-        if (cont < n) {
-            if (h0.rows() != 0) {
-                h_prev.middleRows(o + cont, n - cont) = h0.middleRows(cont, n - cont);
-            } else {
-                h_prev.middleRows(o + cont, n - cont).setZero();
+        // dW_hh pairs each step's dz with the state before it: h0 where an item starts, hs elsewhere.
+        if (steps.is_uniform()) {
+            const Index B = steps.batch();
+            // The sequence's first processed step (t = 0 forward, T_-1 reverse) starts from h0.
+            const Index first = reverse ? T_ - 1 : 0;
+            const bool has_first = t_lo <= first && first <= t_hi;
+            const Index rest = chunk_rows - (has_first ? B : 0);
+            if (has_first && h0.rows() != 0) {
+                dw_hh.noalias() += dzc.middleRows(steps.offset(first) - base, B).transpose() * h0;
             }
+            if (rest > 0) {
+                // Rows of the steps other than `first`, and the states one step earlier in processing order.
+                const Index dz_row = reverse ? 0 : (has_first ? B : 0);
+                const Index h_row = reverse ? base + B : base + dz_row - B;
+                rows_product(dw_hh, dzc.middleRows(dz_row, rest).transpose(), hs.middleRows(h_row, rest), true);
+            }
+        } else {
+            for (Index t = t_lo; t <= t_hi; ++t) {
+                const Index n = steps.size(t), oc = steps.offset(t) - base;
+                const Index prev = reverse ? t + 1 : t - 1;
+                const Index cont = std::min(n, steps.size_or_zero(prev));
+                if (cont > 0) h_prev.middleRows(oc, cont) = hs.middleRows(steps.offset(prev), cont);
+                if (cont < n) {
+                    if (h0.rows() != 0) {
+                        h_prev.middleRows(oc + cont, n - cont) = h0.middleRows(cont, n - cont);
+                    } else {
+                        h_prev.middleRows(oc + cont, n - cont).setZero();
+                    }
+                }
+            }
+            rows_product(dw_hh, dzc.transpose(), h_prev.topRows(chunk_rows), true);
         }
     }
-    rows_product(dw_hh, dz.transpose(), h_prev, true);
 }
 
 #define RNNFAST_INSTANTIATE(T)                                                                                  \

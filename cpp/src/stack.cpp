@@ -10,6 +10,9 @@
 namespace rnnfast {
 namespace {
 
+// Rows of the backward's pre-activation gradient workspace (per direction): whole steps up to this many.
+constexpr Index kBackwardChunkRows = 2048;
+
 // Parameters of one direction of one layer, in the flat buffer. Another cell kind (LSTM, GRU) would change the
 // row count of the weight blocks (gates * H) and supply its own layer kernel pair; the driver stays the same.
 struct DirectionLayout {
@@ -214,8 +217,18 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
     const ConstMatrixRef<T> masks_in = packed && masks.rows() != 0 ? ConstMatrixRef<T>(masks_packed) : masks;
 
     const RowMatrix<T> no_state(0, H);
+    const bool borrow = cache != nullptr && cache->borrow && !packed;
     if (cache != nullptr) {
-        cache->x = x_in;
+        cache->input_size = cfg.input_size;
+        cache->output_size = DH;
+        cache->x_data = cache->top_data = nullptr;
+        if (borrow) {
+            cache->x.resize(0, cfg.input_size);
+            cache->x_data = x_in.data();
+            cache->x_stride = x_in.outerStride();
+        } else {
+            cache->x = x_in;
+        }
         if (h0_in.rows() != 0) {
             cache->h0 = h0_in;
         } else {
@@ -236,7 +249,7 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
     for (Index l = 0; l < L; ++l) {
         T* y = nullptr;
         Index y_stride = DH;
-        if (cache != nullptr) {
+        if (cache != nullptr && !(borrow && l == L - 1)) {
             cache->ys[static_cast<size_t>(l)].resize(R, DH);
             y = cache->ys[static_cast<size_t>(l)].data();
         } else if (l == L - 1 && !packed) {
@@ -284,7 +297,13 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
         if (l == L - 1 && packed) unpack_rows<T>(pk, ys, output);
     }
     if (cache != nullptr) {
-        if (!packed) output = cache->ys.back();
+        if (borrow) {
+            cache->ys.back().resize(0, DH);
+            cache->top_data = output.data();
+            cache->top_stride = output.outerStride();
+        } else if (!packed) {
+            output = cache->ys.back();
+        }
         cache->packing = std::move(pk);
     }
 }
@@ -299,10 +318,12 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
     if (static_cast<Index>(cache.ys.size()) != L || seq_len <= 0) {
         throw std::invalid_argument("cache: it does not come from a forward of this configuration");
     }
-    expect_shape("cache.x", cache.x.rows(), cache.x.cols(), R, cfg.input_size);
+    const ConstMatrixMap<T> x_cached = cache.input();
+    expect_shape("cache.x", x_cached.rows(), x_cached.cols(), R, cfg.input_size);
+    const bool want_dx = dx.rows() != 0;
     if (d_output.rows() != 0) expect_shape("grad_output", d_output.rows(), d_output.cols(), TB, DH);
     if (d_h_n.rows() != 0) expect_shape("grad_h_n", d_h_n.rows(), d_h_n.cols(), L * D * B, H);
-    expect_shape("grad_input", dx.rows(), dx.cols(), TB, cfg.input_size);
+    if (want_dx) expect_shape("grad_input", dx.rows(), dx.cols(), TB, cfg.input_size);
     expect_shape("grad_h0", dh0.rows(), dh0.cols(), L * D * B, H);
     const bool packed = pk.is_packed();
 
@@ -322,7 +343,7 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
             d_h_n_sorted.resize(d_h_n.rows(), H);
             permute_states(pk, d_h_n, d_h_n_sorted, true);
         }
-        dx_packed.resize(R, cfg.input_size);
+        if (want_dx) dx_packed.resize(R, cfg.input_size);
         dh0_sorted.resize(L * D * B, H);
     }
     const ConstMatrixRef<T> d_out_in = packed && d_output.rows() != 0 ? ConstMatrixRef<T>(d_output_packed) : d_output;
@@ -333,9 +354,10 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
     const bool dropout = cache.masks.rows() != 0;
     const RowMatrix<T> none(0, H);
     // The directions run side by side when there are two threads; each then needs its own dz and input
-    // gradient (the second direction's is added in afterwards).
+    // gradient (the second direction's is added in afterwards). dz holds a chunk of steps (see layer_backward).
     const int dir_threads = D == 2 ? detail::threads_for(2, 1) : 1;
-    std::vector<RowMatrix<T>> dz(static_cast<size_t>(dir_threads), RowMatrix<T>(R, H));
+    const Index chunk_rows = std::min(R, std::max(pk.steps.size_or_zero(0), kBackwardChunkRows));
+    std::vector<RowMatrix<T>> dz(static_cast<size_t>(dir_threads), RowMatrix<T>(chunk_rows, H));
     RowMatrix<T> d_y, d_x, d_in_second, dropped;  // gradient into a layer's output, into its input, ...
     if (L > 1) {
         d_y.resize(R, DH);
@@ -345,20 +367,24 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
 
     for (Index l = L - 1; l >= 0; --l) {
         const size_t ul = static_cast<size_t>(l);
-        const T* input = cache.x.data();
+        const T* input = x_cached.data();
+        Index input_stride = x_cached.outerStride();
         if (l > 0) {
             input = cache.ys[ul - 1].data();
+            input_stride = DH;
             if (dropout) {
                 dropped = cache.ys[ul - 1].cwiseProduct(cache.masks.middleRows((l - 1) * R, R));
                 input = dropped.data();
             }
         }
         const Index in_size = cfg.layer_input_size(l);
-        const ConstMatrixMap<T> in(input, R, in_size, Eigen::OuterStride<>(in_size));
-        MatrixMap<T> d_in = l == 0 ? MatrixMap<T>(dx_out.data(), R, in_size, Eigen::OuterStride<>(dx_out.outerStride()))
+        const ConstMatrixMap<T> in(input, R, in_size, Eigen::OuterStride<>(input_stride));
+        // Layer 0's input gradient only when asked for.
+        const Index d_in_rows = l > 0 || want_dx ? R : 0;
+        MatrixMap<T> d_in = l == 0 ? MatrixMap<T>(dx_out.data(), d_in_rows, in_size, Eigen::OuterStride<>(std::max<Index>(dx_out.outerStride(), 1)))
                                    : matrix(d_x.data(), 0, R, DH);
         d_in.setZero();
-        if (dir_threads > 1) d_in_second.setZero(R, in_size);
+        if (dir_threads > 1) d_in_second.setZero(d_in_rows, in_size);
         detail::parallel(dir_threads, [&](int k, int parts) {
             for (Index d = k; d < D; d += parts) {
                 Index off = layer_offset[ul];
@@ -372,7 +398,7 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
                                                                       : ConstMatrixRef<T>(none);
                 MatrixRef<T> d_in_dir = k == 1 ? MatrixRef<T>(d_in_second) : MatrixRef<T>(d_in);
                 layer_backward<T>(in, cache.h0.middleRows(ld * B, B), const_matrix(params, p.w_ih, H, p.in),
-                                  const_matrix(params, p.w_hh, H, H), cache.ys[ul].middleCols(d * H, H), d_hs,
+                                  const_matrix(params, p.w_hh, H, H), cache.states(l).middleCols(d * H, H), d_hs,
                                   d_h_n_in.rows() != 0 ? ConstMatrixRef<T>(d_h_n_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(none),
                                   cfg.activation, d == 1, pk.steps, d_in_dir, dh0_out.middleRows(ld * B, B),
                                   matrix(grads, p.w_ih, H, p.in), matrix(grads, p.w_hh, H, H),
@@ -380,7 +406,7 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
                                   Eigen::Map<RowVector<T>>(grads + p.b_hh, bias_size), dz[static_cast<size_t>(k)]);
             }
         });
-        if (dir_threads > 1) d_in += d_in_second;
+        if (dir_threads > 1 && d_in_rows != 0) d_in += d_in_second;
         if (l > 0) {
             if (dropout) {
                 d_y = d_x.cwiseProduct(cache.masks.middleRows((l - 1) * R, R));
@@ -390,7 +416,7 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
         }
     }
     if (packed) {
-        unpack_rows<T>(pk, dx_packed, dx);
+        if (want_dx) unpack_rows<T>(pk, dx_packed, dx);
         permute_states(pk, dh0_sorted, dh0, false);
     }
 }

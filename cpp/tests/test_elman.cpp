@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "rnnfast/elman.hpp"
 
@@ -600,3 +601,56 @@ TEST(LayerBackward, RejectsNonPositiveSeqLen) {
 }
 
 }  // namespace
+
+// The recurrence in chunks of steps (a workspace smaller than all rows) gives the one-chunk results, which the
+// finite-difference tests above check; and dx with 0 rows skips only the input gradient.
+TEST(LayerBackward, ChunkedWorkspaceAndSkippedDxMatchOneChunk) {
+    const Index B = 3, I = 4, H = 5;
+    std::mt19937 rng(34);
+    const std::vector<std::vector<Index>> layouts = {{3, 3, 3, 3, 3, 3}, {3, 3, 2, 2, 1, 0}};
+    for (const auto& sizes : layouts) {
+        const rnnfast::StepLayout steps = rnnfast::StepLayout::packed(sizes);
+        const Index R = steps.rows();
+        for (bool reverse : {false, true}) {
+            for (bool with_h0 : {false, true}) {
+                SCOPED_TRACE(std::string(steps.is_uniform() ? "uniform" : "packed") + (reverse ? " reverse" : " forward") +
+                             (with_h0 ? " h0" : " no h0"));
+                const MatD x = random_matrix(rng, R, I), h0 = with_h0 ? random_matrix(rng, B, H) : MatD(0, H);
+                const MatD w_ih = random_matrix(rng, H, I, 0.6), w_hh = random_matrix(rng, H, H, 0.6);
+                const VecD b_ih = random_vector(rng, H), b_hh = random_vector(rng, H);
+                const MatD G = random_matrix(rng, R, H), Gn = random_matrix(rng, B, H);
+                MatD hs(R, H);
+                rnnfast::layer_forward<double>(x, h0, w_ih, w_hh, b_ih, b_hh, Activation::tanh, reverse, steps, hs);
+
+                struct Result {
+                    MatD dx, dh0, dw_ih, dw_hh;
+                    VecD db_ih, db_hh;
+                };
+                auto run = [&](Index workspace_rows, bool want_dx) {
+                    Result r{want_dx ? MatD::Zero(R, I) : MatD(0, I), MatD(B, H), MatD::Zero(H, I), MatD::Zero(H, H),
+                             VecD::Zero(H), VecD::Zero(H)};
+                    MatD dz(workspace_rows, H);
+                    rnnfast::layer_backward<double>(x, h0, w_ih, w_hh, hs, G, Gn, Activation::tanh, reverse, steps, r.dx,
+                                                    r.dh0, r.dw_ih, r.dw_hh, r.db_ih, r.db_hh, dz);
+                    return r;
+                };
+                const Result one = run(R, true);
+                for (Index rows = steps.size(0); rows < R; ++rows) {
+                    SCOPED_TRACE("workspace rows " + std::to_string(rows));
+                    const Result chunked = run(rows, rows % 2 == 0);
+                    if (chunked.dx.rows() != 0) EXPECT_TRUE(all_close(chunked.dx, one.dx, 1e-12)) << "dx";
+                    EXPECT_TRUE(all_close(chunked.dh0, one.dh0, 1e-12)) << "dh0";
+                    EXPECT_TRUE(all_close(chunked.dw_ih, one.dw_ih, 1e-12)) << "dw_ih";
+                    EXPECT_TRUE(all_close(chunked.dw_hh, one.dw_hh, 1e-12)) << "dw_hh";
+                    EXPECT_TRUE(all_close(chunked.db_ih, one.db_ih, 1e-12)) << "db_ih";
+                    EXPECT_TRUE(all_close(chunked.db_hh, one.db_hh, 1e-12)) << "db_hh";
+                }
+                MatD too_small(steps.size(0) - 1, H), dx(R, I), dh0(B, H), dw_ih(H, I), dw_hh(H, H);
+                VecD db_ih(H), db_hh(H);
+                EXPECT_THROW(rnnfast::layer_backward<double>(x, h0, w_ih, w_hh, hs, G, Gn, Activation::tanh, reverse, steps,
+                                                             dx, dh0, dw_ih, dw_hh, db_ih, db_hh, too_small),
+                             std::invalid_argument);
+            }
+        }
+    }
+}

@@ -798,3 +798,54 @@ TEST(StackBackward, RejectsACacheFromAnotherConfiguration) {
 }
 
 }  // namespace
+
+namespace {
+
+// A borrowing cache refers to x and the output instead of copying them, and backward gives the same results from
+// it; dx with 0 rows skips only the input gradient. A ragged batch is packed, so its cache copies anyway.
+TEST(StackBackward, BorrowingCacheAndSkippedDxMatchOwningCache) {
+    const Index S = 5, B = 3, I = 4, H = 3, TB = S * B;
+    std::mt19937 rng(53);
+    for (const StackConfig& cfg : {make_config(I, H, 1, false, true), make_config(I, H, 2, true, true)}) {
+        for (bool ragged : {false, true}) {
+            SCOPED_TRACE(config_str(cfg) + (ragged ? " ragged" : " full"));
+            const Index LDB = cfg.num_layers * cfg.directions() * B, DH = cfg.output_size(), n = rnnfast::param_count(cfg);
+            const std::vector<Index> lengths = ragged ? std::vector<Index>{5, 2, 4} : std::vector<Index>{};
+            const std::vector<double> params = random_params(rng, n, 0.6);
+            const MatD x = random_matrix(rng, TB, I), h0 = random_matrix(rng, LDB, H);
+            const MatD G = random_matrix(rng, TB, DH), Gn = random_matrix(rng, LDB, H);
+            MatD out_own(TB, DH), hn_own(LDB, H), out_borrow(TB, DH), hn_borrow(LDB, H);
+            StackCache<double> own, borrowed;
+            borrowed.borrow = true;
+            rnnfast::stack_forward<double>(cfg, params.data(), x, S, lengths, h0, MatD(0, DH), out_own, hn_own, &own);
+            rnnfast::stack_forward<double>(cfg, params.data(), x, S, lengths, h0, MatD(0, DH), out_borrow, hn_borrow, &borrowed);
+            EXPECT_TRUE(bitwise_equal(out_borrow, out_own));
+            EXPECT_TRUE(bitwise_equal(hn_borrow, hn_own));
+            EXPECT_EQ(own.x_data, nullptr);
+            if (ragged) {
+                EXPECT_EQ(borrowed.x_data, nullptr) << "a packed batch is copied";
+            } else {
+                EXPECT_EQ(borrowed.x_data, x.data());
+                EXPECT_EQ(borrowed.top_data, out_borrow.data());
+                EXPECT_EQ(borrowed.x.size(), 0);
+                EXPECT_EQ(borrowed.ys.back().size(), 0);
+            }
+
+            std::vector<double> g_own(static_cast<size_t>(n), 0.0), g_borrow(g_own), g_nodx(g_own);
+            MatD dx_own(TB, I), dh0_own(LDB, H), dx_borrow(TB, I), dh0_borrow(LDB, H), dx_none(0, I), dh0_nodx(LDB, H);
+            rnnfast::stack_backward<double>(cfg, params.data(), own, G, Gn, dx_own, dh0_own, g_own.data());
+            rnnfast::stack_backward<double>(cfg, params.data(), borrowed, G, Gn, dx_borrow, dh0_borrow, g_borrow.data());
+            rnnfast::stack_backward<double>(cfg, params.data(), own, G, Gn, dx_none, dh0_nodx, g_nodx.data());
+            EXPECT_TRUE(bitwise_equal(dx_borrow, dx_own));
+            EXPECT_TRUE(bitwise_equal(dh0_borrow, dh0_own));
+            EXPECT_TRUE(bitwise_equal(dh0_nodx, dh0_own));
+            EXPECT_GT(MatD(dx_own).cwiseAbs().maxCoeff(), 1e-3);
+            for (size_t i = 0; i < g_own.size(); ++i) {
+                EXPECT_EQ(g_borrow[i], g_own[i]) << "parameter " << i;
+                EXPECT_EQ(g_nodx[i], g_own[i]) << "parameter " << i;
+            }
+        }
+    }
+}
+
+}  // namespace

@@ -1,6 +1,7 @@
 // Bindings of the stacked RNN driver: StackF32 / StackF64 and their caches.
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <memory>
 #include <mutex>
 
@@ -9,6 +10,41 @@
 
 namespace rnnfast::bindings {
 namespace {
+
+// Evenly spaced samples of a contiguous array (the first and last element included), to notice an array that a
+// borrowing cache refers to being changed in place before backward: it catches a buffer refilled with the next
+// batch or an in-place update of the output, not every single-element change.
+template <class T>
+class Fingerprint {
+public:
+    Fingerprint() = default;
+    Fingerprint(const T* data, Index size) : data_(data), size_(size) { read(samples_); }
+
+    bool unchanged() const {
+        std::vector<T> now;
+        read(now);
+        return std::memcmp(now.data(), samples_.data(), now.size() * sizeof(T)) == 0;  // bitwise: NaN == NaN
+    }
+
+private:
+    static constexpr Index kSamples = 1024;
+    void read(std::vector<T>& out) const {
+        const Index n = std::min(size_, kSamples);
+        out.resize(static_cast<size_t>(n));
+        for (Index i = 0; i < n; ++i) out[static_cast<size_t>(i)] = data_[n > 1 ? i * (size_ - 1) / (n - 1) : 0];
+    }
+    const T* data_ = nullptr;
+    Index size_ = 0;
+    std::vector<T> samples_;
+};
+
+// The cache handed to Python: the core's cache and, when it borrows, the arrays it refers to (kept alive here).
+template <class T>
+struct StackCacheBox {
+    StackCache<T> core;
+    py::object x, output;
+    Fingerprint<T> x_print, output_print;
+};
 
 template <class T>
 class StackKernel {
@@ -50,7 +86,10 @@ public:
 
         Array<T> output = aligned_array<T>({seq_len, B, DH});
         Array<T> h_n = aligned_array<T>({LD, B, H});
-        std::unique_ptr<StackCache<T>> cache = want_cache ? std::make_unique<StackCache<T>>() : nullptr;
+        std::unique_ptr<StackCacheBox<T>> cache = want_cache ? std::make_unique<StackCacheBox<T>>() : nullptr;
+        // A full-length batch's cache refers to x and the output instead of copying them.
+        const bool borrow = want_cache && lens.empty();
+        if (borrow) cache->core.borrow = true;
         const ConstMatrixMap<T> x_m = as_matrix<T>(x, cfg_.input_size);
         const ConstMatrixMap<T> h0_m = as_matrix_or_empty<T>(h0, H);
         const ConstMatrixMap<T> masks_m = as_matrix_or_empty<T>(masks, DH);
@@ -58,34 +97,53 @@ public:
         MatrixMap<T> h_n_m = as_mutable_matrix<T>(h_n, H);
         {
             py::gil_scoped_release release;
-            stack_forward<T>(cfg_, params.data(), x_m, seq_len, lens, h0_m, masks_m, output_m, h_n_m, cache.get());
+            stack_forward<T>(cfg_, params.data(), x_m, seq_len, lens, h0_m, masks_m, output_m, h_n_m,
+                             cache ? &cache->core : nullptr);
+        }
+        if (cache && cache->core.x_data != nullptr) {
+            cache->x = x;
+            cache->x_print = Fingerprint<T>(x.data(), static_cast<Index>(x.size()));
+        }
+        if (cache && cache->core.top_data != nullptr) {
+            cache->output = output;
+            cache->output_print = Fingerprint<T>(output.data(), static_cast<Index>(output.size()));
         }
         if (!cache) return py::make_tuple(std::move(output), std::move(h_n), py::none());
         return py::make_tuple(std::move(output), std::move(h_n), py::cast(std::move(cache)));
     }
 
     // grads [P] accumulated; d_output [T, B, D*H] or None; d_h_n [L*D, B, H] or None
-    // -> (grad_x [T, B, I], grad_h0 [L*D, B, H])
-    py::tuple backward(const Array<T>& params, const StackCache<T>& cache, const std::optional<Array<T>>& d_output,
-                       const std::optional<Array<T>>& d_h_n, Array<T>& grads) {
+    // -> (grad_x [T, B, I] or None when not want_dx, grad_h0 [L*D, B, H])
+    py::tuple backward(const Array<T>& params, const StackCacheBox<T>& box, const std::optional<Array<T>>& d_output,
+                       const std::optional<Array<T>>& d_h_n, Array<T>& grads, bool want_dx) {
+        const StackCache<T>& cache = box.core;
         const Index LD = cfg_.num_layers * cfg_.directions(), H = cfg_.hidden_size, DH = cfg_.output_size();
         expect_shape("params", params, {param_count_});
         expect_shape("grads", grads, {param_count_});
         const Index seq_len = cache.packing.seq_len, B = cache.packing.batch;
-        if (static_cast<Index>(cache.ys.size()) != cfg_.num_layers || cache.x.cols() != cfg_.input_size ||
-            (cache.ys.size() > 0 && cache.ys[0].cols() != DH)) {
+        if (static_cast<Index>(cache.ys.size()) != cfg_.num_layers || cache.input_size != cfg_.input_size ||
+            cache.output_size != DH) {
             throw std::invalid_argument("cache: it was made by a model of another configuration");
+        }
+        if (box.x && !box.x_print.unchanged()) {
+            throw std::invalid_argument("x: it was modified in place after the forward that made this cache, which "
+                                        "refers to it; backward needs the values forward saw (modify a copy)");
+        }
+        if (box.output && !box.output_print.unchanged()) {
+            throw std::invalid_argument("output: it was modified in place after the forward that made this cache, "
+                                        "which refers to it; backward needs the values forward saw (modify a copy)");
         }
         if (!d_output && !d_h_n) throw std::invalid_argument("grad_output, grad_h_n: expected at least one, got None for both");
         if (d_output) expect_shape("grad_output", *d_output, {seq_len, B, DH});
         if (d_h_n) expect_shape("grad_h_n", *d_h_n, {LD, B, H});
 
-        Array<T> d_x = aligned_array<T>({seq_len, B, cfg_.input_size});
+        Array<T> d_x = want_dx ? aligned_array<T>({seq_len, B, cfg_.input_size}) : Array<T>();
         Array<T> d_h0 = aligned_array<T>({LD, B, H});
         T* grads_data = grads.mutable_data();  // throws here, with the GIL, if grads is read-only
         const ConstMatrixMap<T> d_output_m = as_matrix_or_empty<T>(d_output, DH);
         const ConstMatrixMap<T> d_h_n_m = as_matrix_or_empty<T>(d_h_n, H);
-        MatrixMap<T> d_x_m = as_mutable_matrix<T>(d_x, cfg_.input_size);
+        MatrixMap<T> d_x_m = want_dx ? as_mutable_matrix<T>(d_x, cfg_.input_size)
+                                     : MatrixMap<T>(nullptr, 0, cfg_.input_size, Eigen::OuterStride<>(cfg_.input_size));
         MatrixMap<T> d_h0_m = as_mutable_matrix<T>(d_h0, H);
         {
             py::gil_scoped_release release;
@@ -93,6 +151,7 @@ public:
             std::lock_guard<std::mutex> lock(grad_mutex_);
             stack_backward<T>(cfg_, params.data(), cache, d_output_m, d_h_n_m, d_x_m, d_h0_m, grads_data);
         }
+        if (!want_dx) return py::make_tuple(py::none(), std::move(d_h0));
         return py::make_tuple(std::move(d_x), std::move(d_h0));
     }
 
@@ -105,10 +164,12 @@ private:
 template <class T>
 void register_stack_for(py::module_& m) {
     const std::string suffix = dtype_suffix<T>();
-    py::class_<StackCache<T>>(m, ("StackCache" + suffix).c_str(), py::module_local(),
-                              "What backward needs from one forward of a stacked RNN (opaque).")
-        .def_property_readonly("seq_len", [](const StackCache<T>& c) { return c.packing.seq_len; })
-        .def_property_readonly("batch", [](const StackCache<T>& c) { return c.packing.batch; });
+    py::class_<StackCacheBox<T>>(m, ("StackCache" + suffix).c_str(), py::module_local(),
+                                 "What backward needs from one forward of a stacked RNN (opaque).")
+        .def_property_readonly("seq_len", [](const StackCacheBox<T>& c) { return c.core.packing.seq_len; })
+        .def_property_readonly("batch", [](const StackCacheBox<T>& c) { return c.core.packing.batch; })
+        .def_property_readonly("borrows", [](const StackCacheBox<T>& c) { return c.core.x_data != nullptr; },
+                               "Whether it refers to x and the output instead of holding copies.");
 
     py::class_<StackKernel<T>>(m, ("Stack" + suffix).c_str(), py::module_local(), "Stacked, optionally bidirectional Elman RNN kernels.")
         .def(py::init<Index, Index, Index, bool, bool, const std::string&>(), py::arg("input_size"),
@@ -121,7 +182,7 @@ void register_stack_for(py::module_& m) {
              py::arg("want_cache"))
         .def("backward", &StackKernel<T>::backward, py::arg("params").noconvert(), py::arg("cache"),
              py::arg("grad_output").noconvert().none(true), py::arg("grad_h_n").noconvert().none(true),
-             py::arg("grads").noconvert());
+             py::arg("grads").noconvert(), py::arg("want_dx") = true);
 }
 
 }  // namespace

@@ -48,6 +48,9 @@ class StackCacheF32:
     def seq_len(self) -> int: ...
     @property
     def batch(self) -> int: ...
+    @property
+    def borrows(self) -> bool:
+        """Whether it refers to x and the output instead of holding copies."""
 
 class StackCacheF64:
     """What backward needs from one forward of a stacked RNN (opaque)."""
@@ -56,6 +59,9 @@ class StackCacheF64:
     def seq_len(self) -> int: ...
     @property
     def batch(self) -> int: ...
+    @property
+    def borrows(self) -> bool:
+        """Whether it refers to x and the output instead of holding copies."""
 
 class StackF32:
     """Stacked, optionally bidirectional Elman RNN kernels, float32."""
@@ -70,8 +76,8 @@ class StackF32:
         """params [P], x [T, B, I], h0 [L*D, B, H], masks [L-1, T, B, D*H], lengths [B]
         -> (output [T, B, D*H], h_n [L*D, B, H], cache or None)."""
     def backward(self, params: _F32, cache: StackCacheF32, grad_output: Optional[_F32], grad_h_n: Optional[_F32],
-                 grads: _F32) -> Tuple[_F32, _F32]:
-        """Adds into grads [P]; -> (grad_x [T, B, I], grad_h0 [L*D, B, H])."""
+                 grads: _F32, want_dx: bool = True) -> Tuple[Optional[_F32], _F32]:
+        """Adds into grads [P]; -> (grad_x [T, B, I] or None without want_dx, grad_h0 [L*D, B, H])."""
 
 class StackF64:
     """Stacked, optionally bidirectional Elman RNN kernels, float64."""
@@ -86,8 +92,8 @@ class StackF64:
         """params [P], x [T, B, I], h0 [L*D, B, H], masks [L-1, T, B, D*H], lengths [B]
         -> (output [T, B, D*H], h_n [L*D, B, H], cache or None)."""
     def backward(self, params: _F64, cache: StackCacheF64, grad_output: Optional[_F64], grad_h_n: Optional[_F64],
-                 grads: _F64) -> Tuple[_F64, _F64]:
-        """Adds into grads [P]; -> (grad_x [T, B, I], grad_h0 [L*D, B, H])."""
+                 grads: _F64, want_dx: bool = True) -> Tuple[Optional[_F64], _F64]:
+        """Adds into grads [P]; -> (grad_x [T, B, I] or None without want_dx, grad_h0 [L*D, B, H])."""
 
 class CellCacheF32:
     """What backward needs from one cell step (opaque)."""

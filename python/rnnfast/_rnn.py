@@ -135,7 +135,11 @@ class RNN(Module):
             are zero and ``h_n[:, b]`` is its state after its last valid step, as with PyTorch's
             ``pack_padded_sequence(x, lengths, enforce_sorted=False)``. Padded steps cost no compute.
         return_cache : bool
-            Also return the cache ``backward`` needs.
+            Also return the cache ``backward`` needs. For a full-length batch (no ``lengths``) the cache refers to
+            ``x`` and to ``output`` rather than holding copies, as PyTorch's autograd saves its tensors: a training
+            step then holds one copy of the sequence, not three. Modify either in place before ``backward`` and
+            backward raises ValueError (it compares samples of both, so it notices a buffer refilled with the next
+            batch, not every single-element change); modify a copy instead.
 
         Returns
         -------
@@ -183,8 +187,24 @@ class RNN(Module):
         cache = RNNCache(core_cache, self, x.shape, output.shape, h_n.shape, masks)
         return output, h_n, cache
 
+    @overload
     def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
-                 grad_h_n: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: Literal[True] = True
+                 ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
+                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: Literal[False]
+                 ) -> tuple[None, np.ndarray]: ...
+
+    @overload
+    def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
+                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: bool = True
+                 ) -> tuple[Optional[np.ndarray], np.ndarray]: ...
+
+    def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
+                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: bool = True
+                 ) -> tuple[Optional[np.ndarray], np.ndarray]:
         """Backpropagation through time for one forward; adds every parameter's gradient into ``grads``.
 
         Parameters
@@ -193,12 +213,20 @@ class RNN(Module):
         grad_output : ndarray or None, the output's shape: gradient of the loss with respect to ``output``
         grad_h_n : ndarray or None, ``h_n``'s shape: gradient of the loss with respect to ``h_n``
             (one of the two may be None, meaning zeros; not both)
+        input_grad : bool, keyword-only
+            Compute ``grad_input``. False skips its product (a sixth of a one-layer training step's work) and
+            its memory, and returns None in its place: for a first layer fed with data, as PyTorch skips the
+            gradient of an input that does not require one.
 
         Returns
         -------
-        grad_input : x's shape
+        grad_input : x's shape, or None with ``input_grad=False``
         grad_h0 : h0's shape (``[L*D, B, H]``, unbatched ``[L*D, H]``), also when h0 was None
+
+        Raises ValueError when the cache refers to an ``x`` or ``output`` that was modified in place since the
+        forward (see ``forward``).
         """
+        input_grad = _checks.boolean("input_grad", input_grad)
         if not isinstance(cache, RNNCache):
             raise TypeError(f"cache: expected an RNNCache from RNN.forward(..., return_cache=True), "
                             f"got {type(cache).__name__}")
@@ -228,10 +256,10 @@ class RNN(Module):
             if grad_h_n.shape != cache._h_n_shape:
                 raise _checks.shape_error("grad_h_n", str(cache._h_n_shape), grad_h_n.shape)
             gh = _checks.for_kernel(grad_h_n[:, None, :] if unbatched else grad_h_n)
-        grad_input, grad_h0 = self._kernel.backward(self._flat, cache._core, go, gh, self._grad_flat)
+        grad_input, grad_h0 = self._kernel.backward(self._flat, cache._core, go, gh, self._grad_flat, input_grad)
         if unbatched:
-            return grad_input[:, 0, :], grad_h0[:, 0, :]
-        if self.batch_first:
+            return None if grad_input is None else grad_input[:, 0, :], grad_h0[:, 0, :]
+        if self.batch_first and grad_input is not None:
             grad_input = grad_input.transpose(1, 0, 2)
         return grad_input, grad_h0
 

@@ -40,13 +40,14 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -344,10 +345,11 @@ def _make_workload(case: Case) -> _Workload:
 
 
 def _mse_grad(out: np.ndarray, target: np.ndarray) -> Tuple[float, np.ndarray]:
-    """The mean squared error and its gradient with respect to ``out``."""
+    """The mean squared error and its gradient with respect to ``out`` (one new array, scaled in place)."""
     diff = out - target
     loss = float(np.vdot(diff, diff)) / diff.size
-    return loss, diff * out.dtype.type(2.0 / diff.size)
+    diff *= out.dtype.type(2.0 / diff.size)
+    return loss, diff
 
 
 def _rnnfast_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
@@ -371,7 +373,7 @@ def _rnnfast_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
         model.zero_grad()
         out, _, cache = model.forward(x, lengths=lengths, return_cache=True)
         _, grad = _mse_grad(out, target)
-        model.backward(cache, grad)
+        model.backward(cache, grad, input_grad=False)  # x is data: no gradient, as in PyTorch's step
 
     def train_n(n: int) -> None:
         for _ in range(n):
@@ -468,7 +470,7 @@ def _torch_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
             return out.numpy().copy(), h_n.numpy().copy()
 
     def step() -> None:
-        rnn.zero_grad()
+        rnn.zero_grad(set_to_none=False)  # kept and zeroed, as rnnfast's are: the same memory in both
         out, _ = run(x)
         functional.mse_loss(out, target).backward()
 
@@ -707,9 +709,63 @@ def _bench_case(case: Case, backends: Sequence[str], env: Dict[str, Any], repeat
     return result
 
 
+# Training-step peak memory: each backend in a fresh process (a process's allocator keeps memory that earlier work
+# freed, so in one process the later backend would look smaller). Allocations of 64 KiB and more are mapped and
+# unmapped directly (MALLOC_MMAP_THRESHOLD_), so what a step frees leaves the resident set at once.
+_MEMORY_BACKENDS = ("rnnfast", "torch")
+_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def _resident_bytes(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _memory_child(case_name: str, backend: str, threads: int) -> None:
+    """Run in a fresh process: two warm-up training steps, then one measured; print the peak resident memory
+    above the resident memory at its start, in bytes, as JSON."""
+    case = CASES[case_name]
+    env: Dict[str, Any] = {"threads": threads}
+    rnnfast.set_num_threads(threads)
+    if backend == "torch":
+        env["torch"] = importlib.import_module("torch")
+        env["torch"].set_num_threads(threads)
+    job = _JOB_BUILDERS[backend](_make_workload(case), env)["train"]
+    job.run_n(2)
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")  # resets the peak (VmHWM) to the current resident set
+    start = _resident_bytes("VmRSS")
+    job.run_n(1)
+    print(json.dumps({"peak_bytes": _resident_bytes("VmHWM") - start}))
+
+
+def measure_train_memory(case: Union[str, Case], backend: str, threads: int = 2) -> Optional[int]:
+    """Peak resident memory, in bytes, that one training step of ``case`` adds on top of what the process held
+    when the step started (model, inputs and gradient buffers), measured in a fresh process; None where it cannot
+    be measured (not Linux, or ``backend``'s package missing)."""
+    name = case.name if isinstance(case, Case) else case
+    if name not in CASES or CASES[name].cell:
+        raise ValueError(f"case: expected the name of a sequence case in CASES, got {name!r}")
+    if backend not in _MEMORY_BACKENDS:
+        raise ValueError(f"backend: expected one of {list(_MEMORY_BACKENDS)}, got {backend!r}")
+    if not sys.platform.startswith("linux"):
+        return None
+    code = f"from rnnfast.bench import _memory_child; _memory_child({name!r}, {backend!r}, {int(threads)})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **_MEMORY_ENV}, timeout=600)
+    if proc.returncode != 0:
+        return None
+    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
+
+
 def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5, quick: bool = False,
         reference: bool = True, backends: Optional[Sequence[str]] = None,
-        progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+        progress: Optional[Callable[[str], None]] = None, memory: bool = False) -> Dict[str, Any]:
     """Run the benchmark and return its results (the dict that ``--json`` writes).
 
     Parameters
@@ -721,11 +777,14 @@ def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5
     reference : also time the NumPy reference (slow on the big cases)
     backends : the optional backends to try, among "torch", "onnxruntime", "openvino"; None tries all of them
     progress : called with a line of text as each case starts
+    memory : also measure each training case's peak memory per step, rnnfast's and PyTorch's (when it runs),
+        with ``measure_train_memory``
 
     Results: ``{"cases": {name: {..., "flops", "modes": {"inference"|"train": {"median_s": {backend: seconds per
     call}, "speedup": {backend: backend_time / rnnfast_time}, "samples_s", "calls_per_sample", "skipped":
     {backend: why}}}}}, "gemm": {...}, "backends": {...}, "machine": {...}, "versions": {...}, "threads", ...}``;
-    inference also has ``"rnnfast_gflops"`` and ``"percent_of_gemm"``.
+    inference also has ``"rnnfast_gflops"`` and ``"percent_of_gemm"``; with ``memory``, training cases have
+    ``"train_peak_bytes": {backend: bytes or None}``.
     """
     selected = select_cases(cases)
     threads = rnnfast._checks.positive_int("threads", threads)
@@ -792,6 +851,9 @@ def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5
             gflops = case.flops / inference["median_s"]["rnnfast"] / 1e9
             inference["rnnfast_gflops"] = gflops
             inference["percent_of_gemm"] = 100.0 * gflops / gemm["gflops"]
+            if memory and "train" in case.modes:
+                result["train_peak_bytes"] = {backend: measure_train_memory(case, backend, threads)
+                                              for backend in _MEMORY_BACKENDS if backend in active}
             results_cases[case.name] = result
     finally:
         rnnfast.set_num_threads(saved["rnnfast"])
@@ -880,6 +942,14 @@ def format_table(results: Dict[str, Any]) -> str:
     out += [line(r) for r in rows]
     out += ["",
             "vs X = X's time / rnnfast's time (above 1: rnnfast is faster). GFLOP/s and % GEMM: rnnfast inference."]
+    peaks = {name: case["train_peak_bytes"] for name, case in results["cases"].items() if "train_peak_bytes" in case}
+    if peaks:
+        out += ["", "Training-step peak memory (MiB above the step's start, each backend in a fresh process):"]
+        for name, peak in peaks.items():
+            cells = [f"{b} {peak[b] / 2**20:.1f}" if peak[b] is not None else f"{b} -" for b in peak]
+            if peak.get("rnnfast") and peak.get("torch"):
+                cells.append(f"torch / rnnfast {peak['torch'] / peak['rnnfast']:.2f}x")
+            out.append(f"  {name}: " + ", ".join(cells))
     missing = [f"{b} ({info['reason']})" for b, info in results["backends"].items()
                if not info["available"] and info.get("reason") != "not requested"]
     if missing:
@@ -947,6 +1017,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         help=f"optional backends to try, among {', '.join(_OPTIONAL_BACKENDS)} (default: all)")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="skip the (slow) NumPy reference")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure the training step's peak memory, rnnfast's and PyTorch's (Linux)")
     parser.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the speedups (needs matplotlib)")
     return parser
@@ -975,7 +1047,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         print(message, file=sys.stderr, flush=True)
 
     results = run(cases=[c.name for c in cases], threads=args.threads, repeat=args.repeat, quick=args.quick,
-                  reference=args.reference, backends=backends, progress=progress)
+                  reference=args.reference, backends=backends, progress=progress, memory=args.memory)
     print(format_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -217,13 +217,13 @@ class _StackFunction(torch.autograd.Function):
         model = runner.model
         assert isinstance(model, _FastRNN)
         model.zero_grad()
-        gx, gh0 = model.backward(ctx.cache, None if grad_output is None else _np(grad_output),
-                                 None if grad_h_n is None else _np(grad_h_n))
-        grads = model.grads
         needs = ctx.needs_input_grad
+        gx, gh0 = model.backward(ctx.cache, None if grad_output is None else _np(grad_output),
+                                 None if grad_h_n is None else _np(grad_h_n), input_grad=needs[1])
+        grads = model.grads
         weight_grads = [torch.from_numpy(grads[runner.names[i]].copy()) if needs[4 + i] else None
                         for i in range(len(weights))]
-        return (None, _tensor(gx) if needs[1] else None, _tensor(gh0) if ctx.has_h0 and needs[2] else None, None,
+        return (None, _tensor(gx) if gx is not None else None, _tensor(gh0) if ctx.has_h0 and needs[2] else None, None,
                 *weight_grads)
 
 

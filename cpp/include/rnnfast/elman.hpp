@@ -56,14 +56,17 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
 }
 
 // BPTT for one direction of one layer. Only the hidden-gradient recurrence is sequential; the weight, bias
-// and input gradients are whole products over all rows afterwards.
+// and input gradients are products over many rows. The recurrence runs in chunks of whole steps that fit in dz,
+// each followed by its chunk's products: dz bounds the memory, and a chunk of a few thousand rows keeps the
+// products as fast as one over all rows.
 //   x, h0, hs, w_ih, w_hh  as in layer_forward (hs is the forward's output)
 //   dhs    [rows, H]  gradient flowing into hs from above; 0 rows means none
 //   dh_n   [B, H]     gradient of each item's final state; 0 rows means none
-//   dx     [rows, I]  accumulated (+=), so the two directions of a layer can share it
+//   dx     [rows, I]  accumulated (+=), so the two directions of a layer can share it; 0 rows: not computed
 //   dh0    [B, H]     out (=): gradient of the initial state
 //   dw_ih, dw_hh, db_ih, db_hh   accumulated (+=)
-//   dz     [rows, H]  workspace: gradient of the pre-activations
+//   dz     [C, H]     workspace for the pre-activation gradients of a chunk, C >= the largest step's rows
+//                     (steps.size(0)); C = rows does it in one chunk
 template <class T>
 void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& w_ih,
                     const ConstMatrixRef<T>& w_hh, const ConstMatrixRef<T>& hs, const ConstMatrixRef<T>& dhs,

@@ -58,15 +58,39 @@ struct Packing {
 // lengths: [B] with 1 <= lengths[b] <= seq_len, or empty for full length (std::invalid_argument otherwise).
 Packing make_packing(Index seq_len, Index batch, const std::vector<Index>& lengths);
 
-// What backward needs from one forward. Owns copies so callers may reuse their buffers. Rows are in the packed
-// domain (see Packing): R = packing.steps.rows() rows, states sorted like the items.
+// What backward needs from one forward. Rows are in the packed domain (see Packing): R = packing.steps.rows()
+// rows, states sorted like the items. By default it owns copies, so callers may reuse their buffers. With
+// `borrow` set before the forward of an unpacked batch, it instead refers to the caller's x and output (the last
+// layer's states), which must then outlive the cache unchanged: a training step then holds no second copy of
+// either.
 template <class T>
 struct StackCache {
+    bool borrow = false;
     Packing packing;
-    RowMatrix<T> x;               // [R, I]       layer-0 input
+    RowMatrix<T> x;               // [R, I]       layer-0 input, unless borrowed
     RowMatrix<T> h0;              // [L*D*B, H]   initial states (zeros when none was given)
-    std::vector<RowMatrix<T>> ys;  // L x [R, D*H] hidden states of every layer, before dropout
+    std::vector<RowMatrix<T>> ys;  // L x [R, D*H] hidden states of every layer, before dropout (the last one
+                                  //               empty when borrowed)
     RowMatrix<T> masks;           // [(L-1)*R, D*H] dropout masks, or 0 rows
+    const T* x_data = nullptr;    // the borrowed x and last layer's states, with their row strides
+    Index x_stride = 0;
+    const T* top_data = nullptr;
+    Index top_stride = 0;
+    Index input_size = 0, output_size = 0;
+
+    // [R, I]: layer 0's input
+    ConstMatrixMap<T> input() const {
+        return x_data != nullptr ? ConstMatrixMap<T>(x_data, packing.steps.rows(), input_size, Eigen::OuterStride<>(x_stride))
+                                 : ConstMatrixMap<T>(x.data(), x.rows(), x.cols(), Eigen::OuterStride<>(x.cols()));
+    }
+    // [R, D*H]: the states of layer l
+    ConstMatrixMap<T> states(Index l) const {
+        const RowMatrix<T>& y = ys[static_cast<size_t>(l)];
+        if (top_data != nullptr && l + 1 == static_cast<Index>(ys.size())) {
+            return ConstMatrixMap<T>(top_data, packing.steps.rows(), output_size, Eigen::OuterStride<>(top_stride));
+        }
+        return ConstMatrixMap<T>(y.data(), y.rows(), y.cols(), Eigen::OuterStride<>(y.cols()));
+    }
 };
 
 // Forward through every layer and direction.
@@ -77,7 +101,7 @@ struct StackCache {
 //   masks   [(L-1)*T*B, D*H] multiplied into each layer's output but the last; 0 rows means no dropout
 //   output  [T*B, D*H] out
 //   h_n     [L*D*B, H] out: each item's state after its last valid step
-//   cache   filled for stack_backward when not null
+//   cache   filled for stack_backward when not null (see StackCache::borrow)
 template <class T>
 void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef<T>& x, Index seq_len,
                    const std::vector<Index>& lengths, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& masks,
@@ -85,7 +109,7 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
 
 // BPTT through every layer and direction.
 //   d_output  [T*B, D*H], 0 rows means none;  d_h_n [L*D*B, H], 0 rows means none
-//   dx        [T*B, I] out (=), zero at padded steps;  dh0 [L*D*B, H] out (=)
+//   dx        [T*B, I] out (=), zero at padded steps, or 0 rows: not computed;  dh0 [L*D*B, H] out (=)
 //   grads     flat buffer laid out like params, accumulated (+=)
 template <class T>
 void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>& cache,
