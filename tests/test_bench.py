@@ -162,3 +162,38 @@ def test_onnx_graph_matches_rnnfast(nonlinearity: str, bias: bool) -> None:
         assert output.shape == (seq_len, batch, 10) and h_n.shape == (4, batch, 5)
         np.testing.assert_allclose(output, expected_output, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(h_n, expected_h_n, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
+def test_train_memory_is_about_one_sequence_per_array_the_step_needs() -> None:
+    # One step of big_T100_B64_H512 needs the output (which the cache refers to), the output's gradient and a
+    # chunk of pre-activation gradients: about 2.5 sequence-sized arrays. Copies of x and of the states in the
+    # cache, a full-length dz and an unwanted grad_input would make it 6.
+    case = bench.CASES["big_T100_B64_H512"]
+    sequence = case.seq_len * case.batch * case.hidden_size * 4
+    peak = bench.measure_train_memory("big_T100_B64_H512", "rnnfast", threads=1)
+    assert peak is not None
+    assert 1.5 * sequence < peak < 3.5 * sequence, peak / sequence
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")
+def test_train_memory_no_larger_than_pytorch() -> None:
+    pytest.importorskip("torch")
+    ours = bench.measure_train_memory("big_T100_B64_H512", "rnnfast", threads=1)
+    theirs = bench.measure_train_memory("big_T100_B64_H512", "torch", threads=1)
+    assert ours is not None and theirs is not None
+    assert ours <= theirs, (ours / 2**20, theirs / 2**20)
+
+
+def test_memory_arguments_and_report() -> None:
+    with pytest.raises(ValueError, match="case"):
+        bench.measure_train_memory("cell_step_H20", "rnnfast")
+    with pytest.raises(ValueError, match="backend"):
+        bench.measure_train_memory("seed_1layer", "onnxruntime")
+    results = bench.run(cases=["seed_1layer"], threads=1, repeat=1, quick=True, reference=False, backends=[],
+                        memory=True)
+    peak = results["cases"]["seed_1layer"]["train_peak_bytes"]
+    assert list(peak) == ["rnnfast"]
+    if sys.platform.startswith("linux"):
+        assert isinstance(peak["rnnfast"], int) and peak["rnnfast"] >= 0
+        assert "Training-step peak memory" in bench.format_table(results)
