@@ -11,9 +11,11 @@ from typing import IO, Any, Dict, List, Optional
 
 import numpy as np
 
-from . import _checks, _core
+from . import _checks, _core, _threadpoolctl
 from ._cell import RNNCell, RNNCellCache
 from ._rnn import RNN, RNNCache
+
+_threadpoolctl.register()
 
 __version__: str = _core.__version__
 

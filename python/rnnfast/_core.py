@@ -44,3 +44,4 @@ def _load() -> ModuleType:
 _module = _load()
 globals().update({name: getattr(_module, name) for name in dir(_module) if not name.startswith("__")})
 __version__: str = _module.__version__
+module_name: str = _module.__name__.rpartition(".")[2]  # e.g. "_core_avx2"

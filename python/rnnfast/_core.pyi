@@ -18,6 +18,7 @@ _Layout = List[Tuple[str, int, Tuple[int, ...]]]
 
 __version__: str
 isa_level: str
+module_name: str  # the loaded module, e.g. "_core_avx2"
 LEVELS: Tuple[str, ...]
 
 def installed_levels() -> List[str]:
