@@ -1,6 +1,7 @@
 // Bindings of the stacked RNN driver: StackF32 / StackF64 and their caches.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -23,6 +24,7 @@ public:
     bool unchanged() const {
         std::vector<T> now;
         read(now);
+        if (now.empty()) return true;
         return std::memcmp(now.data(), samples_.data(), now.size() * sizeof(T)) == 0;  // bitwise: NaN == NaN
     }
 
