@@ -276,3 +276,42 @@ def test_dropout_one_layer_warns() -> None:
 
 def test_repr() -> None:
     assert repr(rnnfast.RNN(100, 20, num_layers=4)) == "RNN(100, 20, num_layers=4, dtype=float32)"
+
+
+# Batches of 8 or more rows per step multiply by W_hh packed once per call, in blocks of Eigen's blocking sizes
+# (several depth and row blocks at H = 600), split into column bands across threads.
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("hidden,batch,bidirectional,ragged", [
+    (20, 9, False, False), (130, 16, True, False), (600, 9, False, False), (130, 12, False, True),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_wide_layers_and_batches_match_the_reference(threads: int, hidden: int, batch: int, bidirectional: bool,
+                                                     ragged: bool, dtype: str) -> None:
+    before = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(threads)
+    try:
+        T_, I_ = 5, 7
+        rng = np.random.default_rng(hidden + batch)
+        model = rnnfast.RNN(I_, hidden, num_layers=2, bidirectional=bidirectional, dtype=dtype, seed=hidden)
+        x = rng.standard_normal((T_, batch, I_)).astype(dtype)
+        h0 = rng.standard_normal((2 * model._directions, batch, hidden)).astype(dtype)
+        lengths = rng.integers(1, T_ + 1, size=batch) if ragged else None
+        out, h_n, cache = model.forward(x, h0, lengths=lengths, return_cache=True)
+        grad = rng.standard_normal(out.shape).astype(dtype)
+        grad_h_n = rng.standard_normal(h_n.shape).astype(dtype)
+        gx, gh0 = model.backward(cache, grad, grad_h_n)
+
+        kw = dict(num_layers=2, nonlinearity="tanh", bias=True, bidirectional=bidirectional, lengths=lengths)
+        params = {k: v.astype(np.float64) for k, v in model.state_dict().items()}
+        ref_out, ref_h_n, ref_cache = ref.rnn_forward(x.astype(np.float64), params, h0=h0.astype(np.float64), **kw)
+        ref_gx, ref_gh0, ref_grads = ref.rnn_backward(ref_cache, grad.astype(np.float64),
+                                                      grad_h_n.astype(np.float64))
+        depth = 2 * T_
+        assert_close(out, ref_out, dtype, depth)
+        assert_close(h_n, ref_h_n, dtype, depth)
+        assert_close(gx, ref_gx, dtype, 2 * depth)
+        assert_close(gh0, ref_gh0, dtype, 2 * depth)
+        for name, g in model.grads.items():
+            assert_close(g, ref_grads[name], dtype, 2 * depth)
+    finally:
+        rnnfast.set_num_threads(before)

@@ -1,5 +1,6 @@
 #include "rnnfast/elman.hpp"
 
+#include "packed_product.hpp"
 #include "parallel.hpp"
 
 #include <algorithm>
@@ -93,6 +94,10 @@ namespace {
 constexpr double kMinProductWork = 1 << 18;
 constexpr double kMinStepWork = 1 << 16;
 
+// Steps of at least this many rows multiply by W_hh packed once per call (PackedWeights); fewer rows are a
+// matrix-vector product, which Eigen does without packing.
+constexpr Index kMinPackedRows = 8;
+
 // dst = lhs * rhs (or += with `add`), the rows of dst split across threads.
 template <class Dst, class Lhs, class Rhs>
 void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
@@ -121,8 +126,15 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
     // Each thread owns a band of the state's columns at every step; all meet before the next step reads them.
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     detail::Barrier step_done;
+    const bool packed_weights = steps.size_or_zero(0) >= kMinPackedRows;
     detail::parallel(threads, [&](int k, int parts) {
         const Index c0 = detail::split(H, k, parts), width = detail::split(H, k + 1, parts) - c0;
+        detail::PackedWeights<T> w_band;  // this thread's rows of W_hh
+        if (packed_weights && width > 0) {
+            w_band.template pack<Eigen::RowMajor>(w_hh.data() + c0 * w_hh.outerStride(), w_hh.outerStride(), width, H,
+                                                  steps.size_or_zero(0));
+        }
+        const Index ld = hs.outerStride();
         for (Index s = 0; s < T_; ++s) {
             const Index t = reverse ? T_ - 1 - s : s;
             const Index n = steps.size(t), o = steps.offset(t);
@@ -133,13 +145,21 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
             // Items continuing from the step processed before; the others start here from h0.
             const Index prev = reverse ? t + 1 : t - 1;
             const Index cont = std::min(n, steps.size_or_zero(prev));
-            if (cont > 0) {
-                hs.block(o, c0, cont, width).noalias() +=
-                    hs.middleRows(steps.offset(prev), cont) * w_hh.middleRows(c0, width).transpose();
-            }
-            if (cont < n && h0.rows() != 0) {
-                hs.block(o + cont, c0, n - cont, width).noalias() +=
-                    h0.middleRows(cont, n - cont) * w_hh.middleRows(c0, width).transpose();
+            if (packed_weights) {
+                if (cont > 0) w_band.multiply_add(hs.data() + steps.offset(prev) * ld, ld, cont, hs.data() + o * ld + c0, ld);
+                if (cont < n && h0.rows() != 0) {
+                    w_band.multiply_add(h0.data() + cont * h0.outerStride(), h0.outerStride(), n - cont,
+                                        hs.data() + (o + cont) * ld + c0, ld);
+                }
+            } else {
+                if (cont > 0) {
+                    hs.block(o, c0, cont, width).noalias() +=
+                        hs.middleRows(steps.offset(prev), cont) * w_hh.middleRows(c0, width).transpose();
+                }
+                if (cont < n && h0.rows() != 0) {
+                    hs.block(o + cont, c0, n - cont, width).noalias() +=
+                        h0.middleRows(cont, n - cont) * w_hh.middleRows(c0, width).transpose();
+                }
             }
             activate<T>(hs.block(o, c0, n, width), act);
             step_done.wait(parts);
@@ -170,6 +190,7 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
     // Previous states of a packed chunk, gathered so that its dW_hh is one product.
     RowMatrix<T> h_prev(steps.is_uniform() ? 0 : dz.rows(), H);
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
+    const bool packed_weights = steps.size(0) >= kMinPackedRows;
     detail::Barrier bands_done;
     // Processing order: s = T_-1 down to 0, step t = s (forward) or T_-1-s (reverse).
     Index s_next = T_ - 1;
@@ -192,6 +213,10 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
         // band of dz W_hh. The next step reads only the thread's own band of dh0, so one barrier per step suffices.
         detail::parallel(threads, [&](int k, int parts) {
             const Index c0 = detail::split(H, k, parts), width = detail::split(H, k + 1, parts) - c0;
+            detail::PackedWeights<T> w_band;  // this thread's columns of W_hh
+            if (packed_weights && width > 0) {
+                w_band.template pack<Eigen::ColMajor>(w_hh.data() + c0, w_hh.outerStride(), width, H, steps.size(0));
+            }
             for (Index s = s_begin; s >= s_end; --s) {
                 const Index t = reverse ? T_ - 1 - s : s;
                 const Index n = steps.size(t), o = steps.offset(t), oc = o - base;
@@ -205,7 +230,13 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
                 }
                 bands_done.wait(parts);
                 if (n != 0 && width > 0) {
-                    dh0.block(0, c0, n, width).noalias() = dzc.middleRows(oc, n) * w_hh.middleCols(c0, width);
+                    if (packed_weights) {
+                        dh0.block(0, c0, n, width).setZero();
+                        w_band.multiply_add(dzc.data() + oc * dzc.outerStride(), dzc.outerStride(), n,
+                                            dh0.data() + c0, dh0.outerStride());
+                    } else {
+                        dh0.block(0, c0, n, width).noalias() = dzc.middleRows(oc, n) * w_hh.middleCols(c0, width);
+                    }
                 }
             }
         });

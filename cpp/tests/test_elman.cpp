@@ -198,9 +198,10 @@ TYPED_TEST(ElmanForward, LayerMatchesNaiveLoop) {
     using T = TypeParam;
     using Mat = RowMatrix<T>;
     using Vec = RowVector<T>;
-    const Index B = 3, I = 5, H = 4;
+    const Index I = 5, H = 4;
     const T sentinel = T(7.25);
     std::mt19937 rng(12);
+    for (Index B : {Index(3), Index(9)})  // 9 rows per step: the packed-weights products
     for (Index seq_len : {Index(1), Index(5)}) {
         for (Activation act : {Activation::tanh, Activation::relu}) {
             for (bool reverse : {false, true}) {
@@ -208,7 +209,7 @@ TYPED_TEST(ElmanForward, LayerMatchesNaiveLoop) {
                     for (bool h0_given : {true, false}) {
                         for (bool strided : {false, true}) {
                             std::ostringstream trace;
-                            trace << "T=" << seq_len << " " << act_str(act) << " reverse=" << reverse
+                            trace << "B=" << B << " T=" << seq_len << " " << act_str(act) << " reverse=" << reverse
                                   << " bias=" << bias << " h0_given=" << h0_given << " strided=" << strided;
                             SCOPED_TRACE(trace.str());
                             const Index TB = seq_len * B;
@@ -433,8 +434,9 @@ class LayerBackwardFD : public ::testing::TestWithParam<LayerCase> {};
 
 TEST_P(LayerBackwardFD, MatchesFiniteDifferences) {
     const LayerCase c = GetParam();
-    const Index T = 3, B = 2, I = 3, H = 2, TB = T * B;
-    std::mt19937 rng(31);
+    // The strided cases take a batch of 9, enough rows per step for the packed-weights products.
+    const Index T = 3, B = c.strided ? 9 : 2, I = 3, H = 2, TB = T * B;
+    std::mt19937 rng(c.strided ? 37 : 31);
     MatD x, h0, w_ih, w_hh, G, Gn;
     VecD b_ih, b_hh;
     bool found = false;
