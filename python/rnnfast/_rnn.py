@@ -150,19 +150,22 @@ class RNN(Module):
         cache : RNNCache, only with ``return_cache=True``.
         """
         x = _checks.array("x", x, self.dtype)
-        unbatched = x.ndim == 2
-        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
+        shape = x.shape
+        unbatched = len(shape) == 2
+        if not 2 <= len(shape) <= 3 or shape[-1] != self.input_size:
             layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
-            raise _checks.shape_error("x", f"{layout} or unbatched [T, I] with I = {self.input_size}", x.shape)
+            raise _checks.shape_error("x", f"{layout} or unbatched [T, I] with I = {self.input_size}", shape)
         if unbatched:
             seq = x[:, None, :]
+            seq_len, batch = shape[0], 1
         elif self.batch_first:
             seq = x.transpose(1, 0, 2)
+            batch, seq_len = shape[0], shape[1]
         else:
             seq = x
-        seq_len, batch = seq.shape[0], seq.shape[1]
+            seq_len, batch = shape[0], shape[1]
         if seq_len == 0:
-            raise ValueError(f"x: expected a sequence of length >= 1, got shape {x.shape}")
+            raise ValueError(f"x: expected a sequence of length >= 1, got shape {shape}")
         state_count = self.num_layers * self._directions
         h_n_shape = (state_count, self.hidden_size) if unbatched else (state_count, batch, self.hidden_size)
         if h0 is not None:
@@ -173,7 +176,7 @@ class RNN(Module):
         if lengths is not None:
             lengths = _checks.lengths(lengths, batch, seq_len)
         masks = None
-        if self.training and self.dropout > 0 and self.num_layers > 1:
+        if self.dropout > 0 and self.training and self.num_layers > 1:
             masks = self._dropout_masks(seq_len, batch)
         output, h_n, core_cache = self._kernel.forward(self._flat, _checks.for_kernel(seq), h0, masks, lengths,
                                                        bool(return_cache))
@@ -184,7 +187,7 @@ class RNN(Module):
             output = output.transpose(1, 0, 2)
         if not return_cache:
             return output, h_n
-        cache = RNNCache(core_cache, self, x.shape, output.shape, h_n.shape, masks)
+        cache = RNNCache(core_cache, self, shape, output.shape, h_n.shape, masks)
         return output, h_n, cache
 
     @overload
