@@ -407,6 +407,32 @@ def test_in_place_change_of_a_weight_before_backward_is_refused() -> None:
         out.sum().backward()
 
 
+def test_in_place_change_of_the_input_or_output_before_backward_is_refused() -> None:
+    # The forward's cache refers to the input's and the output's memory rather than copying them.
+    fast = rt.RNN(I, H)
+    x = torch.randn(T, B, I)
+    out, _ = fast(x)
+    x.add_(1)
+    with pytest.raises(ValueError, match="^x: it was modified in place"):
+        out.sum().backward()
+    out, _ = fast(x)
+    loss = out.sum()
+    with torch.no_grad():
+        out.mul_(2)
+    with pytest.raises(ValueError, match="^output: it was modified in place"):
+        loss.backward()
+
+
+def test_input_without_grad_gets_none_and_the_weights_match_torch() -> None:
+    ref, fast = _pair(torch.nn.RNN, rt.RNN, I, H, 2, dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    ref(x)[0].square().sum().backward()
+    fast(x)[0].square().sum().backward()
+    assert x.grad is None
+    for (name, a), (_, b) in zip(fast.named_parameters(), ref.named_parameters()):
+        _assert_same([a.grad], [b.grad], torch.float64, name)
+
+
 def test_retain_graph_backward_twice_accumulates() -> None:
     fast = rt.RNN(I, H, dtype=torch.float64)
     out, _ = fast(torch.randn(T, B, I, dtype=torch.float64))
