@@ -279,10 +279,12 @@ def test_repr() -> None:
 
 
 # Batches of 8 or more rows per step multiply by W_hh packed once per call, in blocks of Eigen's blocking sizes
-# (several depth and row blocks at H = 600), split into column bands across threads.
+# (several depth and row blocks at H = 600). With 2 threads, the recurrence is split by items when each thread
+# gets 8 or more (batches of 16 and more; ragged ones balanced by length), else by bands of columns.
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("hidden,batch,bidirectional,ragged", [
     (20, 9, False, False), (130, 16, True, False), (600, 9, False, False), (130, 12, False, True),
+    (130, 16, False, False), (70, 21, False, True), (600, 17, False, False),
 ])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_wide_layers_and_batches_match_the_reference(threads: int, hidden: int, batch: int, bidirectional: bool,

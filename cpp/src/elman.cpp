@@ -4,6 +4,8 @@
 #include "parallel.hpp"
 
 #include <algorithm>
+#include <limits>
+#include <vector>
 #include <stdexcept>
 
 namespace rnnfast {
@@ -113,6 +115,48 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
     });
 }
 
+// How the recurrence is split across threads. Items are independent of each other, so when every thread gets
+// at least kMinPackedRows items, each runs its own items through all the steps and the threads never wait for
+// one another. Otherwise each thread owns a band of the state's columns and all meet at every step.
+struct RecurrenceSplit {
+    bool by_items = false;
+    std::vector<Index> item_bounds;  // by_items: thread k's item rows are [item_bounds[k], item_bounds[k + 1])
+
+    RecurrenceSplit(const StepLayout& steps, int threads) {
+        const Index items = steps.size_or_zero(0);
+        by_items = threads > 1 && items >= threads * kMinPackedRows;
+        if (!by_items) return;
+        // Rows are the items sorted by decreasing length (a step holds a prefix of them): split the rows of all
+        // steps evenly, an item's rows being its length.
+        const Index T_ = steps.seq_len(), total = steps.rows();
+        item_bounds.assign(static_cast<size_t>(threads) + 1, items);
+        item_bounds[0] = 0;
+        Index running = 0, live = T_;  // live: the steps item j runs (those with more than j rows)
+        int part = 1;
+        for (Index j = 0; j < items && part < threads; ++j) {
+            while (live > 0 && steps.size(live - 1) <= j) --live;
+            running += live;
+            while (part < threads && running * threads >= total * part) item_bounds[static_cast<size_t>(part++)] = j + 1;
+        }
+    }
+
+    // Thread k's item rows [first, last) and state columns [c0, c0 + width). `parts` is what the job got: the
+    // threads asked for, or 1 when the pool was busy (the one part then takes everything).
+    void tile(Index H, int k, int parts, Index& first, Index& last, Index& c0, Index& width) const {
+        if (by_items && parts + 1 == static_cast<int>(item_bounds.size())) {
+            first = item_bounds[static_cast<size_t>(k)];
+            last = item_bounds[static_cast<size_t>(k) + 1];
+            c0 = 0;
+            width = H;
+        } else {
+            first = 0;
+            last = std::numeric_limits<Index>::max();
+            c0 = by_items ? 0 : detail::split(H, k, parts);
+            width = by_items ? H : detail::split(H, k + 1, parts) - c0;
+        }
+    }
+};
+
 }  // namespace
 
 template <class T>
@@ -123,13 +167,16 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
     // Input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
     rows_product(hs, x, w_ih.transpose(), false);
     if (b_ih.size() != 0) hs.rowwise() += b_ih + b_hh;
-    // Each thread owns a band of the state's columns at every step; all meet before the next step reads them.
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
+    const RecurrenceSplit split(steps, threads);
     detail::Barrier step_done;
-    const bool packed_weights = steps.size_or_zero(0) >= kMinPackedRows;
+    // W_hh is packed once per call when a thread's steps have enough rows to be general products.
+    const Index rows_per_thread = split.by_items ? steps.size_or_zero(0) / threads : steps.size_or_zero(0);
+    const bool packed_weights = rows_per_thread >= kMinPackedRows;
     detail::parallel(threads, [&](int k, int parts) {
-        const Index c0 = detail::split(H, k, parts), width = detail::split(H, k + 1, parts) - c0;
-        detail::PackedWeights<T> w_band;  // this thread's rows of W_hh
+        Index first = 0, last = 0, c0 = 0, width = 0;
+        split.tile(H, k, parts, first, last, c0, width);
+        detail::PackedWeights<T> w_band;  // the rows of W_hh for this thread's columns
         if (packed_weights && width > 0) {
             w_band.template pack<Eigen::RowMajor>(w_hh.data() + c0 * w_hh.outerStride(), w_hh.outerStride(), width, H,
                                                   steps.size_or_zero(0));
@@ -138,31 +185,34 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
         for (Index s = 0; s < T_; ++s) {
             const Index t = reverse ? T_ - 1 - s : s;
             const Index n = steps.size(t), o = steps.offset(t);
-            if (n == 0 || width <= 0) {
-                step_done.wait(parts);
-                continue;
-            }
-            // Items continuing from the step processed before; the others start here from h0.
+            // This thread's rows of the step [a, b): rows [a, cont) continue from the step processed before,
+            // rows [cont, b) start here from h0.
+            const Index a = std::min(first, n), b = std::min(last, n);
             const Index prev = reverse ? t + 1 : t - 1;
-            const Index cont = std::min(n, steps.size_or_zero(prev));
-            if (packed_weights) {
-                if (cont > 0) w_band.multiply_add(hs.data() + steps.offset(prev) * ld, ld, cont, hs.data() + o * ld + c0, ld);
-                if (cont < n && h0.rows() != 0) {
-                    w_band.multiply_add(h0.data() + cont * h0.outerStride(), h0.outerStride(), n - cont,
-                                        hs.data() + (o + cont) * ld + c0, ld);
+            const Index cont = std::max(a, std::min(b, steps.size_or_zero(prev)));
+            if (b > a && width > 0) {
+                if (packed_weights) {
+                    if (cont > a) {
+                        w_band.multiply_add(hs.data() + (steps.offset(prev) + a) * ld, ld, cont - a,
+                                            hs.data() + (o + a) * ld + c0, ld);
+                    }
+                    if (b > cont && h0.rows() != 0) {
+                        w_band.multiply_add(h0.data() + cont * h0.outerStride(), h0.outerStride(), b - cont,
+                                            hs.data() + (o + cont) * ld + c0, ld);
+                    }
+                } else {
+                    if (cont > a) {
+                        hs.block(o + a, c0, cont - a, width).noalias() +=
+                            hs.middleRows(steps.offset(prev) + a, cont - a) * w_hh.middleRows(c0, width).transpose();
+                    }
+                    if (b > cont && h0.rows() != 0) {
+                        hs.block(o + cont, c0, b - cont, width).noalias() +=
+                            h0.middleRows(cont, b - cont) * w_hh.middleRows(c0, width).transpose();
+                    }
                 }
-            } else {
-                if (cont > 0) {
-                    hs.block(o, c0, cont, width).noalias() +=
-                        hs.middleRows(steps.offset(prev), cont) * w_hh.middleRows(c0, width).transpose();
-                }
-                if (cont < n && h0.rows() != 0) {
-                    hs.block(o + cont, c0, n - cont, width).noalias() +=
-                        h0.middleRows(cont, n - cont) * w_hh.middleRows(c0, width).transpose();
-                }
+                activate<T>(hs.block(o + a, c0, b - a, width), act);
             }
-            activate<T>(hs.block(o, c0, n, width), act);
-            step_done.wait(parts);
+            if (!split.by_items) step_done.wait(parts);  // the next step reads every band of these rows
         }
     });
 }
@@ -190,7 +240,9 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
     // Previous states of a packed chunk, gathered so that its dW_hh is one product.
     RowMatrix<T> h_prev(steps.is_uniform() ? 0 : dz.rows(), H);
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
-    const bool packed_weights = steps.size(0) >= kMinPackedRows;
+    const RecurrenceSplit split(steps, threads);
+    const Index rows_per_thread = split.by_items ? steps.size(0) / threads : steps.size(0);
+    const bool packed_weights = rows_per_thread >= kMinPackedRows;
     detail::Barrier bands_done;
     // Processing order: s = T_-1 down to 0, step t = s (forward) or T_-1-s (reverse).
     Index s_next = T_ - 1;
@@ -209,33 +261,36 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
         const Index base = steps.offset(t_lo);
         if (chunk_rows == 0) continue;
         MatrixMap<T> dzc(dz.data(), chunk_rows, H, Eigen::OuterStride<>(dz.outerStride()));
-        // Column bands as in layer_forward: a thread computes its band of dz, then (after all bands are done) its
-        // band of dz W_hh. The next step reads only the thread's own band of dh0, so one barrier per step suffices.
+        // Split as in layer_forward. With column bands a thread computes its band of dz, then (after all bands are
+        // done) its band of dz W_hh; the next step reads only the thread's own band of dh0, so one barrier per step
+        // suffices. With items split, a thread has all of its rows' dz and needs no barrier.
         detail::parallel(threads, [&](int k, int parts) {
-            const Index c0 = detail::split(H, k, parts), width = detail::split(H, k + 1, parts) - c0;
-            detail::PackedWeights<T> w_band;  // this thread's columns of W_hh
+            Index first = 0, last = 0, c0 = 0, width = 0;
+            split.tile(H, k, parts, first, last, c0, width);
+            detail::PackedWeights<T> w_band;  // the columns of W_hh for this thread's columns of dh
             if (packed_weights && width > 0) {
                 w_band.template pack<Eigen::ColMajor>(w_hh.data() + c0, w_hh.outerStride(), width, H, steps.size(0));
             }
             for (Index s = s_begin; s >= s_end; --s) {
                 const Index t = reverse ? T_ - 1 - s : s;
                 const Index n = steps.size(t), o = steps.offset(t), oc = o - base;
-                if (n != 0 && width > 0) {
+                const Index a = std::min(first, n), m = std::min(last, n) - a;  // this thread's rows [a, a + m)
+                if (m > 0 && width > 0) {
                     if (dhs.rows() != 0) {
-                        dzc.block(oc, c0, n, width) = dh0.block(0, c0, n, width) + dhs.block(o, c0, n, width);
+                        dzc.block(oc + a, c0, m, width) = dh0.block(a, c0, m, width) + dhs.block(o + a, c0, m, width);
                     } else {
-                        dzc.block(oc, c0, n, width) = dh0.block(0, c0, n, width);
+                        dzc.block(oc + a, c0, m, width) = dh0.block(a, c0, m, width);
                     }
-                    multiply_by_derivative<T>(dzc.block(oc, c0, n, width), hs.block(o, c0, n, width), act);
+                    multiply_by_derivative<T>(dzc.block(oc + a, c0, m, width), hs.block(o + a, c0, m, width), act);
                 }
-                bands_done.wait(parts);
-                if (n != 0 && width > 0) {
+                if (!split.by_items) bands_done.wait(parts);
+                if (m > 0 && width > 0) {
                     if (packed_weights) {
-                        dh0.block(0, c0, n, width).setZero();
-                        w_band.multiply_add(dzc.data() + oc * dzc.outerStride(), dzc.outerStride(), n,
-                                            dh0.data() + c0, dh0.outerStride());
+                        dh0.block(a, c0, m, width).setZero();
+                        w_band.multiply_add(dzc.data() + (oc + a) * dzc.outerStride(), dzc.outerStride(), m,
+                                            dh0.data() + a * dh0.outerStride() + c0, dh0.outerStride());
                     } else {
-                        dh0.block(0, c0, n, width).noalias() = dzc.middleRows(oc, n) * w_hh.middleCols(c0, width);
+                        dh0.block(a, c0, m, width).noalias() = dzc.middleRows(oc + a, m) * w_hh.middleCols(c0, width);
                     }
                 }
             }

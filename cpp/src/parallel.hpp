@@ -1,7 +1,7 @@
 // rnnfast's own threading: a small pool of persistent worker threads. Eigen runs single-threaded (it would
 // open and close a parallel region for every small product of the time loop); the kernels split work
-// themselves: big products by rows, the recurrence by bands of the state's columns inside one job with a
-// barrier per step, and the two directions of a bidirectional layer side by side.
+// themselves: big products by rows, the recurrence by items (or, for small batches, by bands of the state's
+// columns inside one job with a barrier per step), and the two directions of a bidirectional layer side by side.
 #pragma once
 
 #include <algorithm>

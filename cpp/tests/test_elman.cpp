@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "rnnfast/config.hpp"
 #include "rnnfast/elman.hpp"
 
 namespace {
@@ -655,4 +656,55 @@ TEST(LayerBackward, ChunkedWorkspaceAndSkippedDxMatchOneChunk) {
             }
         }
     }
+}
+
+// Two threads split a layer's recurrence by items (20 items: 10 each) or by bands of columns (6 items); both give
+// the one-thread results, and the forward matches the naive loop.
+TEST(LayerThreads, ItemAndBandSplitsMatchOneThread) {
+    const Index I = 5, H = 70, T = 6;
+    std::mt19937 rng(35);
+    const int before = rnnfast::get_num_threads();
+    for (Index B : {Index(20), Index(6)}) {
+        const std::vector<std::vector<Index>> layouts = {std::vector<Index>(static_cast<size_t>(T), B),
+                                                         {B, B, B - 2, B - 3, 2, 1}};
+        for (const auto& sizes : layouts) {
+            const rnnfast::StepLayout steps = rnnfast::StepLayout::packed(sizes);
+            const Index R = steps.rows();
+            for (bool reverse : {false, true}) {
+                SCOPED_TRACE("B=" + std::to_string(B) + (steps.is_uniform() ? " uniform" : " packed") +
+                             (reverse ? " reverse" : " forward"));
+                const MatD x = random_matrix(rng, R, I), h0 = random_matrix(rng, B, H, 0.5);
+                const MatD w_ih = random_matrix(rng, H, I, 0.3), w_hh = random_matrix(rng, H, H, 0.15);
+                const VecD b_ih = random_vector(rng, H), b_hh = random_vector(rng, H);
+                const MatD G = random_matrix(rng, R, H), Gn = random_matrix(rng, B, H);
+                struct Result {
+                    MatD hs, dx, dh0, dw_ih, dw_hh;
+                    VecD db;
+                };
+                auto run = [&](int threads) {
+                    rnnfast::set_num_threads(threads);
+                    Result r{MatD(R, H), MatD::Zero(R, I), MatD(B, H), MatD::Zero(H, I), MatD::Zero(H, H), VecD::Zero(H)};
+                    VecD db_hh = VecD::Zero(H);
+                    MatD dz(R, H);
+                    rnnfast::layer_forward<double>(x, h0, w_ih, w_hh, b_ih, b_hh, Activation::tanh, reverse, steps, r.hs);
+                    rnnfast::layer_backward<double>(x, h0, w_ih, w_hh, r.hs, G, Gn, Activation::tanh, reverse, steps, r.dx,
+                                                    r.dh0, r.dw_ih, r.dw_hh, r.db, db_hh, dz);
+                    return r;
+                };
+                const Result one = run(1), two = run(2);
+                if (steps.is_uniform()) {
+                    EXPECT_TRUE(all_close(one.hs, naive_layer(x, h0, w_ih, w_hh, b_ih, b_hh, Activation::tanh, reverse, T),
+                                          1e-12));
+                }
+                EXPECT_TRUE(all_close(two.hs, one.hs, 1e-12)) << "hs";
+                EXPECT_TRUE(all_close(two.dx, one.dx, 1e-12)) << "dx";
+                EXPECT_TRUE(all_close(two.dh0, one.dh0, 1e-12)) << "dh0";
+                EXPECT_TRUE(all_close(two.dw_ih, one.dw_ih, 1e-12)) << "dw_ih";
+                EXPECT_TRUE(all_close(two.dw_hh, one.dw_hh, 1e-12)) << "dw_hh";
+                EXPECT_TRUE(all_close(two.db, one.db, 1e-12)) << "db";
+                EXPECT_GT(one.dw_hh.cwiseAbs().maxCoeff(), 1e-3);
+            }
+        }
+    }
+    rnnfast::set_num_threads(before);
 }
