@@ -84,7 +84,7 @@ def test_python_dash_m_help() -> None:
 
 # ------------------------------------------------------------------------------------------------------ info
 
-INFO_KEYS = {"version", "compiler", "eigen_version", "simd_compiled", "simd_in_use", "isa_level",
+INFO_KEYS = {"version", "compiler", "eigen_version", "simd_compiled", "simd_in_use", "isa_level", "isa_level_small",
              "isa_levels_installed", "cpu_simd_flags", "threads", "cpu_count", "python", "numpy", "platform"}
 
 
@@ -149,7 +149,8 @@ def test_info_command() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == f"rnnfast {rnnfast.__version__}"
     labels = [line.split(":")[0].strip() for line in lines[1:]]
-    assert labels == ["compiler", "Eigen", "SIMD compiled", "SIMD in use", "ISA levels", "CPU SIMD flags", "threads", "Python",
+    assert labels == ["compiler", "Eigen", "SIMD compiled", "SIMD in use", "ISA levels", "small problems", "CPU SIMD flags",
+                      "threads", "Python",
                       "platform"]
     assert _core.simd_instruction_sets() in result.stdout
 

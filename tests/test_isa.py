@@ -14,7 +14,7 @@ import pytest
 
 import rnnfast
 from conftest import assert_close
-from rnnfast import _core
+from rnnfast import _core, reference
 
 RUNNABLE = [level for level in _core.installed_levels() if _core.cpu_supports(level)]
 
@@ -67,3 +67,43 @@ def test_unknown_rnnfast_isa_is_a_clear_error() -> None:
 
 def test_show_config_reports_the_level() -> None:
     assert rnnfast.show_config(file=io.StringIO())["isa_level"] == _core.isa_level
+
+
+def test_small_problems_run_on_the_avx2_level_only_when_the_best_is_avx512_and_nothing_is_forced() -> None:
+    forced = os.environ.get("RNNFAST_ISA")
+    if not forced and _core.isa_level in ("avx512", "native") and "avx2" in RUNNABLE:
+        assert _core.small_isa_level == "avx2"
+    else:
+        assert _core.small_isa_level == _core.isa_level
+    code = "import rnnfast._core as c; print(c.isa_level, c.small_isa_level)"
+    env = dict(os.environ, RNNFAST_ISA=RUNNABLE[0])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    level, small = out.split()
+    assert small == level  # a forced level runs every call
+
+
+def test_each_call_picks_its_kernels_by_size_and_backward_uses_the_same() -> None:
+    def level_of(kernel: object) -> str:
+        return type(kernel).__module__.rpartition("_core_")[2]
+
+    model = rnnfast.RNN(16, 32, dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    small_x = rng.standard_normal((4, 2, 16))  # 4 * 2 * 32 * 48 multiply-adds
+    big_x = rng.standard_normal((400, 64, 16))  # about 39 million
+    caches = {}
+    for name, x in (("small", small_x), ("big", big_x)):
+        out, _, cache = model.forward(x, return_cache=True)
+        caches[name] = (x, out, cache)
+    assert level_of(caches["small"][2]._kernel) == _core.small_isa_level
+    assert level_of(caches["big"][2]._kernel) == _core.isa_level
+    # Backward runs on the kernels that made the cache, whichever came last.
+    for name in ("big", "small"):
+        x, out, cache = caches[name]
+        model.zero_grad()
+        gx, _ = model.backward(cache, np.ones_like(out))
+        ref_out, _, ref_cache = reference.rnn_forward(x, model.state_dict())
+        ref_gx, _, ref_grads = reference.rnn_backward(ref_cache, np.ones_like(out))
+        assert_close(out, ref_out, np.float64, depth=4)
+        assert_close(gx, ref_gx, np.float64, depth=8)
+        for key, g in model.grads.items():
+            assert_close(g, ref_grads[key], np.float64, depth=8)

@@ -719,6 +719,7 @@ def test_the_kernels_only_ever_see_aligned_contiguous_arrays() -> None:
     seen: list[tuple[str, np.ndarray]] = []
     model = _model(dtype="float64", bidirectional=True)
     model._kernel = _KernelSpy(model._kernel, seen)
+    model._small_kernel = _KernelSpy(model._small_kernel, seen)  # the kernels small calls run on
     cell = rnnfast.RNNCell(I, H, dtype="float64", seed=0)
     cell._kernel = _KernelSpy(cell._kernel, seen)
     u = lambda a: _layout(np.asarray(a), "unaligned")  # noqa: E731

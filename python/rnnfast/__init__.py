@@ -71,6 +71,7 @@ def _config() -> Dict[str, Any]:
         "simd_compiled": compiled,
         "simd_in_use": _simd_in_use(compiled),
         "isa_level": str(_core.isa_level),
+        "isa_level_small": str(_core.small_isa_level),
         "isa_levels_installed": _core.installed_levels(),
         "cpu_simd_flags": cpu_flags,
         "threads": get_num_threads(),
@@ -86,7 +87,8 @@ def show_config(file: Optional[IO[str]] = None) -> Dict[str, Any]:
 
     Keys: ``version``, ``compiler``, ``eigen_version``, ``simd_compiled`` (the instruction sets the kernels were
     compiled for, as Eigen names them), ``simd_in_use``, ``isa_level`` (the level loaded: baseline, avx2, avx512
-    or native; ``RNNFAST_ISA`` caps it), ``isa_levels_installed``, ``cpu_simd_flags`` (which of avx2, fma, avx512f the CPU
+    or native; ``RNNFAST_ISA`` caps it), ``isa_level_small`` (the level that runs calls of under 2**21
+    multiply-adds: avx2 where the loaded level is avx512, else the same), ``isa_levels_installed``, ``cpu_simd_flags`` (which of avx2, fma, avx512f the CPU
     reports; None where unknown), ``threads`` (``get_num_threads()``), ``cpu_count``, ``python``, ``numpy``,
     ``platform``. ``file`` defaults to sys.stdout.
     """
@@ -100,6 +102,7 @@ def show_config(file: Optional[IO[str]] = None) -> Dict[str, Any]:
         ("SIMD compiled", config["simd_compiled"]),
         ("SIMD in use", config["simd_in_use"]),
         ("ISA levels", " ".join(config["isa_levels_installed"]) + " installed; RNNFAST_ISA caps the choice"),
+        ("small problems", f"{config['isa_level_small']} kernels (RNN calls of under 2**21 multiply-adds)"),
         ("CPU SIMD flags", "unknown" if flags is None else " ".join(flags) or "none of " + " ".join(_CPU_SIMD_FLAGS)),
         ("threads", f"{config['threads']} (of {config['cpu_count']} CPUs)"),
         ("Python", f"{config['python']}, NumPy {config['numpy']}"),

@@ -19,6 +19,7 @@ _Layout = List[Tuple[str, int, Tuple[int, ...]]]
 __version__: str
 isa_level: str
 module_name: str  # the loaded module, e.g. "_core_avx2"
+small_isa_level: str  # the level whose kernels run small problems
 LEVELS: Tuple[str, ...]
 
 def installed_levels() -> List[str]:
@@ -127,3 +128,6 @@ class CellF64:
         """params [P], x [B, I], h [B, H] -> (h_new [B, H], cache or None)."""
     def backward(self, params: _F64, cache: CellCacheF64, grad_h_new: _F64, grads: _F64) -> Tuple[_F64, _F64]:
         """Adds into grads [P]; -> (grad_x [B, I], grad_h [B, H])."""
+
+SmallStackF32 = StackF32  # the stack kernels of small_isa_level's module
+SmallStackF64 = StackF64

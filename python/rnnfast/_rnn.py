@@ -11,6 +11,10 @@ from . import _checks, _core
 from ._module import Module
 
 
+# Calls of fewer multiply-adds than this run on _core's kernels for small problems.
+_SMALL_WORK = 1 << 21
+
+
 class RNNCache:
     """What ``RNN.backward`` needs from one ``RNN.forward(..., return_cache=True)``.
 
@@ -19,11 +23,12 @@ class RNNCache:
     unbatched input), or None when no dropout was applied.
     """
 
-    __slots__ = ("_core", "_owner", "_version", "_x_shape", "_output_shape", "_h_n_shape", "dropout_masks")
+    __slots__ = ("_core", "_kernel", "_owner", "_version", "_x_shape", "_output_shape", "_h_n_shape", "dropout_masks")
 
-    def __init__(self, core: Any, owner: RNN, x_shape: tuple[int, ...], output_shape: tuple[int, ...],
+    def __init__(self, core: Any, kernel: Any, owner: RNN, x_shape: tuple[int, ...], output_shape: tuple[int, ...],
                  h_n_shape: tuple[int, ...], dropout_masks: Optional[np.ndarray]) -> None:
         self._core = core
+        self._kernel = kernel  # the kernel object whose forward made it: its backward reads it
         self._owner = owner
         self._version = owner._version
         self._x_shape = x_shape
@@ -88,6 +93,13 @@ class RNN(Module):
         self._init_parameters(self._kernel, self.dtype, self.hidden_size, rng)
         self._rng = rng
         self._directions = 2 if self.bidirectional else 1
+        # Small problems run on the kernels of the instruction-set level that is fastest for them (see _core).
+        small_class = _core.SmallStackF32 if self.dtype == np.float32 else _core.SmallStackF64
+        self._small_kernel = self._kernel if small_class is kernel_class else small_class(
+            self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.bias, self.nonlinearity)
+        # Multiply-adds per item and step over all layers and directions: a call's work is this times T * B.
+        self._work_per_row = self._directions * self.hidden_size * (
+            self.input_size + self.hidden_size + (self.num_layers - 1) * (self._directions + 1) * self.hidden_size)
 
     def __repr__(self) -> str:
         extra = "".join(
@@ -178,8 +190,9 @@ class RNN(Module):
         masks = None
         if self.dropout > 0 and self.training and self.num_layers > 1:
             masks = self._dropout_masks(seq_len, batch)
-        output, h_n, core_cache = self._kernel.forward(self._flat, _checks.for_kernel(seq), h0, masks, lengths,
-                                                       bool(return_cache))
+        kernel = self._small_kernel if seq_len * batch * self._work_per_row < _SMALL_WORK else self._kernel
+        output, h_n, core_cache = kernel.forward(self._flat, _checks.for_kernel(seq), h0, masks, lengths,
+                                                 bool(return_cache))
         if unbatched:
             output = output[:, 0, :]
             h_n = h_n[:, 0, :]
@@ -187,7 +200,7 @@ class RNN(Module):
             output = output.transpose(1, 0, 2)
         if not return_cache:
             return output, h_n
-        cache = RNNCache(core_cache, self, shape, output.shape, h_n.shape, masks)
+        cache = RNNCache(core_cache, kernel, self, shape, output.shape, h_n.shape, masks)
         return output, h_n, cache
 
     @overload
@@ -259,7 +272,7 @@ class RNN(Module):
             if grad_h_n.shape != cache._h_n_shape:
                 raise _checks.shape_error("grad_h_n", str(cache._h_n_shape), grad_h_n.shape)
             gh = _checks.for_kernel(grad_h_n[:, None, :] if unbatched else grad_h_n)
-        grad_input, grad_h0 = self._kernel.backward(self._flat, cache._core, go, gh, self._grad_flat, input_grad)
+        grad_input, grad_h0 = cache._kernel.backward(self._flat, cache._core, go, gh, self._grad_flat, input_grad)
         if unbatched:
             return None if grad_input is None else grad_input[:, 0, :], grad_h0[:, 0, :]
         if self.batch_first and grad_input is not None:
