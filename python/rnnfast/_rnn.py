@@ -178,9 +178,9 @@ class RNN(Module):
             seq_len, batch = shape[0], shape[1]
         if seq_len == 0:
             raise ValueError(f"x: expected a sequence of length >= 1, got shape {shape}")
-        state_count = self.num_layers * self._directions
-        h_n_shape = (state_count, self.hidden_size) if unbatched else (state_count, batch, self.hidden_size)
         if h0 is not None:
+            state_count = self.num_layers * self._directions
+            h_n_shape = (state_count, self.hidden_size) if unbatched else (state_count, batch, self.hidden_size)
             h0 = _checks.array("h0", h0, self.dtype)
             if h0.shape != h_n_shape:
                 raise _checks.shape_error("h0", str(h_n_shape), h0.shape)
