@@ -120,11 +120,14 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
 // one another. Otherwise each thread owns a band of the state's columns and all meet at every step.
 struct RecurrenceSplit {
     bool by_items = false;
+    // W_hh is packed once per call when a thread's steps have enough rows to be general products.
+    bool packed_weights = false;
     std::vector<Index> item_bounds;  // by_items: thread k's item rows are [item_bounds[k], item_bounds[k + 1])
 
     RecurrenceSplit(const StepLayout& steps, int threads) {
         const Index items = steps.size_or_zero(0);
         by_items = threads > 1 && items >= threads * kMinPackedRows;
+        packed_weights = (by_items ? items / threads : items) >= kMinPackedRows;
         if (!by_items) return;
         // Rows are the items sorted by decreasing length (a step holds a prefix of them): split the rows of all
         // steps evenly, an item's rows being its length.
@@ -169,10 +172,8 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
     if (b_ih.size() != 0) hs.rowwise() += b_ih + b_hh;
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     const RecurrenceSplit split(steps, threads);
+    const bool packed_weights = split.packed_weights;
     detail::Barrier step_done;
-    // W_hh is packed once per call when a thread's steps have enough rows to be general products.
-    const Index rows_per_thread = split.by_items ? steps.size_or_zero(0) / threads : steps.size_or_zero(0);
-    const bool packed_weights = rows_per_thread >= kMinPackedRows;
     detail::parallel(threads, [&](int k, int parts) {
         Index first = 0, last = 0, c0 = 0, width = 0;
         split.tile(H, k, parts, first, last, c0, width);
@@ -182,6 +183,15 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
                                                   steps.size_or_zero(0));
         }
         const Index ld = hs.outerStride();
+        // hs rows [dst, dst + m), this thread's columns, += m states [m, H] at `src` (row stride src_ld) W_hh^T.
+        auto add_recurrent = [&](const T* src, Index src_ld, Index m, Index dst) {
+            if (packed_weights) {
+                w_band.multiply_add(src, src_ld, m, hs.data() + dst * ld + c0, ld);
+            } else {
+                hs.block(dst, c0, m, width).noalias() +=
+                    ConstMatrixMap<T>(src, m, H, Eigen::OuterStride<>(src_ld)) * w_hh.middleRows(c0, width).transpose();
+            }
+        };
         for (Index s = 0; s < T_; ++s) {
             const Index t = reverse ? T_ - 1 - s : s;
             const Index n = steps.size(t), o = steps.offset(t);
@@ -191,24 +201,9 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
             const Index prev = reverse ? t + 1 : t - 1;
             const Index cont = std::max(a, std::min(b, steps.size_or_zero(prev)));
             if (b > a && width > 0) {
-                if (packed_weights) {
-                    if (cont > a) {
-                        w_band.multiply_add(hs.data() + (steps.offset(prev) + a) * ld, ld, cont - a,
-                                            hs.data() + (o + a) * ld + c0, ld);
-                    }
-                    if (b > cont && h0.rows() != 0) {
-                        w_band.multiply_add(h0.data() + cont * h0.outerStride(), h0.outerStride(), b - cont,
-                                            hs.data() + (o + cont) * ld + c0, ld);
-                    }
-                } else {
-                    if (cont > a) {
-                        hs.block(o + a, c0, cont - a, width).noalias() +=
-                            hs.middleRows(steps.offset(prev) + a, cont - a) * w_hh.middleRows(c0, width).transpose();
-                    }
-                    if (b > cont && h0.rows() != 0) {
-                        hs.block(o + cont, c0, b - cont, width).noalias() +=
-                            h0.middleRows(cont, b - cont) * w_hh.middleRows(c0, width).transpose();
-                    }
+                if (cont > a) add_recurrent(hs.data() + (steps.offset(prev) + a) * ld, ld, cont - a, o + a);
+                if (b > cont && h0.rows() != 0) {
+                    add_recurrent(h0.data() + cont * h0.outerStride(), h0.outerStride(), b - cont, o + cont);
                 }
                 activate<T>(hs.block(o + a, c0, b - a, width), act);
             }
@@ -241,9 +236,10 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
     RowMatrix<T> h_prev(steps.is_uniform() ? 0 : dz.rows(), H);
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     const RecurrenceSplit split(steps, threads);
-    const Index rows_per_thread = split.by_items ? steps.size(0) / threads : steps.size(0);
-    const bool packed_weights = rows_per_thread >= kMinPackedRows;
+    const bool packed_weights = split.packed_weights;
     detail::Barrier bands_done;
+    // Each thread's columns of W_hh, packed in the first chunk and kept for the others.
+    std::vector<detail::PackedWeights<T>> w_bands(static_cast<size_t>(threads));
     // Processing order: s = T_-1 down to 0, step t = s (forward) or T_-1-s (reverse).
     Index s_next = T_ - 1;
     while (s_next >= 0) {
@@ -267,8 +263,9 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
         detail::parallel(threads, [&](int k, int parts) {
             Index first = 0, last = 0, c0 = 0, width = 0;
             split.tile(H, k, parts, first, last, c0, width);
-            detail::PackedWeights<T> w_band;  // the columns of W_hh for this thread's columns of dh
-            if (packed_weights && width > 0) {
+            detail::PackedWeights<T>& w_band = w_bands[static_cast<size_t>(k)];  // W_hh's columns for this thread's dh
+            // (A job that ran as one part, the pool being busy, has other columns than the chunk before.)
+            if (packed_weights && width > 0 && !w_band.holds(w_hh.data() + c0, width)) {
                 w_band.template pack<Eigen::ColMajor>(w_hh.data() + c0, w_hh.outerStride(), width, H, steps.size(0));
             }
             for (Index s = s_begin; s >= s_end; --s) {

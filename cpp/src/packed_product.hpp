@@ -29,6 +29,7 @@ public:
         Eigen::internal::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress,
                                        typename Traits::LhsPacket4Packing, Order>
             pack_lhs;
+        source_ = data;
         rows_ = rows;
         depth_ = depth;
         kc_ = depth;
@@ -52,8 +53,8 @@ public:
         }
     }
 
-    Index rows() const { return rows_; }
-    Index depth() const { return depth_; }
+    // Whether it holds the `rows` rows starting at `data` (what pack was last given).
+    bool holds(const T* data, Index rows) const { return source_ == data && rows_ == rows; }
 
     // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T, n <= max_n.
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride) {
@@ -78,6 +79,7 @@ public:
     }
 
 private:
+    const T* source_ = nullptr;
     Index rows_ = 0, depth_ = 0, kc_ = 1, mc_ = 1;
     std::vector<T, Eigen::aligned_allocator<T>> packed_;
     std::vector<T, Eigen::aligned_allocator<T>> block_b_;

@@ -608,15 +608,17 @@ TEST(LayerBackward, RejectsNonPositiveSeqLen) {
 // The recurrence in chunks of steps (a workspace smaller than all rows) gives the one-chunk results, which the
 // finite-difference tests above check; and dx with 0 rows skips only the input gradient.
 TEST(LayerBackward, ChunkedWorkspaceAndSkippedDxMatchOneChunk) {
-    const Index B = 3, I = 4, H = 5;
+    const Index I = 4, H = 5;
     std::mt19937 rng(34);
-    const std::vector<std::vector<Index>> layouts = {{3, 3, 3, 3, 3, 3}, {3, 3, 2, 2, 1, 0}};
+    // Batches of 3 (matrix-vector steps) and 9 (W_hh packed once, and kept across the chunks).
+    const std::vector<std::vector<Index>> layouts = {{3, 3, 3, 3, 3, 3}, {3, 3, 2, 2, 1, 0}, {9, 9, 9, 9, 9, 9},
+                                                     {9, 9, 8, 5, 2, 0}};
     for (const auto& sizes : layouts) {
         const rnnfast::StepLayout steps = rnnfast::StepLayout::packed(sizes);
-        const Index R = steps.rows();
+        const Index R = steps.rows(), B = steps.size(0);
         for (bool reverse : {false, true}) {
             for (bool with_h0 : {false, true}) {
-                SCOPED_TRACE(std::string(steps.is_uniform() ? "uniform" : "packed") + (reverse ? " reverse" : " forward") +
+                SCOPED_TRACE("B=" + std::to_string(B) + (steps.is_uniform() ? " uniform" : " packed") + (reverse ? " reverse" : " forward") +
                              (with_h0 ? " h0" : " no h0"));
                 const MatD x = random_matrix(rng, R, I), h0 = with_h0 ? random_matrix(rng, B, H) : MatD(0, H);
                 const MatD w_ih = random_matrix(rng, H, I, 0.6), w_hh = random_matrix(rng, H, H, 0.6);
@@ -681,11 +683,12 @@ TEST(LayerThreads, ItemAndBandSplitsMatchOneThread) {
                     MatD hs, dx, dh0, dw_ih, dw_hh;
                     VecD db;
                 };
+                // One thread with a workspace for all rows (one chunk); two with one of two steps (three chunks).
                 auto run = [&](int threads) {
                     rnnfast::set_num_threads(threads);
                     Result r{MatD(R, H), MatD::Zero(R, I), MatD(B, H), MatD::Zero(H, I), MatD::Zero(H, H), VecD::Zero(H)};
                     VecD db_hh = VecD::Zero(H);
-                    MatD dz(R, H);
+                    MatD dz(threads == 1 ? R : 2 * B, H);
                     rnnfast::layer_forward<double>(x, h0, w_ih, w_hh, b_ih, b_hh, Activation::tanh, reverse, steps, r.hs);
                     rnnfast::layer_backward<double>(x, h0, w_ih, w_hh, r.hs, G, Gn, Activation::tanh, reverse, steps, r.dx,
                                                     r.dh0, r.dw_ih, r.dw_hh, r.db, db_hh, dz);

@@ -5,13 +5,11 @@ Arrays are C-contiguous and of exactly the kernel's dtype (the bindings do not c
 ``rnnfast.RNN`` and ``rnnfast.RNNCell`` take care of that. Shape errors raise ValueError.
 """
 
-from typing import List, Optional, Tuple
+from typing import Generic, List, Optional, Tuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-_F32 = npt.NDArray[np.float32]
-_F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
 # (name, offset into the flat parameter buffer, shape), in PyTorch's order.
 _Layout = List[Tuple[str, int, Tuple[int, ...]]]
@@ -43,7 +41,10 @@ def eigen_version() -> str:
 def compiler() -> str:
     """Compiler name and version."""
 
-class StackCacheF32:
+# The kernels and caches exist once per dtype (F32, F64) with the same methods: generic bases, typed by the scalar.
+_S = TypeVar("_S", np.float32, np.float64)
+
+class _StackCache(Generic[_S]):
     """What backward needs from one forward of a stacked RNN (opaque)."""
 
     @property
@@ -54,80 +55,49 @@ class StackCacheF32:
     def borrows(self) -> bool:
         """Whether it refers to x and the output instead of holding copies."""
 
-class StackCacheF64:
-    """What backward needs from one forward of a stacked RNN (opaque)."""
-
-    @property
-    def seq_len(self) -> int: ...
-    @property
-    def batch(self) -> int: ...
-    @property
-    def borrows(self) -> bool:
-        """Whether it refers to x and the output instead of holding copies."""
-
-class StackF32:
-    """Stacked, optionally bidirectional Elman RNN kernels, float32."""
+class _Stack(Generic[_S]):
+    """Stacked, optionally bidirectional Elman RNN kernels."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, bias: bool,
                  nonlinearity: str) -> None: ...
     def param_layout(self) -> _Layout: ...
     @property
     def param_count(self) -> int: ...
-    def forward(self, params: _F32, x: _F32, h0: Optional[_F32], masks: Optional[_F32], lengths: Optional[_I64],
-                want_cache: bool) -> Tuple[_F32, _F32, Optional[StackCacheF32]]:
+    def forward(self, params: npt.NDArray[_S], x: npt.NDArray[_S], h0: Optional[npt.NDArray[_S]],
+                masks: Optional[npt.NDArray[_S]], lengths: Optional[_I64], want_cache: bool
+                ) -> Tuple[npt.NDArray[_S], npt.NDArray[_S], Optional[_StackCache[_S]]]:
         """params [P], x [T, B, I], h0 [L*D, B, H], masks [L-1, T, B, D*H], lengths [B]
         -> (output [T, B, D*H], h_n [L*D, B, H], cache or None)."""
-    def backward(self, params: _F32, cache: StackCacheF32, grad_output: Optional[_F32], grad_h_n: Optional[_F32],
-                 grads: _F32, want_dx: bool = True) -> Tuple[Optional[_F32], _F32]:
+    def backward(self, params: npt.NDArray[_S], cache: _StackCache[_S], grad_output: Optional[npt.NDArray[_S]],
+                 grad_h_n: Optional[npt.NDArray[_S]], grads: npt.NDArray[_S], want_dx: bool = True
+                 ) -> Tuple[Optional[npt.NDArray[_S]], npt.NDArray[_S]]:
         """Adds into grads [P]; -> (grad_x [T, B, I] or None without want_dx, grad_h0 [L*D, B, H])."""
 
-class StackF64:
-    """Stacked, optionally bidirectional Elman RNN kernels, float64."""
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, bias: bool,
-                 nonlinearity: str) -> None: ...
-    def param_layout(self) -> _Layout: ...
-    @property
-    def param_count(self) -> int: ...
-    def forward(self, params: _F64, x: _F64, h0: Optional[_F64], masks: Optional[_F64], lengths: Optional[_I64],
-                want_cache: bool) -> Tuple[_F64, _F64, Optional[StackCacheF64]]:
-        """params [P], x [T, B, I], h0 [L*D, B, H], masks [L-1, T, B, D*H], lengths [B]
-        -> (output [T, B, D*H], h_n [L*D, B, H], cache or None)."""
-    def backward(self, params: _F64, cache: StackCacheF64, grad_output: Optional[_F64], grad_h_n: Optional[_F64],
-                 grads: _F64, want_dx: bool = True) -> Tuple[Optional[_F64], _F64]:
-        """Adds into grads [P]; -> (grad_x [T, B, I] or None without want_dx, grad_h0 [L*D, B, H])."""
-
-class CellCacheF32:
+class _CellCache(Generic[_S]):
     """What backward needs from one cell step (opaque)."""
 
-class CellCacheF64:
-    """What backward needs from one cell step (opaque)."""
-
-class CellF32:
-    """Elman RNN cell kernels, float32."""
+class _Cell(Generic[_S]):
+    """Elman RNN cell kernels."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, nonlinearity: str) -> None: ...
     def param_layout(self) -> _Layout: ...
     @property
     def param_count(self) -> int: ...
-    def forward(self, params: _F32, x: _F32, h: Optional[_F32], want_cache: bool
-                ) -> Tuple[_F32, Optional[CellCacheF32]]:
+    def forward(self, params: npt.NDArray[_S], x: npt.NDArray[_S], h: Optional[npt.NDArray[_S]], want_cache: bool
+                ) -> Tuple[npt.NDArray[_S], Optional[_CellCache[_S]]]:
         """params [P], x [B, I], h [B, H] -> (h_new [B, H], cache or None)."""
-    def backward(self, params: _F32, cache: CellCacheF32, grad_h_new: _F32, grads: _F32) -> Tuple[_F32, _F32]:
+    def backward(self, params: npt.NDArray[_S], cache: _CellCache[_S], grad_h_new: npt.NDArray[_S],
+                 grads: npt.NDArray[_S]) -> Tuple[npt.NDArray[_S], npt.NDArray[_S]]:
         """Adds into grads [P]; -> (grad_x [B, I], grad_h [B, H])."""
 
-class CellF64:
-    """Elman RNN cell kernels, float64."""
-
-    def __init__(self, input_size: int, hidden_size: int, bias: bool, nonlinearity: str) -> None: ...
-    def param_layout(self) -> _Layout: ...
-    @property
-    def param_count(self) -> int: ...
-    def forward(self, params: _F64, x: _F64, h: Optional[_F64], want_cache: bool
-                ) -> Tuple[_F64, Optional[CellCacheF64]]:
-        """params [P], x [B, I], h [B, H] -> (h_new [B, H], cache or None)."""
-    def backward(self, params: _F64, cache: CellCacheF64, grad_h_new: _F64, grads: _F64) -> Tuple[_F64, _F64]:
-        """Adds into grads [P]; -> (grad_x [B, I], grad_h [B, H])."""
+class StackCacheF32(_StackCache[np.float32]): ...
+class StackCacheF64(_StackCache[np.float64]): ...
+class StackF32(_Stack[np.float32]): ...
+class StackF64(_Stack[np.float64]): ...
+class CellCacheF32(_CellCache[np.float32]): ...
+class CellCacheF64(_CellCache[np.float64]): ...
+class CellF32(_Cell[np.float32]): ...
+class CellF64(_Cell[np.float64]): ...
 
 SmallStackF32 = StackF32  # the stack kernels of small_isa_level's module
 SmallStackF64 = StackF64

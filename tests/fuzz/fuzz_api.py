@@ -30,7 +30,7 @@ import tempfile
 import sys
 import traceback
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -516,35 +516,33 @@ def one_input(data: bytes) -> None:
     WORLD.modules.clear()
     WORLD.caches.clear()
     for _ in range(d.small(1, 6)):
-        op = d.below(10)
-        if op == 0:
-            new_rnn(d)
-        elif op == 1:
-            new_cell(d)
-        elif op in (2, 3):
-            model = some(d, rnnfast.RNN, lambda: new_rnn(d))
-            if model is not None:
-                rnn_forward(d, model)
-        elif op == 4:
-            model = some(d, rnnfast.RNN, lambda: new_rnn(d))
-            if model is not None:
-                rnn_backward(d, model)
-        elif op == 5:
-            cell = some(d, rnnfast.RNNCell, lambda: new_cell(d))
-            if cell is not None:
-                cell_forward(d, cell)
-        elif op == 6:
-            cell = some(d, rnnfast.RNNCell, lambda: new_cell(d))
-            if cell is not None:
-                cell_backward(d, cell)
-        elif op == 7:
-            module = d.pick(WORLD.modules) if WORLD.modules else new_rnn(d)
-            if module is not None:
-                load_state(d, module)
+        pick_target, action = OPERATIONS[d.below(len(OPERATIONS))]
+        if pick_target is None:
+            action(d)
         else:
-            module = d.pick(WORLD.modules) if WORLD.modules else new_cell(d)
-            if module is not None:
-                misc(d, module)
+            target = pick_target(d)
+            if target is not None:
+                action(d, target)
+
+
+def _some_rnn(d: Data) -> Any:
+    return some(d, rnnfast.RNN, lambda: new_rnn(d))
+
+
+def _some_cell(d: Data) -> Any:
+    return some(d, rnnfast.RNNCell, lambda: new_cell(d))
+
+
+def _any_module(make: Callable[[Data], Any]) -> Callable[[Data], Any]:
+    return lambda d: d.pick(WORLD.modules) if WORLD.modules else make(d)
+
+
+# (how to get the object, what to do with it), drawn uniformly; None: the action makes its own object.
+OPERATIONS: List[Tuple[Optional[Callable[[Data], Any]], Callable[..., Any]]] = [
+    (None, new_rnn), (None, new_cell), (_some_rnn, rnn_forward), (_some_rnn, rnn_forward), (_some_rnn, rnn_backward),
+    (_some_cell, cell_forward), (_some_cell, cell_backward), (_any_module(new_rnn), load_state),
+    (_any_module(new_cell), misc), (_any_module(new_cell), misc),
+]
 
 
 def summary(engine: str) -> str:
