@@ -396,15 +396,21 @@ def clean_forward(d: Data, model: Any) -> None:
     WORLD.caches.append((cache, out.shape, h_n.shape))
 
 
+def pick_cache(d: Data, kind: type, owner: Any) -> Any:
+    """One of the world's (cache, shapes...) entries of `kind`, most often one of `owner`'s; None: use a bad one."""
+    own = [c for c in WORLD.caches if isinstance(c[0], kind)]
+    mine = [c for c in own if getattr(c[0], "_owner", None) is owner]
+    if mine and d.chance(0.7):
+        own = mine
+    return d.pick(own) if own and d.chance(0.8) else None
+
+
 def rnn_backward(d: Data, model: Any) -> None:
     if d.chance(0.6):
         clean_forward(d, model)
-    own = [c for c in WORLD.caches if isinstance(c[0], rnnfast.RNNCache)]
-    mine = [c for c in own if getattr(c[0], "_owner", None) is model]
-    if mine and d.chance(0.7):
-        own = mine
-    if own and d.chance(0.8):
-        cache, out_shape, h_n_shape = d.pick(own)
+    entry = pick_cache(d, rnnfast.RNNCache, model)
+    if entry is not None:
+        cache, out_shape, h_n_shape = entry
     else:
         cache, out_shape, h_n_shape = garbage(d, WORLD), (d.small(1, 3), 1, 2), (1, 1, 2)
         for entry in WORLD.caches:  # one of the world's caches (of anything): the shapes that go with it
@@ -443,12 +449,9 @@ def cell_backward(d: Data, cell: Any) -> None:
         x = np.random.default_rng(d.below(256)).standard_normal(shape).astype(cell.dtype)
         h_new, cache = cell.forward(x, return_cache=True)
         WORLD.caches.append((cache, h_new.shape, None))
-    own = [c for c in WORLD.caches if isinstance(c[0], rnnfast.RNNCellCache)]
-    mine = [c for c in own if getattr(c[0], "_owner", None) is cell]
-    if mine and d.chance(0.7):
-        own = mine
-    if own and d.chance(0.8):
-        cache, shape, _ = d.pick(own)
+    entry = pick_cache(d, rnnfast.RNNCellCache, cell)
+    if entry is not None:
+        cache, shape, _ = entry
     else:
         cache, shape = garbage(d, WORLD), (1, 2)
         for entry in WORLD.caches:  # one of the world's caches (of anything): the shape that goes with it
