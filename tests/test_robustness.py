@@ -728,9 +728,35 @@ def test_the_kernels_only_ever_see_aligned_contiguous_arrays() -> None:
     model.backward(cache, u(np.ones_like(out)), u(np.ones_like(h_n)))
     h, c = cell.forward(u(_x("float64", (B, I))), u(np.zeros((B, H))), return_cache=True)
     cell.backward(c, u(np.ones_like(h)))
-    assert len(seen) > 10
+    for kind in LAYOUTS:  # model(x) goes straight to the kernel for aligned C-contiguous batches only
+        model(_layout(_x("float64"), kind))
+    assert len(seen) > 15
     bad = [name for name, a in seen if not (a.flags.aligned and a.flags.c_contiguous)]
     assert not bad, f"unaligned or non-contiguous arrays passed to the kernels: {bad}"
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(batch_first=True), dict(num_layers=2, dropout=0.5),
+                                dict(num_layers=2, bidirectional=True, nonlinearity="relu")])
+def test_calling_the_model_is_forward(kw: dict[str, Any]) -> None:
+    """model(x) has a shortcut for plain batches; it must give forward's results bitwise in every mode (dropout
+    included: two models with one seed draw the same masks) and forward's errors for bad input."""
+    called, forwarded = (rnnfast.RNN(I, H, dtype="float64", seed=5, **kw) for _ in range(2))
+    x = _x("float64")
+    if kw.get("batch_first"):
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    for training in (True, False):
+        called.train(training)
+        forwarded.train(training)
+        for args in [(x,), (x, None, np.array([T, 1, 2])), (x[0],)]:
+            for a, b in zip(called(*args), forwarded.forward(*args)):
+                _equal_bitwise(a, b)
+    if kw.get("dropout"):  # the masks really apply in training
+        assert not np.array_equal(called.train()(x)[0], called.eval()(x)[0])
+    _rejects(lambda: called(x.astype(np.float32)), TypeError, "x: expected dtype float64", called)
+    _rejects(lambda: called(x[..., :-1].copy()), ValueError, r"x: expected shape", called)
+    _rejects(lambda: called(x.tolist()), TypeError, "x: expected a numpy.ndarray", called)
+    if not kw.get("batch_first"):
+        _rejects(lambda: called(x[:0].copy()), ValueError, "x: expected a sequence of length >= 1", called)
 
 
 def test_zero_stride_broadcast_inputs() -> None:

@@ -96,9 +96,8 @@ namespace {
 constexpr double kMinProductWork = 1 << 18;
 constexpr double kMinStepWork = 1 << 16;
 
-// Steps of at least this many rows multiply by W_hh packed once per call (PackedWeights); fewer rows are a
-// matrix-vector product, which Eigen does without packing.
-constexpr Index kMinPackedRows = 8;
+// A thread's steps of at least this many rows multiply by W_hh packed for Eigen's GEMM kernel (StepWeights).
+constexpr Index kMinPackedRows = detail::StepWeights<float>::kMinPackedRows;
 
 // dst = lhs * rhs (or += with `add`), the rows of dst split across threads.
 template <class Dst, class Lhs, class Rhs>
@@ -120,14 +119,11 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
 // one another. Otherwise each thread owns a band of the state's columns and all meet at every step.
 struct RecurrenceSplit {
     bool by_items = false;
-    // W_hh is packed once per call when a thread's steps have enough rows to be general products.
-    bool packed_weights = false;
     std::vector<Index> item_bounds;  // by_items: thread k's item rows are [item_bounds[k], item_bounds[k + 1])
 
     RecurrenceSplit(const StepLayout& steps, int threads) {
         const Index items = steps.size_or_zero(0);
         by_items = threads > 1 && items >= threads * kMinPackedRows;
-        packed_weights = (by_items ? items / threads : items) >= kMinPackedRows;
         if (!by_items) return;
         // Rows are the items sorted by decreasing length (a step holds a prefix of them): split the rows of all
         // steps evenly, an item's rows being its length.
@@ -145,7 +141,8 @@ struct RecurrenceSplit {
 
     // Thread k's item rows [first, last) and state columns [c0, c0 + width). `parts` is what the job got: the
     // threads asked for, or 1 when the pool was busy (the one part then takes everything).
-    void tile(Index H, int k, int parts, Index& first, Index& last, Index& c0, Index& width) const {
+    void tile(const StepLayout& steps, Index H, int k, int parts, Index& first, Index& last, Index& c0,
+              Index& width) const {
         if (by_items && parts + 1 == static_cast<int>(item_bounds.size())) {
             first = item_bounds[static_cast<size_t>(k)];
             last = item_bounds[static_cast<size_t>(k) + 1];
@@ -153,7 +150,7 @@ struct RecurrenceSplit {
             width = H;
         } else {
             first = 0;
-            last = std::numeric_limits<Index>::max();
+            last = steps.size_or_zero(0);
             c0 = by_items ? 0 : detail::split(H, k, parts);
             width = by_items ? H : detail::split(H, k + 1, parts) - c0;
         }
@@ -172,25 +169,19 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
     if (b_ih.size() != 0) hs.rowwise() += b_ih + b_hh;
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     const RecurrenceSplit split(steps, threads);
-    const bool packed_weights = split.packed_weights;
     detail::Barrier step_done;
     detail::parallel(threads, [&](int k, int parts) {
         Index first = 0, last = 0, c0 = 0, width = 0;
-        split.tile(H, k, parts, first, last, c0, width);
-        detail::PackedWeights<T> w_band;  // the rows of W_hh for this thread's columns
-        if (packed_weights && width > 0) {
+        split.tile(steps, H, k, parts, first, last, c0, width);
+        detail::StepWeights<T> w_band;  // the rows of W_hh for this thread's columns
+        if (last > first && width > 0) {
             w_band.template pack<Eigen::RowMajor>(w_hh.data() + c0 * w_hh.outerStride(), w_hh.outerStride(), width, H,
-                                                  steps.size_or_zero(0));
+                                                  last - first);
         }
         const Index ld = hs.outerStride();
         // hs rows [dst, dst + m), this thread's columns, += m states [m, H] at `src` (row stride src_ld) W_hh^T.
         auto add_recurrent = [&](const T* src, Index src_ld, Index m, Index dst) {
-            if (packed_weights) {
-                w_band.multiply_add(src, src_ld, m, hs.data() + dst * ld + c0, ld);
-            } else {
-                hs.block(dst, c0, m, width).noalias() +=
-                    ConstMatrixMap<T>(src, m, H, Eigen::OuterStride<>(src_ld)) * w_hh.middleRows(c0, width).transpose();
-            }
+            w_band.multiply_add(src, src_ld, m, hs.data() + dst * ld + c0, ld);
         };
         for (Index s = 0; s < T_; ++s) {
             const Index t = reverse ? T_ - 1 - s : s;
@@ -236,10 +227,9 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
     RowMatrix<T> h_prev(steps.is_uniform() ? 0 : dz.rows(), H);
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     const RecurrenceSplit split(steps, threads);
-    const bool packed_weights = split.packed_weights;
     detail::Barrier bands_done;
     // Each thread's columns of W_hh, packed in the first chunk and kept for the others.
-    std::vector<detail::PackedWeights<T>> w_bands(static_cast<size_t>(threads));
+    std::vector<detail::StepWeights<T>> w_bands(static_cast<size_t>(threads));
     // Processing order: s = T_-1 down to 0, step t = s (forward) or T_-1-s (reverse).
     Index s_next = T_ - 1;
     while (s_next >= 0) {
@@ -262,11 +252,11 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
         // suffices. With items split, a thread has all of its rows' dz and needs no barrier.
         detail::parallel(threads, [&](int k, int parts) {
             Index first = 0, last = 0, c0 = 0, width = 0;
-            split.tile(H, k, parts, first, last, c0, width);
-            detail::PackedWeights<T>& w_band = w_bands[static_cast<size_t>(k)];  // W_hh's columns for this thread's dh
-            // (A job that ran as one part, the pool being busy, has other columns than the chunk before.)
-            if (packed_weights && width > 0 && !w_band.holds(w_hh.data() + c0, width)) {
-                w_band.template pack<Eigen::ColMajor>(w_hh.data() + c0, w_hh.outerStride(), width, H, steps.size(0));
+            split.tile(steps, H, k, parts, first, last, c0, width);
+            detail::StepWeights<T>& w_band = w_bands[static_cast<size_t>(k)];  // W_hh's columns for this thread's dh
+            // (A job that ran as one part, the pool being busy, has other columns and rows than the chunk before.)
+            if (last > first && width > 0 && !w_band.holds(w_hh.data() + c0, width, last - first)) {
+                w_band.template pack<Eigen::ColMajor>(w_hh.data() + c0, w_hh.outerStride(), width, H, last - first);
             }
             for (Index s = s_begin; s >= s_end; --s) {
                 const Index t = reverse ? T_ - 1 - s : s;
@@ -282,13 +272,9 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
                 }
                 if (!split.by_items) bands_done.wait(parts);
                 if (m > 0 && width > 0) {
-                    if (packed_weights) {
-                        dh0.block(a, c0, m, width).setZero();
-                        w_band.multiply_add(dzc.data() + (oc + a) * dzc.outerStride(), dzc.outerStride(), m,
-                                            dh0.data() + a * dh0.outerStride() + c0, dh0.outerStride());
-                    } else {
-                        dh0.block(a, c0, m, width).noalias() = dzc.middleRows(oc + a, m) * w_hh.middleCols(c0, width);
-                    }
+                    dh0.block(a, c0, m, width).setZero();
+                    w_band.multiply_add(dzc.data() + (oc + a) * dzc.outerStride(), dzc.outerStride(), m,
+                                        dh0.data() + a * dh0.outerStride() + c0, dh0.outerStride());
                 }
             }
         });

@@ -1,0 +1,86 @@
+// The weight layouts of the recurrence's per-step products (cpp/src/packed_product.hpp) against Eigen's product,
+// over the row counts, widths and depths that reach every register tile and partial packet.
+#include <gtest/gtest.h>
+
+#include <Eigen/Core>
+
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "packed_product.hpp"
+
+namespace {
+
+using rnnfast::Index;
+
+template <class T>
+using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+template <class T>
+Matrix<T> random_matrix(Index rows, Index cols, std::mt19937& gen) {
+    std::uniform_real_distribution<double> dist(-1.0, 1.0);
+    Matrix<T> m(rows, cols);
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<T>(dist(gen));
+    return m;
+}
+
+// res [n, rows] += x [n, depth] * A^T for A given as rows of a weight matrix (RowMajor) or columns of one
+// (ColMajor), operands with row strides wider than their widths; columns outside [0, rows) must stay untouched.
+template <class T, int Order>
+void check_layouts(Index rows, Index depth, Index n, Index max_n) {
+    std::mt19937 gen(static_cast<unsigned>(rows * 1000 + depth * 10 + n));
+    const Index pad = 3;
+    const Matrix<T> a = random_matrix<T>(rows, depth, gen);
+    // The weight storage: A itself (RowMajor) or A^T (ColMajor), each row padded.
+    Matrix<T> store = Order == Eigen::RowMajor ? Matrix<T>(rows, depth + pad) : Matrix<T>(depth, rows + pad);
+    store.setConstant(T(7));
+    if (Order == Eigen::RowMajor) {
+        store.leftCols(depth) = a;
+    } else {
+        store.leftCols(rows) = a.transpose();
+    }
+    const Matrix<T> x = random_matrix<T>(n, depth + pad, gen);
+    const Matrix<T> res0 = random_matrix<T>(n, rows + pad, gen);
+    Matrix<T> expected = res0;
+    expected.leftCols(rows) += x.leftCols(depth) * a.transpose();
+
+    rnnfast::detail::StepWeights<T> step;
+    step.template pack<Order>(store.data(), store.cols(), rows, depth, max_n);
+    Matrix<T> got = res0;
+    step.multiply_add(x.data(), x.cols(), n, got.data(), got.cols());
+    EXPECT_TRUE(step.holds(store.data(), rows, max_n));
+    EXPECT_FALSE(step.holds(store.data(), rows, max_n + 1));
+
+    rnnfast::detail::BroadcastWeights<T> broadcast;
+    broadcast.template pack<Order>(store.data(), store.cols(), rows, depth);
+    Matrix<T> got_broadcast = res0;
+    broadcast.multiply_add(x.data(), x.cols(), n, got_broadcast.data(), got_broadcast.cols());
+
+    const double tol = std::is_same<T, float>::value ? 1e-4 : 1e-12;
+    for (const Matrix<T>* result : {&got, &got_broadcast}) {
+        EXPECT_LE((*result - expected).cwiseAbs().maxCoeff(), tol * depth)
+            << "rows " << rows << " depth " << depth << " n " << n << " max_n " << max_n;
+        EXPECT_EQ(result->rightCols(pad), res0.rightCols(pad));
+    }
+}
+
+template <class T>
+void check_all() {
+    for (Index rows : {1, 3, 8, 9, 16, 17, 20, 33, 64, 100}) {
+        for (Index depth : {1, 5, 20}) {
+            for (Index n = 1; n <= 10; ++n) {
+                for (Index max_n : {n, Index(12)}) {
+                    check_layouts<T, Eigen::RowMajor>(rows, depth, n, max_n);
+                    check_layouts<T, Eigen::ColMajor>(rows, depth, n, max_n);
+                }
+            }
+        }
+    }
+}
+
+TEST(StepWeights, FloatMatchesEigenProduct) { check_all<float>(); }
+
+TEST(StepWeights, DoubleMatchesEigenProduct) { check_all<double>(); }
+
+}  // namespace
