@@ -4,7 +4,6 @@
 #include "parallel.hpp"
 
 #include <algorithm>
-#include <limits>
 #include <vector>
 #include <stdexcept>
 

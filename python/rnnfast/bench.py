@@ -19,8 +19,8 @@ Every backend loads the weights of one rnnfast model and is checked once per cas
 match is reported as a mismatch and not timed.
 
 All backends use the same number of threads and run interleaved in one process: each repetition times every
-backend in turn (round-robin, starting from a different backend each time), each timing a loop of calls that lasts
-at least ``MIN_LOOP_SECONDS`` (``QUICK_MIN_LOOP_SECONDS`` with ``quick``); the reported time per call is the median
+backend in turn (round-robin, starting from a different backend each time), each timing (after a pause and one
+untimed call) a loop of calls that lasts at least ``MIN_LOOP_SECONDS`` (``QUICK_MIN_LOOP_SECONDS`` with ``quick``); the reported time per call is the median
 over repetitions. The speedup of rnnfast over another backend is ``other_time / rnnfast_time`` (above 1: rnnfast
 is faster).
 
@@ -64,7 +64,7 @@ QUICK_MAX_REPEAT = 3
 GEMM_SIZE = 1024
 # Pause before each timed loop so that the thread pool of the backend timed before it has gone idle: OpenBLAS
 # (under the NumPy reference) and OpenMP runtimes keep their workers spinning for a while after a call, and a
-# spinning neighbour takes a core from whatever runs next.
+# spinning neighbour takes a core from whatever runs next. An untimed call follows the pause (see _bench_case).
 _SETTLE_SECONDS = 0.3
 _QUICK_SETTLE_SECONDS = 0.005
 # Pause once after importing the backends, before anything is timed: on the development VM, kernels ran up to 2x
@@ -700,6 +700,9 @@ def _bench_case(case: Case, backends: Sequence[str], env: Dict[str, Any], repeat
             for name in order:
                 if settle > 0:
                     time.sleep(settle)
+                    # One untimed call after the pause: the first call after an idle spell waits for the system to
+                    # wake the threads and cores it runs on (up to several ms on the development VM).
+                    mode_jobs[name].run_n(1)
                 samples[name].append(_time_loop(mode_jobs[name].run_n, calls[name]) / calls[name])
         median = {name: statistics.median(samples[name]) for name in names}
         base = median["rnnfast"]
