@@ -192,8 +192,11 @@ def test_demo_is_seeded(short_run: Dict[str, Any]) -> None:
 
 def test_demo_restores_the_thread_setting() -> None:
     before = rnnfast.get_num_threads()
-    demo.run(epochs=1, hidden=4, series_length=200, progress=False, threads=2)
+    assert demo.run(epochs=1, hidden=4, series_length=200, progress=False, threads=before + 1)["threads"] == before + 1
     assert rnnfast.get_num_threads() == before
+    assert demo.run(epochs=1, hidden=4, series_length=200, progress=False)["threads"] == before
+    with pytest.raises(ValueError, match="threads"):
+        demo.run(epochs=1, threads=0)
 
 
 def test_demo_sgd_and_log() -> None:

@@ -156,6 +156,22 @@ struct RecurrenceSplit {
     }
 };
 
+// Thread k's band of W_hh for steps of its rows: the rows [c0, c0 + width) of W_hh for the forward's h W_hh^T
+// (`columns` false), its columns for the backward's dz W_hh. Kept when it already holds them.
+template <class T>
+void pack_band(detail::StepWeights<T>& band, const ConstMatrixRef<T>& w_hh, bool columns, Index first, Index last,
+               Index c0, Index width) {
+    if (last <= first || width <= 0) return;
+    const Index H = w_hh.cols(), stride = w_hh.outerStride();
+    const T* data = columns ? w_hh.data() + c0 : w_hh.data() + c0 * stride;
+    if (band.holds(data, width, last - first)) return;
+    if (columns) {
+        band.template pack<Eigen::ColMajor>(data, stride, width, H, last - first);
+    } else {
+        band.template pack<Eigen::RowMajor>(data, stride, width, H, last - first);
+    }
+}
+
 }  // namespace
 
 template <class T>
@@ -169,14 +185,13 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     const RecurrenceSplit split(steps, threads);
     detail::Barrier step_done;
+    detail::FirstError error;
     detail::parallel(threads, [&](int k, int parts) {
         Index first = 0, last = 0, c0 = 0, width = 0;
         split.tile(steps, H, k, parts, first, last, c0, width);
         detail::StepWeights<T> w_band;  // the rows of W_hh for this thread's columns
-        if (last > first && width > 0) {
-            w_band.template pack<Eigen::RowMajor>(w_hh.data() + c0 * w_hh.outerStride(), w_hh.outerStride(), width, H,
-                                                  last - first);
-        }
+        // On failure (packing allocates) the thread still meets its partners at every step, doing nothing.
+        const bool ready = error.run([&] { pack_band(w_band, w_hh, false, first, last, c0, width); });
         const Index ld = hs.outerStride();
         // hs rows [dst, dst + m), this thread's columns, += m states [m, H] at `src` (row stride src_ld) W_hh^T.
         auto add_recurrent = [&](const T* src, Index src_ld, Index m, Index dst) {
@@ -190,7 +205,7 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
             const Index a = std::min(first, n), b = std::min(last, n);
             const Index prev = reverse ? t + 1 : t - 1;
             const Index cont = std::max(a, std::min(b, steps.size_or_zero(prev)));
-            if (b > a && width > 0) {
+            if (ready && b > a && width > 0) {
                 if (cont > a) add_recurrent(hs.data() + (steps.offset(prev) + a) * ld, ld, cont - a, o + a);
                 if (b > cont && h0.rows() != 0) {
                     add_recurrent(h0.data() + cont * h0.outerStride(), h0.outerStride(), b - cont, o + cont);
@@ -200,6 +215,7 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
             if (!split.by_items) step_done.wait(parts);  // the next step reads every band of these rows
         }
     });
+    error.rethrow();
 }
 
 template <class T>
@@ -227,6 +243,7 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     const RecurrenceSplit split(steps, threads);
     detail::Barrier bands_done;
+    detail::FirstError error;
     // Each thread's columns of W_hh, packed in the first chunk and kept for the others.
     std::vector<detail::StepWeights<T>> w_bands(static_cast<size_t>(threads));
     // Processing order: s = T_-1 down to 0, step t = s (forward) or T_-1-s (reverse).
@@ -254,14 +271,12 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
             split.tile(steps, H, k, parts, first, last, c0, width);
             detail::StepWeights<T>& w_band = w_bands[static_cast<size_t>(k)];  // W_hh's columns for this thread's dh
             // (A job that ran as one part, the pool being busy, has other columns and rows than the chunk before.)
-            if (last > first && width > 0 && !w_band.holds(w_hh.data() + c0, width, last - first)) {
-                w_band.template pack<Eigen::ColMajor>(w_hh.data() + c0, w_hh.outerStride(), width, H, last - first);
-            }
+            const bool ready = error.run([&] { pack_band(w_band, w_hh, true, first, last, c0, width); });
             for (Index s = s_begin; s >= s_end; --s) {
                 const Index t = reverse ? T_ - 1 - s : s;
                 const Index n = steps.size(t), o = steps.offset(t), oc = o - base;
                 const Index a = std::min(first, n), m = std::min(last, n) - a;  // this thread's rows [a, a + m)
-                if (m > 0 && width > 0) {
+                if (ready && m > 0 && width > 0) {
                     if (dhs.rows() != 0) {
                         dzc.block(oc + a, c0, m, width) = dh0.block(a, c0, m, width) + dhs.block(o + a, c0, m, width);
                     } else {
@@ -270,13 +285,14 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
                     multiply_by_derivative<T>(dzc.block(oc + a, c0, m, width), hs.block(o + a, c0, m, width), act);
                 }
                 if (!split.by_items) bands_done.wait(parts);
-                if (m > 0 && width > 0) {
+                if (ready && m > 0 && width > 0) {
                     dh0.block(a, c0, m, width).setZero();
                     w_band.multiply_add(dzc.data() + (oc + a) * dzc.outerStride(), dzc.outerStride(), m,
                                         dh0.data() + a * dh0.outerStride() + c0, dh0.outerStride());
                 }
             }
         });
+        error.rethrow();
 
         rows_product(dw_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
         if (dx.rows() != 0) rows_product(dx.middleRows(base, chunk_rows), dzc, w_ih, true);

@@ -6,8 +6,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <functional>
+#include <mutex>
 #include <thread>
+#include <utility>
 
 #include "rnnfast/types.hpp"
 
@@ -79,6 +82,31 @@ public:
 private:
     std::atomic<int> arrived_{0};
     std::atomic<unsigned> generation_{0};
+};
+
+// The first exception thrown by work that run() wraps on a job's threads, rethrown by the caller after the job.
+// For jobs whose threads meet at barriers: a thread that left the job early would leave its partners waiting.
+class FirstError {
+public:
+    template <class Work>
+    bool run(Work&& work) noexcept {
+        try {
+            work();
+            return true;
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!error_) error_ = std::current_exception();
+            return false;
+        }
+    }
+
+    void rethrow() {
+        if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+    }
+
+private:
+    std::mutex mutex_;
+    std::exception_ptr error_;
 };
 
 // Start of part `k` of `parts` over [0, n), on multiples of `align` so vector loops stay aligned.

@@ -174,7 +174,7 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 
 def run(epochs: int = 40, hidden: int = 32, seed: int = 0, *, window: int = 40, warmup: int = 10,
         series_length: int = 2000, train_fraction: float = 0.75, noise: float = 0.1, batch_size: int = 32,
-        optimizer: str = "adam", lr: Optional[float] = None, clip: float = 1.0, threads: int = 1,
+        optimizer: str = "adam", lr: Optional[float] = None, clip: float = 1.0, threads: Optional[int] = None,
         progress: bool = True, plot: Optional[str] = None, log: Optional[Callable[[str], None]] = None
         ) -> Dict[str, Any]:
     """Train on the first part of the generated series and evaluate on both parts.
@@ -188,8 +188,8 @@ def run(epochs: int = 40, hidden: int = 32, seed: int = 0, *, window: int = 40, 
     series_length, train_fraction, noise : the generated data (see ``make_series``).
     optimizer : "adam" or "sgd"; lr : its learning rate (default 0.01 for Adam, 0.1 for SGD).
     clip : maximum global gradient norm.
-    threads : threads for the matrix products while the demo runs (restored afterwards). The default 1 is the
-        fastest for matrices this small: more threads only add synchronization.
+    threads : thread limit of the kernels while the demo runs (restored afterwards); None keeps the process's
+        setting (``rnnfast.get_num_threads()``), under which each call of these small sizes picks 1 thread itself.
     progress : show a tqdm progress bar on stderr.
     plot : write a PNG of prediction vs truth on the test part to this path (needs matplotlib; ImportError if
         missing).
@@ -209,8 +209,8 @@ def run(epochs: int = 40, hidden: int = 32, seed: int = 0, *, window: int = 40, 
         raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {optimizer!r}")
     if not 0 <= warmup < window:
         raise ValueError(f"warmup: expected 0 <= warmup < window={window}, got {warmup}")
-    threads = _checks.positive_int("threads", threads)
     previous_threads = _core.get_num_threads()
+    threads = previous_threads if threads is None else _checks.positive_int("threads", threads)
     _core.set_num_threads(threads)
     try:
         return _run(epochs, hidden, seed, window, warmup, series_length, train_fraction, noise, batch_size,
