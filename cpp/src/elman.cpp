@@ -159,16 +159,16 @@ struct RecurrenceSplit {
 // Thread k's band of W_hh for steps of its rows: the rows [c0, c0 + width) of W_hh for the forward's h W_hh^T
 // (`columns` false), its columns for the backward's dz W_hh. Kept when it already holds them.
 template <class T>
-void pack_band(detail::StepWeights<T>& band, const ConstMatrixRef<T>& w_hh, bool columns, Index first, Index last,
-               Index c0, Index width) {
+void pack_band(detail::StepWeights<T>& band, const ConstMatrixRef<T>& w_hh, bool columns, Index steps, Index first,
+               Index last, Index c0, Index width) {
     if (last <= first || width <= 0) return;
     const Index H = w_hh.cols(), stride = w_hh.outerStride();
     const T* data = columns ? w_hh.data() + c0 : w_hh.data() + c0 * stride;
     if (band.holds(data, width, last - first)) return;
     if (columns) {
-        band.template pack<Eigen::ColMajor>(data, stride, width, H, last - first);
+        band.template pack<Eigen::ColMajor>(data, stride, width, H, last - first, steps);
     } else {
-        band.template pack<Eigen::RowMajor>(data, stride, width, H, last - first);
+        band.template pack<Eigen::RowMajor>(data, stride, width, H, last - first, steps);
     }
 }
 
@@ -191,7 +191,7 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
         split.tile(steps, H, k, parts, first, last, c0, width);
         detail::StepWeights<T> w_band;  // the rows of W_hh for this thread's columns
         // On failure (packing allocates) the thread still meets its partners at every step, doing nothing.
-        const bool ready = error.run([&] { pack_band(w_band, w_hh, false, first, last, c0, width); });
+        const bool ready = error.run([&] { pack_band(w_band, w_hh, false, T_, first, last, c0, width); });
         const Index ld = hs.outerStride();
         // hs rows [dst, dst + m), this thread's columns, += m states [m, H] at `src` (row stride src_ld) W_hh^T.
         auto add_recurrent = [&](const T* src, Index src_ld, Index m, Index dst) {
@@ -271,7 +271,7 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
             split.tile(steps, H, k, parts, first, last, c0, width);
             detail::StepWeights<T>& w_band = w_bands[static_cast<size_t>(k)];  // W_hh's columns for this thread's dh
             // (A job that ran as one part, the pool being busy, has other columns and rows than the chunk before.)
-            const bool ready = error.run([&] { pack_band(w_band, w_hh, true, first, last, c0, width); });
+            const bool ready = error.run([&] { pack_band(w_band, w_hh, true, T_, first, last, c0, width); });
             for (Index s = s_begin; s >= s_end; --s) {
                 const Index t = reverse ? T_ - 1 - s : s;
                 const Index n = steps.size(t), o = steps.offset(t), oc = o - base;

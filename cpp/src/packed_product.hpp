@@ -15,6 +15,13 @@
 
 #include "rnnfast/types.hpp"
 
+// PacketBlock<__m256> and the like: GCC warns that a SIMD type's alignment attribute is dropped in a template
+// argument, harmlessly (Eigen silences the same warning inside its own headers).
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+
 namespace rnnfast::detail {
 
 // A [rows, depth] matrix A, packed. multiply_add computes res [n, rows] += x [n, depth] * A^T for row-major res
@@ -31,7 +38,6 @@ public:
         Eigen::internal::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress,
                                        typename Traits::LhsPacket4Packing, Order>
             pack_lhs;
-        source_ = data;
         rows_ = rows;
         depth_ = depth;
         kc_ = depth;
@@ -54,9 +60,6 @@ public:
             }
         }
     }
-
-    // Whether it holds the `rows` rows starting at `data` (what pack was last given).
-    bool holds(const T* data, Index rows) const { return source_ == data && rows_ == rows; }
 
     // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T, n <= max_n.
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride) {
@@ -81,7 +84,6 @@ public:
     }
 
 private:
-    const T* source_ = nullptr;
     Index rows_ = 0, depth_ = 0, kc_ = 1, mc_ = 1;
     std::vector<T, Eigen::aligned_allocator<T>> packed_;
     std::vector<T, Eigen::aligned_allocator<T>> block_b_;
@@ -100,18 +102,33 @@ public:
     // A(i, k) as in PackedWeights::pack.
     template <int Order>
     void pack(const T* data, Index stride, Index rows, Index depth) {
-        source_ = data;
         rows_ = rows;
         depth_ = depth;
         ld_ = (rows + P - 1) / P * P;
         at_.assign(static_cast<size_t>(depth * ld_), T(0));  // padding columns stay zero
-        for (Index k = 0; k < depth; ++k) {
-            T* row = at_.data() + k * ld_;
-            for (Index i = 0; i < rows; ++i) row[i] = Order == Eigen::RowMajor ? data[i * stride + k] : data[k * stride + i];
+        if (Order == Eigen::ColMajor) {  // A^T's rows are rows of the source: copies
+            for (Index k = 0; k < depth; ++k) std::copy(data + k * stride, data + k * stride + rows, at_.data() + k * ld_);
+            return;
+        }
+        // A transpose: P x P blocks through registers (a transposing loop element by element would stride through
+        // one side and cost dozens of matrix-vector products on a large W_hh), the edges element by element.
+        using namespace Eigen::internal;
+        const Index rows_p = rows / P * P, depth_p = depth / P * P;
+        for (Index i0 = 0; i0 < rows_p; i0 += P) {
+            for (Index k0 = 0; k0 < depth_p; k0 += P) {
+                PacketBlock<Packet, static_cast<int>(P)> block;
+                for (Index q = 0; q < P; ++q) block.packet[q] = ploadu<Packet>(data + (i0 + q) * stride + k0);
+                ptranspose(block);
+                for (Index q = 0; q < P; ++q) pstore(at_.data() + (k0 + q) * ld_ + i0, block.packet[q]);
+            }
+            for (Index i = i0; i < i0 + P; ++i) {
+                for (Index k = depth_p; k < depth; ++k) at_[static_cast<size_t>(k * ld_ + i)] = data[i * stride + k];
+            }
+        }
+        for (Index i = rows_p; i < rows; ++i) {
+            for (Index k = 0; k < depth; ++k) at_[static_cast<size_t>(k * ld_ + i)] = data[i * stride + k];
         }
     }
-
-    bool holds(const T* data, Index rows) const { return source_ == data && rows_ == rows; }
 
     // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T.
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride) const {
@@ -178,47 +195,78 @@ private:
         }
     }
 
-    const T* source_ = nullptr;
     Index rows_ = 0, depth_ = 0, ld_ = 0;
     std::vector<T, Eigen::aligned_allocator<T>> at_;
 };
 
-// W_hh (or a band of it) for one thread's recurrence: GEMM-packed when its steps have kMinPackedRows rows or more,
-// in the broadcast layout below that. `max_n` bounds the rows of a step.
+// W_hh (or a band of it) for one thread's recurrence, laid out once per call for the products its steps make:
+// GEMM-packed for steps of kMinPackedRows rows or more; for fewer, the broadcast layout, except where a step has a
+// single row and either W_hh is large (Eigen's matrix-vector product is then at least as fast, and the
+// transposing copy costs several of them) or the call has too few steps to repay the copy: those multiply by W_hh
+// in place.
 template <class T>
 class StepWeights {
 public:
     static constexpr Index kMinPackedRows = 8;
+    static constexpr Index kMaxBroadcastVectorSize = 64 * 64;
+    static constexpr Index kMinBroadcastVectorSteps = 16;
 
+    // A(i, k) as in PackedWeights::pack; steps of up to `max_n` rows, `steps` of them in the call.
     template <int Order>
-    void pack(const T* data, Index stride, Index rows, Index depth, Index max_n) {
-        gemm_ = max_n >= kMinPackedRows;
-        if (gemm_) {
+    void pack(const T* data, Index stride, Index rows, Index depth, Index max_n, Index steps) {
+        source_ = data;
+        stride_ = stride;
+        rows_ = rows;
+        depth_ = depth;
+        row_major_ = Order == Eigen::RowMajor;
+        max_n_ = max_n;
+        if (max_n >= kMinPackedRows) {
+            layout_ = Layout::gemm;
             packed_.template pack<Order>(data, stride, rows, depth, max_n);
+        } else if (max_n == 1 && (rows * depth > kMaxBroadcastVectorSize || steps < kMinBroadcastVectorSteps)) {
+            layout_ = Layout::in_place;
         } else {
+            layout_ = Layout::broadcast;
             broadcast_.template pack<Order>(data, stride, rows, depth);
         }
-        max_n_ = max_n;
     }
 
     // Whether it holds the `rows` rows starting at `data` for steps of up to max_n rows.
     bool holds(const T* data, Index rows, Index max_n) const {
-        return max_n <= max_n_ && (gemm_ ? packed_.holds(data, rows) : broadcast_.holds(data, rows));
+        return layout_ != Layout::none && source_ == data && rows_ == rows && max_n <= max_n_;
     }
 
+    // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T.
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride) {
-        if (gemm_) {
-            packed_.multiply_add(x, x_stride, n, res, res_stride);
-        } else {
-            broadcast_.multiply_add(x, x_stride, n, res, res_stride);
+        switch (layout_) {
+            case Layout::gemm: packed_.multiply_add(x, x_stride, n, res, res_stride); break;
+            case Layout::broadcast: broadcast_.multiply_add(x, x_stride, n, res, res_stride); break;
+            case Layout::in_place: {
+                const ConstMatrixMap<T> xs(x, n, depth_, Eigen::OuterStride<>(x_stride));
+                MatrixMap<T> out(res, n, rows_, Eigen::OuterStride<>(res_stride));
+                if (row_major_) {
+                    out.noalias() += xs * ConstMatrixMap<T>(source_, rows_, depth_, Eigen::OuterStride<>(stride_)).transpose();
+                } else {
+                    out.noalias() += xs * ConstMatrixMap<T>(source_, depth_, rows_, Eigen::OuterStride<>(stride_));
+                }
+                break;
+            }
+            case Layout::none: break;
         }
     }
 
 private:
-    bool gemm_ = false;
-    Index max_n_ = -1;
+    enum class Layout { none, gemm, broadcast, in_place };
+    Layout layout_ = Layout::none;
+    const T* source_ = nullptr;
+    Index stride_ = 0, rows_ = 0, depth_ = 0, max_n_ = 0;
+    bool row_major_ = true;
     PackedWeights<T> packed_;
     BroadcastWeights<T> broadcast_;
 };
 
 }  // namespace rnnfast::detail
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif

@@ -28,8 +28,8 @@ Matrix<T> random_matrix(Index rows, Index cols, std::mt19937& gen) {
 // res [n, rows] += x [n, depth] * A^T for A given as rows of a weight matrix (RowMajor) or columns of one
 // (ColMajor), operands with row strides wider than their widths; columns outside [0, rows) must stay untouched.
 template <class T, int Order>
-void check_layouts(Index rows, Index depth, Index n, Index max_n) {
-    std::mt19937 gen(static_cast<unsigned>(rows * 1000 + depth * 10 + n));
+void check_layouts(Index rows, Index depth, Index n, Index max_n, Index steps) {
+    std::mt19937 gen(static_cast<unsigned>(rows * 100000 + depth * 100 + n));
     const Index pad = 3;
     const Matrix<T> a = random_matrix<T>(rows, depth, gen);
     // The weight storage: A itself (RowMajor) or A^T (ColMajor), each row padded.
@@ -46,7 +46,7 @@ void check_layouts(Index rows, Index depth, Index n, Index max_n) {
     expected.leftCols(rows) += x.leftCols(depth) * a.transpose();
 
     rnnfast::detail::StepWeights<T> step;
-    step.template pack<Order>(store.data(), store.cols(), rows, depth, max_n);
+    step.template pack<Order>(store.data(), store.cols(), rows, depth, max_n, steps);
     Matrix<T> got = res0;
     step.multiply_add(x.data(), x.cols(), n, got.data(), got.cols());
     EXPECT_TRUE(step.holds(store.data(), rows, max_n));
@@ -60,19 +60,23 @@ void check_layouts(Index rows, Index depth, Index n, Index max_n) {
     const double tol = std::is_same<T, float>::value ? 1e-4 : 1e-12;
     for (const Matrix<T>* result : {&got, &got_broadcast}) {
         EXPECT_LE((*result - expected).cwiseAbs().maxCoeff(), tol * depth)
-            << "rows " << rows << " depth " << depth << " n " << n << " max_n " << max_n;
+            << "rows " << rows << " depth " << depth << " n " << n << " max_n " << max_n << " steps " << steps;
         EXPECT_EQ(result->rightCols(pad), res0.rightCols(pad));
     }
 }
 
 template <class T>
 void check_all() {
-    for (Index rows : {1, 3, 8, 9, 16, 17, 20, 33, 64, 100}) {
-        for (Index depth : {1, 5, 20}) {
+    // Every layout StepWeights picks: GEMM-packed (max_n >= 8), broadcast, and in place (one-row steps of a large
+    // W_hh or of a short call); depths and widths off and on whole packets of every instruction-set level.
+    for (Index rows : {1, 3, 8, 9, 16, 17, 20, 33, 64, 100, 130}) {
+        for (Index depth : {1, 5, 20, 70}) {
             for (Index n = 1; n <= 10; ++n) {
                 for (Index max_n : {n, Index(12)}) {
-                    check_layouts<T, Eigen::RowMajor>(rows, depth, n, max_n);
-                    check_layouts<T, Eigen::ColMajor>(rows, depth, n, max_n);
+                    for (Index steps : {Index(1), Index(100)}) {
+                        check_layouts<T, Eigen::RowMajor>(rows, depth, n, max_n, steps);
+                        check_layouts<T, Eigen::ColMajor>(rows, depth, n, max_n, steps);
+                    }
                 }
             }
         }
