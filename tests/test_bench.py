@@ -201,3 +201,29 @@ def test_memory_arguments_and_report() -> None:
     if sys.platform.startswith("linux"):
         assert isinstance(peak["rnnfast"], int) and peak["rnnfast"] >= 0
         assert "Training-step peak memory" in bench.format_table(results)
+
+
+@pytest.mark.parametrize("settle", [0.0, 0.001])
+def test_each_timed_loop_after_a_pause_follows_one_untimed_call(monkeypatch, settle: float) -> None:
+    """After the settle pause every backend makes one untimed call before its timed loop (the first call after an
+    idle spell pays for waking threads); without a pause there is none."""
+    calls: list[int] = []
+    real = bench._JOB_BUILDERS["rnnfast"]
+
+    def recording(w, env):  # type: ignore[no-untyped-def]
+        jobs = real(w, env)
+        job = jobs["inference"]
+
+        def run_n(n: int) -> None:
+            calls.append(n)
+            job.run_n(n)
+
+        return {"inference": bench._Job(run_n, job.probe)}
+
+    monkeypatch.setitem(bench._JOB_BUILDERS, "rnnfast", recording)
+    result = bench._bench_case(bench.CASES["cell_step_H20"], ["rnnfast"], {"threads": 1}, repeat=3,
+                               min_seconds=1e-4, settle=settle)
+    per_loop = result["modes"]["inference"]["calls_per_sample"]["rnnfast"]
+    assert per_loop > 1  # a timed loop is told apart from the untimed call by its length
+    expected = ([1, per_loop] if settle > 0 else [per_loop]) * 3
+    assert calls[-len(expected):] == expected

@@ -40,12 +40,34 @@ private:
     std::vector<T> samples_;
 };
 
-// The cache handed to Python: the core's cache and, when it borrows, the arrays it refers to (kept alive here).
+// An array a borrowing cache refers to: kept alive, and checked unchanged before backward reads it.
+template <class T>
+class BorrowedArray {
+public:
+    void keep(const Array<T>& array) {
+        array_ = array;
+        print_ = Fingerprint<T>(array.data(), static_cast<Index>(array.size()));
+    }
+
+    // Throws std::invalid_argument naming the array when it was changed in place since keep().
+    void check_unchanged(const char* name) const {
+        if (array_ && !print_.unchanged()) {
+            throw std::invalid_argument(std::string(name) + ": it was modified in place after the forward that made "
+                                        "this cache, which refers to it; backward needs the values forward saw "
+                                        "(modify a copy)");
+        }
+    }
+
+private:
+    py::object array_;
+    Fingerprint<T> print_;
+};
+
+// The cache handed to Python: the core's cache and, when it borrows, the arrays it refers to.
 template <class T>
 struct StackCacheBox {
     StackCache<T> core;
-    py::object x, output;
-    Fingerprint<T> x_print, output_print;
+    BorrowedArray<T> x, output;
 };
 
 template <class T>
@@ -102,14 +124,8 @@ public:
             stack_forward<T>(cfg_, params.data(), x_m, seq_len, lens, h0_m, masks_m, output_m, h_n_m,
                              cache ? &cache->core : nullptr);
         }
-        if (cache && cache->core.x_data != nullptr) {
-            cache->x = x;
-            cache->x_print = Fingerprint<T>(x.data(), static_cast<Index>(x.size()));
-        }
-        if (cache && cache->core.top_data != nullptr) {
-            cache->output = output;
-            cache->output_print = Fingerprint<T>(output.data(), static_cast<Index>(output.size()));
-        }
+        if (cache && cache->core.x_data != nullptr) cache->x.keep(x);
+        if (cache && cache->core.top_data != nullptr) cache->output.keep(output);
         if (!cache) return py::make_tuple(std::move(output), std::move(h_n), py::none());
         return py::make_tuple(std::move(output), std::move(h_n), py::cast(std::move(cache)));
     }
@@ -127,14 +143,8 @@ public:
             cache.output_size != DH) {
             throw std::invalid_argument("cache: it was made by a model of another configuration");
         }
-        if (box.x && !box.x_print.unchanged()) {
-            throw std::invalid_argument("x: it was modified in place after the forward that made this cache, which "
-                                        "refers to it; backward needs the values forward saw (modify a copy)");
-        }
-        if (box.output && !box.output_print.unchanged()) {
-            throw std::invalid_argument("output: it was modified in place after the forward that made this cache, "
-                                        "which refers to it; backward needs the values forward saw (modify a copy)");
-        }
+        box.x.check_unchanged("x");
+        box.output.check_unchanged("output");
         if (!d_output && !d_h_n) throw std::invalid_argument("grad_output, grad_h_n: expected at least one, got None for both");
         if (d_output) expect_shape("grad_output", *d_output, {seq_len, B, DH});
         if (d_h_n) expect_shape("grad_h_n", *d_h_n, {LD, B, H});

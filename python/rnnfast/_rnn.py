@@ -110,6 +110,13 @@ class RNN(Module):
         )
         return f"RNN({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name})"
 
+    def _kernel_for(self, seq_len: int, batch: int) -> Any:
+        """The kernels a call of this size runs on: those for small problems under _SMALL_WORK multiply-adds."""
+        return self._small_kernel if seq_len * batch * self._work_per_row < _SMALL_WORK else self._kernel
+
+    def _draws_dropout_masks(self) -> bool:
+        return self.dropout > 0 and self.training and self.num_layers > 1
+
     def __call__(self, x: np.ndarray, h0: Optional[np.ndarray] = None, lengths: Optional[Any] = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Inference: same as ``forward(x, h0, lengths)``."""
@@ -120,8 +127,8 @@ class RNN(Module):
             shape = x.shape
             flags = x.flags
             if (shape[2] == self.input_size and shape[0] > 0 and flags.c_contiguous and flags.aligned
-                    and not self.batch_first and (self.dropout == 0.0 or not self.training or self.num_layers == 1)):
-                kernel = self._small_kernel if shape[0] * shape[1] * self._work_per_row < _SMALL_WORK else self._kernel
+                    and not self.batch_first and not self._draws_dropout_masks()):
+                kernel = self._kernel_for(shape[0], shape[1])
                 output, h_n, _ = kernel.forward(self._flat, x, None, None, None, False)
                 return output, h_n
         return self.forward(x, h0, lengths)
@@ -198,10 +205,8 @@ class RNN(Module):
             h0 = _checks.for_kernel(h0.reshape(state_count, batch, self.hidden_size))
         if lengths is not None:
             lengths = _checks.lengths(lengths, batch, seq_len)
-        masks = None
-        if self.dropout > 0 and self.training and self.num_layers > 1:
-            masks = self._dropout_masks(seq_len, batch)
-        kernel = self._small_kernel if seq_len * batch * self._work_per_row < _SMALL_WORK else self._kernel
+        masks = self._dropout_masks(seq_len, batch) if self._draws_dropout_masks() else None
+        kernel = self._kernel_for(seq_len, batch)
         output, h_n, core_cache = kernel.forward(self._flat, _checks.for_kernel(seq), h0, masks, lengths,
                                                  bool(return_cache))
         if unbatched:

@@ -20,9 +20,9 @@ match is reported as a mismatch and not timed.
 
 All backends use the same number of threads and run interleaved in one process: each repetition times every
 backend in turn (round-robin, starting from a different backend each time), each timing (after a pause and one
-untimed call) a loop of calls that lasts at least ``MIN_LOOP_SECONDS`` (``QUICK_MIN_LOOP_SECONDS`` with ``quick``); the reported time per call is the median
-over repetitions. The speedup of rnnfast over another backend is ``other_time / rnnfast_time`` (above 1: rnnfast
-is faster).
+untimed call) a loop of calls that lasts at least ``MIN_LOOP_SECONDS`` (``QUICK_MIN_LOOP_SECONDS`` with
+``quick``); the reported time per call is the median over repetitions. The speedup of rnnfast over another backend
+is ``other_time / rnnfast_time`` (above 1: rnnfast is faster).
 
 The same run measures the machine's single-precision matrix product rate (NumPy ``float32`` 1024 x 1024 products
 at the same thread count) and reports rnnfast's inference rate as a percentage of it, counting
