@@ -121,11 +121,11 @@ def test_changes_after_backward_and_dropped_references_are_fine() -> None:
     np.testing.assert_array_equal(gh0, expected[1])
     rnn.zero_grad()
     out, _, cache = rnn.forward(x, return_cache=True)
-    rnn.backward(cache, grad)
+    rnn.backward(cache, grad, retain_cache=True)
     x[...] = 0.0
     out[...] = 0.0
     with pytest.raises(ValueError, match="^x: "):
-        rnn.backward(cache, grad)  # a second backward sees the change
+        rnn.backward(cache, grad)  # a second backward (allowed by retain_cache) sees the change
 
 
 def test_copied_inputs_may_change_freely() -> None:

@@ -115,7 +115,7 @@ def test_cache_holds_copies_so_callers_may_reuse_their_arrays() -> None:
     x = rng.standard_normal((B, I))
     h = rng.standard_normal((B, H))
     h_new, cache = cell.forward(x, h, return_cache=True)
-    expected = cell.backward(cache, np.ones_like(h_new))
+    expected = cell.backward(cache, np.ones_like(h_new), retain_cache=True)
     cell.zero_grad()
     x[...] = 0
     h[...] = 0

@@ -125,10 +125,10 @@ def test_backward_accumulates_and_zero_grad_clears_in_place() -> None:
     g = rng.standard_normal(out.shape)
     views = model.grads
     assert all(np.all(v == 0) for v in views.values())  # zeros from construction on
-    model.backward(cache, g)
+    model.backward(cache, g, retain_cache=True)
     once = {k: v.copy() for k, v in views.items()}
     assert all(np.any(v != 0) for v in once.values())
-    model.backward(cache, g)  # the same cache may be used again
+    model.backward(cache, g)  # a retained cache may be used again
     for name, v in views.items():
         np.testing.assert_allclose(v, 2 * once[name], rtol=1e-12)
     model.zero_grad()

@@ -437,7 +437,7 @@ def test_rnn_backward_rejects_bad_arguments_and_changes_nothing(case) -> None:
     _, call, err, match = case
     model = _model(bidirectional=True)
     out, h_n, cache = _forward(model)
-    model.backward(cache, np.ones_like(out))  # grads are non-zero: "unchanged" is a real check
+    model.backward(cache, np.ones_like(out), retain_cache=True)  # grads are non-zero: "unchanged" is a real check
     _rejects(lambda: call(model, cache, out, h_n), err, match, model)
     # The cache is still good after the rejected call.
     before = {k: v.copy() for k, v in model.grads.items()}
@@ -471,7 +471,7 @@ def test_stale_cache_is_refused_but_a_rejected_load_does_not_invalidate_caches()
     bad.pop("bias_hh_l1")
     with pytest.raises(ValueError, match="missing"):
         model.load_state_dict(bad)
-    model.backward(cache, np.ones_like(out))  # the rejected load changed nothing, so the cache is still current
+    model.backward(cache, np.ones_like(out), retain_cache=True)  # the rejected load changed nothing, so the cache is still current
     model.load_state_dict(model.state_dict())
     _rejects(lambda: model.backward(cache, np.ones_like(out)), ValueError, "load_state_dict", model)
     # In-place updates through named_parameters() (the training recipe) do not invalidate caches.
@@ -541,7 +541,7 @@ def test_cell_backward_rejects_bad_arguments_and_changes_nothing() -> None:
     h, cache = cell.forward(_x(shape=(B, I)), return_cache=True)
     hu, cache_u = cell.forward(_x(shape=(I,)), return_cache=True)
     _, other_cache = other.forward(_x(shape=(B, I)), return_cache=True)
-    cell.backward(cache, np.ones_like(h))
+    cell.backward(cache, np.ones_like(h), retain_cache=True)
     model = _model()
     _, _, rnn_cache = _forward(model)
     cases = [
@@ -596,7 +596,7 @@ def test_cell_rejected_state_dict_changes_nothing(case) -> None:
     _, mutate, err, match = case
     cell = rnnfast.RNNCell(I, H, seed=0)
     h, cache = cell.forward(_x(shape=(B, I)), return_cache=True)
-    cell.backward(cache, np.ones_like(h))
+    cell.backward(cache, np.ones_like(h), retain_cache=True)
     new = {k: v + 1 for k, v in cell.state_dict().items()}
     mutate(new)
     _rejects(lambda: cell.load_state_dict(new), err, match, cell)
@@ -943,7 +943,7 @@ def test_batch_size_zero_forward_and_backward(opts, with_h0, with_lengths, grads
     assert model(x, h0, lengths)[0].shape == out.shape
     g_out = np.zeros_like(out) if grads in ("output", "both") else None
     g_h_n = np.zeros_like(h_n) if grads in ("h_n", "both") else None
-    gx, gh0 = model.backward(cache, g_out, g_h_n)
+    gx, gh0 = model.backward(cache, g_out, g_h_n, retain_cache=True)
     assert gx.shape == x.shape and gh0.shape == h_n.shape and gx.dtype == gh0.dtype == dtype
     assert all(np.all(v == 0) for v in model.grads.values())
     # Bad gradients are still refused for an empty batch.

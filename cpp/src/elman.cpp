@@ -113,6 +113,27 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
     });
 }
 
+// dst = lhs * rhs as rows_product, in chunks of rows between which a call can be interrupted. Only products
+// beyond kMinChunkedWork are split (each chunk repacks rhs), into chunks of about kChunkWork multiply-adds: tens
+// of milliseconds at most.
+constexpr double kMinChunkedWork = 2.0 * (1 << 30), kChunkWork = 1 << 30;
+
+template <class Dst, class Lhs, class Rhs>
+void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
+    const double per_row = static_cast<double>(dst.cols()) * static_cast<double>(lhs.cols());
+    const Index rows = dst.rows();
+    if (per_row * static_cast<double>(rows) <= kMinChunkedWork) {
+        rows_product(dst, lhs, rhs, add);
+        return;
+    }
+    const Index chunk = std::max<Index>(64, static_cast<Index>(kChunkWork / std::max(per_row, 1.0)) / 8 * 8);
+    for (Index r0 = 0; r0 < rows; r0 += chunk) {
+        const Index n = std::min(chunk, rows - r0);
+        rows_product(dst.middleRows(r0, n), lhs.middleRows(r0, n), rhs, add);
+        interruption_point(static_cast<double>(n) * per_row);
+    }
+}
+
 // How the recurrence is split across threads. Items are independent of each other, so when every thread gets
 // at least kMinPackedRows items, each runs its own items through all the steps and the threads never wait for
 // one another. Otherwise each thread owns a band of the state's columns and all meet at every step.
@@ -180,12 +201,14 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
                    Activation act, bool reverse, const StepLayout& steps, MatrixRef<T> hs) {
     const Index T_ = steps.seq_len(), H = hs.cols();
     // Input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
-    rows_product(hs, x, w_ih.transpose(), false);
+    interruptible_rows_product(hs, x, w_ih.transpose(), false);
     if (b_ih.size() != 0) hs.rowwise() += b_ih + b_hh;
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     const RecurrenceSplit split(steps, threads);
+    const double step_work = static_cast<double>(steps.batch()) * H * H;
     detail::Barrier step_done;
     detail::FirstError error;
+    detail::StepStop stop;
     detail::parallel(threads, [&](int k, int parts) {
         Index first = 0, last = 0, c0 = 0, width = 0;
         split.tile(steps, H, k, parts, first, last, c0, width);
@@ -198,6 +221,7 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
             w_band.multiply_add(src, src_ld, m, hs.data() + dst * ld + c0, ld);
         };
         for (Index s = 0; s < T_; ++s) {
+            if (stop.before(s, k, step_work)) break;
             const Index t = reverse ? T_ - 1 - s : s;
             const Index n = steps.size(t), o = steps.offset(t);
             // This thread's rows of the step [a, b): rows [a, cont) continue from the step processed before,
@@ -216,6 +240,7 @@ void layer_forward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, cons
         }
     });
     error.rethrow();
+    stop.rethrow();
 }
 
 template <class T>
@@ -242,6 +267,7 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
     RowMatrix<T> h_prev(steps.is_uniform() ? 0 : dz.rows(), H);
     const int threads = detail::threads_for(static_cast<double>(steps.batch()) * H * H, kMinStepWork);
     const RecurrenceSplit split(steps, threads);
+    const double step_work = static_cast<double>(steps.batch()) * H * H;
     detail::Barrier bands_done;
     detail::FirstError error;
     // Each thread's columns of W_hh, packed in the first chunk and kept for the others.
@@ -263,6 +289,7 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
         const Index base = steps.offset(t_lo);
         if (chunk_rows == 0) continue;
         MatrixMap<T> dzc(dz.data(), chunk_rows, H, Eigen::OuterStride<>(dz.outerStride()));
+        detail::StepStop stop;
         // Split as in layer_forward. With column bands a thread computes its band of dz, then (after all bands are
         // done) its band of dz W_hh; the next step reads only the thread's own band of dh0, so one barrier per step
         // suffices. With items split, a thread has all of its rows' dz and needs no barrier.
@@ -273,6 +300,7 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
             // (A job that ran as one part, the pool being busy, has other columns and rows than the chunk before.)
             const bool ready = error.run([&] { pack_band(w_band, w_hh, true, T_, first, last, c0, width); });
             for (Index s = s_begin; s >= s_end; --s) {
+                if (stop.before(s_begin - s, k, step_work)) break;
                 const Index t = reverse ? T_ - 1 - s : s;
                 const Index n = steps.size(t), o = steps.offset(t), oc = o - base;
                 const Index a = std::min(first, n), m = std::min(last, n) - a;  // this thread's rows [a, a + m)
@@ -293,6 +321,7 @@ void layer_backward(const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0, con
             }
         });
         error.rethrow();
+        stop.rethrow();
 
         rows_product(dw_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
         if (dx.rows() != 0) rows_product(dx.middleRows(base, chunk_rows), dzc, w_ih, true);

@@ -8,8 +8,11 @@
 #include <thread>
 #include <vector>
 
+#include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
+
+#include "rnnfast/interrupt.hpp"
 
 namespace rnnfast::detail {
 namespace {
@@ -20,13 +23,22 @@ thread_local bool running_job = false;
 // products and its recurrence) follow each other within microseconds.
 class Pool {
 public:
-    // Never destroyed (workers may outlive static destruction); a forked child, which has none of the
-    // parent's threads, gets a fresh pool.
+    // Never destroyed (workers may outlive static destruction). A forked child has none of the parent's threads
+    // and may have copied the pool's mutexes locked (fork during a call): it abandons that pool and makes a fresh
+    // one. No lock guards the pointer, so a fork at any moment leaves nothing locked in the child.
     static Pool& instance() {
-        static std::mutex guard;
-        static Pool* pool = nullptr;
-        std::lock_guard<std::mutex> lock(guard);
-        if (pool == nullptr || pool->pid_ != getpid()) pool = new Pool();
+        static const bool registered = pthread_atfork(nullptr, nullptr, &forget_in_child) == 0;
+        (void)registered;
+        std::atomic<Pool*>& slot = pool_slot();
+        Pool* pool = slot.load(std::memory_order_acquire);
+        if (pool == nullptr || pool->pid_ != getpid()) {
+            Pool* fresh = new Pool();
+            if (slot.compare_exchange_strong(pool, fresh, std::memory_order_acq_rel)) {
+                pool = fresh;
+            } else {
+                delete fresh;  // another thread made one first; `pool` now holds it
+            }
+        }
         return *pool;
     }
 
@@ -39,6 +51,7 @@ public:
         grow(threads - 1);
         body_ = &body;
         parts_ = threads;
+        scope_ = current_interrupt_scope();
         // Every worker acknowledges every job, so none can mistake a later job for the one it just saw.
         pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
         {
@@ -63,6 +76,12 @@ public:
     }
 
 private:
+    static std::atomic<Pool*>& pool_slot() {
+        static std::atomic<Pool*> slot{nullptr};
+        return slot;
+    }
+    static void forget_in_child() { pool_slot().store(nullptr, std::memory_order_release); }
+
     void grow(int workers) {
         while (static_cast<int>(workers_.size()) < workers) {
             const int index = static_cast<int>(workers_.size()) + 1;
@@ -79,12 +98,14 @@ private:
             wait_for_job(seen);
             seen = generation_.load(std::memory_order_acquire);
             if (index < parts_) {
+                set_current_interrupt_scope(scope_);  // the caller's: this job stops when the call does
                 try {
                     (*body_)(index, parts_);
-                } catch (...) {  // e.g. std::bad_alloc: handed to the caller, which rethrows it
+                } catch (...) {  // e.g. std::bad_alloc, Interrupted: handed to the caller, which rethrows it
                     std::lock_guard<std::mutex> lock(error_mutex_);
                     if (!worker_error_) worker_error_ = std::current_exception();
                 }
+                set_current_interrupt_scope(nullptr);
             }
             pending_.fetch_sub(1, std::memory_order_acq_rel);
         }
@@ -112,6 +133,7 @@ private:
     std::atomic<int> pending_{0};
     const std::function<void(int, int)>* body_ = nullptr;
     int parts_ = 1;
+    InterruptScope* scope_ = nullptr;
     std::mutex error_mutex_;
     std::exception_ptr worker_error_;
     std::vector<std::thread> workers_;

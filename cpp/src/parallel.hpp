@@ -8,10 +8,12 @@
 #include <atomic>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <utility>
 
+#include "rnnfast/interrupt.hpp"
 #include "rnnfast/types.hpp"
 
 namespace rnnfast::detail {
@@ -107,6 +109,29 @@ public:
 private:
     std::mutex mutex_;
     std::exception_ptr error_;
+};
+
+// Lets the threads of a job that meet at a barrier every step stop early, all before the same step: the job's
+// first thread (the caller's, the only one that polls) asks during step s, and every thread leaves before step
+// s + 1, which none can reach before that thread has passed the barrier of step s.
+class StepStop {
+public:
+    // At the top of the job's step number `s` (0, 1, ... in processing order) on part `k`; true: leave the loop.
+    // `work`: multiply-adds of one step, which paces the polls.
+    bool before(Index s, int k, double work) {
+        if (s >= stop_at_.load(std::memory_order_acquire)) return true;
+        if (k == 0 && stop_requested(work)) stop_at_.store(s + 1, std::memory_order_release);
+        return false;
+    }
+
+    // After the job, on the caller: throws Interrupted when a poll asked to stop.
+    void rethrow() const {
+        if (stop_at_.load(std::memory_order_acquire) != kNever) throw Interrupted();
+    }
+
+private:
+    static constexpr Index kNever = std::numeric_limits<Index>::max();
+    std::atomic<Index> stop_at_{kNever};
 };
 
 // Start of part `k` of `parts` over [0, n), on multiples of `align` so vector loops stay aligned.

@@ -5,13 +5,23 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <initializer_list>
 #include <new>
-#include <vector>
 #include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>
+#endif
+
+#include "rnnfast/interrupt.hpp"
 #include "rnnfast/stack.hpp"
 #include "rnnfast/types.hpp"
 
@@ -49,17 +59,39 @@ inline void expect_shape(const char* name, const py::array& a, std::initializer_
     }
 }
 
+// A MemoryError naming the array that could not be allocated, its shape and size. Call with the GIL.
+inline py::error_already_set memory_error(const char* name, std::initializer_list<Index> shape, double bytes) {
+    const std::string msg = std::string(name) + ": cannot allocate an array of shape " + shape_string(shape) + " (" +
+                            std::to_string(bytes / (1 << 30)) + " GiB)";
+    PyErr_SetString(PyExc_MemoryError, msg.c_str());
+    return py::error_already_set();
+}
+
+// Bytes of physical memory, or 0 when unknown: a larger allocation could only succeed by overcommitting, and the
+// process would be killed while filling it.
+inline double physical_memory() {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+}
+
 // A new C-contiguous array on 64-byte aligned memory. Eigen peels unaligned heads off vectorized loops, so the
 // rounding of a result could otherwise depend on where NumPy happened to place the output; aligned outputs make
 // repeated calls bitwise identical.
+// `name` names it in the MemoryError raised when it cannot be allocated. Call with the GIL.
 template <class T>
-Array<T> aligned_array(std::initializer_list<Index> shape) {
+Array<T> aligned_array(const char* name, std::initializer_list<Index> shape) {
     std::vector<py::ssize_t> dims(shape.begin(), shape.end());
+    double exact = sizeof(T);
     size_t count = 1;
-    for (Index n : shape) count *= static_cast<size_t>(n);
+    for (Index n : shape) {
+        exact *= static_cast<double>(n);
+        count *= static_cast<size_t>(n);
+    }
+    const double memory = physical_memory();
+    if (exact > 9e18 || (memory > 0 && exact > memory)) throw memory_error(name, shape, exact);
     const size_t bytes = ((count * sizeof(T) + 63) / 64 + 1) * 64;
     void* data = std::aligned_alloc(64, bytes);
-    if (data == nullptr) throw std::bad_alloc();
+    if (data == nullptr) throw memory_error(name, shape, exact);
     py::capsule owner(data, [](void* p) { std::free(p); });
     return Array<T>(dims, static_cast<T*>(data), owner);
 }
@@ -91,6 +123,71 @@ inline py::list layout_list(const std::vector<ParamSpec>& specs) {
         out.append(py::make_tuple(p.name, p.offset, shape));
     }
     return out;
+}
+
+// --- Running without the GIL ---------------------------------------------------------------------------------------
+
+inline bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing() != 0;
+#else
+    return _Py_IsFinalizing() != 0;
+#endif
+}
+
+// A thread that must not take the GIL back (the interpreter is exiting and would end it with an unwind that
+// C++ cannot pass through cleanly) waits here until the process exits, as Python 3.14 parks daemon threads.
+[[noreturn]] inline void park_forever() {
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
+inline unsigned long main_thread_ident() {  // call with the GIL
+    static const unsigned long ident =
+        py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+    return ident;
+}
+
+struct GilPoll {
+    PyThreadState** state;
+    bool main_thread;
+};
+
+// The InterruptScope's poll: on the main thread, take the GIL for a moment and run Python's pending signal
+// handlers (Ctrl-C's raises KeyboardInterrupt, which stays set for the caller to raise).
+inline bool poll_python(void* context) {
+    auto* poll = static_cast<GilPoll*>(context);
+    if (interpreter_finalizing()) return true;  // stop; without_gil then parks the thread
+    if (!poll->main_thread) return false;       // signals are handled on the main thread only
+    PyEval_RestoreThread(*poll->state);
+    const bool stop = PyErr_CheckSignals() != 0;
+    *poll->state = PyEval_SaveThread();
+    return stop;
+}
+
+// Runs `work` (pure C++: no Python objects) without the GIL, stopping it early when a signal handler raises
+// (Ctrl-C), and rethrows what it threw once the GIL is back: a pending Python error first. Not an RAII guard,
+// unlike py::gil_scoped_release: taking the GIL back may end the thread with a forced unwind, which must not start
+// in a destructor (noexcept: std::terminate).
+template <class Work>
+void without_gil(Work&& work) {
+    GilPoll poll{nullptr, PyThread_get_thread_ident() == main_thread_ident()};
+    PyThreadState* state = PyEval_SaveThread();
+    poll.state = &state;
+    std::exception_ptr error;
+    try {
+        InterruptScope scope(&poll_python, &poll);
+        work();
+#if defined(__GLIBCXX__)
+    } catch (abi::__forced_unwind&) {
+        throw;
+#endif
+    } catch (...) {
+        error = std::current_exception();
+    }
+    if (interpreter_finalizing()) park_forever();
+    PyEval_RestoreThread(state);
+    if (PyErr_Occurred()) throw py::error_already_set();  // e.g. the KeyboardInterrupt that stopped the work
+    if (error) std::rethrow_exception(error);
 }
 
 template <class T>

@@ -1,8 +1,8 @@
 // Bindings of the single-step kernels: CellF32 / CellF64.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
-#include <mutex>
 
 #include "arrays.hpp"
 #include "rnnfast/elman.hpp"
@@ -49,46 +49,51 @@ public:
         }
         const Index B = x.shape(0);
         if (h) expect_shape("h", *h, {B, H});
-        Array<T> h_new = aligned_array<T>({B, H});
+        Array<T> h_new = aligned_array<T>("h_new", {B, H});
         std::unique_ptr<CellCache<T>> cache = want_cache ? std::make_unique<CellCache<T>>() : nullptr;
         const Weights w = weights(params.data());
         const ConstMatrixMap<T> x_m = as_matrix<T>(x, I);
         const ConstMatrixMap<T> h_m = as_matrix_or_empty<T>(h, H);
         MatrixMap<T> h_new_m = as_mutable_matrix<T>(h_new, H);
-        {
-            py::gil_scoped_release release;
+        without_gil([&] {
             cell_forward<T>(x_m, h_m, w.w_ih, w.w_hh, w.b_ih, w.b_hh, cfg_.activation, h_new_m);
             if (cache) {
                 cache->x = x_m;
                 cache->h = h_m;
                 cache->h_new = h_new_m;
             }
-        }
+        });
         if (!cache) return py::make_tuple(std::move(h_new), py::none());
         return py::make_tuple(std::move(h_new), py::cast(std::move(cache)));
     }
 
-    // dh_new [B, H]; grads [P] accumulated -> (grad_x [B, I], grad_h [B, H])
-    py::tuple backward(const Array<T>& params, const CellCache<T>& cache, const Array<T>& dh_new, Array<T>& grads) {
+    // dh_new [B, H]; grads [P] or None -> (grad_x [B, I], grad_h [B, H], this call's parameter gradients [P] or
+    // None when they were added into grads). As the stack's backward: grads changes only once all succeeded.
+    py::tuple backward(const Array<T>& params, const CellCache<T>& cache, const Array<T>& dh_new,
+                       std::optional<Array<T>> grads) {
         const Index I = cfg_.input_size, H = cfg_.hidden_size;
         expect_shape("params", params, {param_count_});
-        expect_shape("grads", grads, {param_count_});
+        if (grads) {
+            expect_shape("grads", *grads, {param_count_});
+            grads->mutable_data();  // throws here, with the GIL, if grads is read-only
+        }
         if (cache.x.cols() != I || cache.h_new.cols() != H) {
             throw std::invalid_argument("cache: it was made by a cell of another configuration");
         }
         const Index B = cache.x.rows();
         expect_shape("grad_h_new", dh_new, {B, H});
 
-        Array<T> d_x = aligned_array<T>({B, I});
-        Array<T> d_h = aligned_array<T>({B, H});
-        T* g = grads.mutable_data();  // throws here, with the GIL, if grads is read-only
+        Array<T> d_x = aligned_array<T>("grad_x", {B, I});
+        Array<T> d_h = aligned_array<T>("grad_h", {B, H});
+        Array<T> own = aligned_array<T>("grads", {param_count_});
+        T* g = own.mutable_data();
+        const Index count = param_count_;
         const Weights w = weights(params.data());
         const ConstMatrixMap<T> dh_new_m = as_matrix<T>(dh_new, H);
         MatrixMap<T> d_x_m = as_mutable_matrix<T>(d_x, I);
         MatrixMap<T> d_h_m = as_mutable_matrix<T>(d_h, H);
-        {
-            py::gil_scoped_release release;
-            std::lock_guard<std::mutex> lock(grad_mutex_);
+        without_gil([&] {
+            std::fill(g, g + count, T(0));
             const Index bias_size = cfg_.bias ? H : 0;
             const Index b_ih = layout_[1].offset + H * H;
             cell_backward<T>(cache.x, cache.h, w.w_ih, w.w_hh, cache.h_new, dh_new_m, cfg_.activation, d_x_m, d_h_m,
@@ -96,8 +101,11 @@ public:
                              MatrixMap<T>(g + layout_[1].offset, H, H, Eigen::OuterStride<>(H)),
                              Eigen::Map<RowVector<T>>(g + b_ih, bias_size),
                              Eigen::Map<RowVector<T>>(g + b_ih + bias_size, bias_size));
-        }
-        return py::make_tuple(std::move(d_x), std::move(d_h));
+        });
+        if (!grads) return py::make_tuple(std::move(d_x), std::move(d_h), std::move(own));
+        T* into = grads->mutable_data();
+        for (Index i = 0; i < count; ++i) into[i] += g[i];
+        return py::make_tuple(std::move(d_x), std::move(d_h), py::none());
     }
 
 private:
@@ -117,7 +125,6 @@ private:
     StackConfig cfg_;
     std::vector<ParamSpec> layout_;
     Index param_count_ = 0;
-    std::mutex grad_mutex_;
 };
 
 template <class T>
@@ -132,7 +139,7 @@ void register_cell_for(py::module_& m) {
         .def("forward", &CellKernel<T>::forward, py::arg("params").noconvert(), py::arg("x").noconvert(),
              py::arg("h").noconvert().none(true), py::arg("want_cache"))
         .def("backward", &CellKernel<T>::backward, py::arg("params").noconvert(), py::arg("cache"),
-             py::arg("grad_h_new").noconvert(), py::arg("grads").noconvert());
+             py::arg("grad_h_new").noconvert(), py::arg("grads").noconvert().none(true));
 }
 
 }  // namespace

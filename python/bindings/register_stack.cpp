@@ -2,56 +2,34 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <cstring>
+#include <cstdint>
 #include <memory>
-#include <mutex>
 
 #include "arrays.hpp"
+#include "rnnfast/checksum.hpp"
 #include "rnnfast/stack.hpp"
 
 namespace rnnfast::bindings {
 namespace {
 
-// Evenly spaced samples of a contiguous array (the first and last element included), to notice an array that a
-// borrowing cache refers to being changed in place before backward: it catches a buffer refilled with the next
-// batch or an in-place update of the output, not every single-element change.
-template <class T>
-class Fingerprint {
-public:
-    Fingerprint() = default;
-    Fingerprint(const T* data, Index size) : data_(data), size_(size) { read(samples_); }
-
-    bool unchanged() const {
-        std::vector<T> now;
-        read(now);
-        if (now.empty()) return true;
-        return std::memcmp(now.data(), samples_.data(), now.size() * sizeof(T)) == 0;  // bitwise: NaN == NaN
-    }
-
-private:
-    static constexpr Index kSamples = 1024;
-    void read(std::vector<T>& out) const {
-        const Index n = std::min(size_, kSamples);
-        out.resize(static_cast<size_t>(n));
-        for (Index i = 0; i < n; ++i) out[static_cast<size_t>(i)] = data_[n > 1 ? i * (size_ - 1) / (n - 1) : 0];
-    }
-    const T* data_ = nullptr;
-    Index size_ = 0;
-    std::vector<T> samples_;
-};
-
-// An array a borrowing cache refers to: kept alive, and checked unchanged before backward reads it.
+// An array a borrowing cache refers to: kept alive, and checked unchanged before backward reads it. The checksum
+// covers every byte, so any in-place change is noticed (PyTorch's version counter does the same for tensors).
 template <class T>
 class BorrowedArray {
 public:
+    // With the GIL: keep a reference.
     void keep(const Array<T>& array) {
         array_ = array;
-        print_ = Fingerprint<T>(array.data(), static_cast<Index>(array.size()));
+        data_ = array.data();
+        bytes_ = static_cast<size_t>(array.size()) * sizeof(T);
     }
-
-    // Throws std::invalid_argument naming the array when it was changed in place since keep().
+    // Without the GIL, after the forward filled it.
+    void seal() {
+        if (data_ != nullptr) sum_ = checksum(data_, bytes_);
+    }
+    // Without the GIL: throws std::invalid_argument naming the array when it was changed since seal().
     void check_unchanged(const char* name) const {
-        if (array_ && !print_.unchanged()) {
+        if (data_ != nullptr && checksum(data_, bytes_) != sum_) {
             throw std::invalid_argument(std::string(name) + ": it was modified in place after the forward that made "
                                         "this cache, which refers to it; backward needs the values forward saw "
                                         "(modify a copy)");
@@ -60,7 +38,9 @@ public:
 
 private:
     py::object array_;
-    Fingerprint<T> print_;
+    const T* data_ = nullptr;
+    size_t bytes_ = 0;
+    std::uint64_t sum_ = 0;
 };
 
 // The cache handed to Python: the core's cache and, when it borrows, the arrays it refers to.
@@ -108,8 +88,8 @@ public:
             lens.assign(lengths->data(), lengths->data() + B);
         }
 
-        Array<T> output = aligned_array<T>({seq_len, B, DH});
-        Array<T> h_n = aligned_array<T>({LD, B, H});
+        Array<T> output = aligned_array<T>("output", {seq_len, B, DH});
+        Array<T> h_n = aligned_array<T>("h_n", {LD, B, H});
         std::unique_ptr<StackCacheBox<T>> cache = want_cache ? std::make_unique<StackCacheBox<T>>() : nullptr;
         // A full-length batch's cache refers to x and the output instead of copying them.
         const bool borrow = want_cache && lens.empty();
@@ -119,58 +99,72 @@ public:
         const ConstMatrixMap<T> masks_m = as_matrix_or_empty<T>(masks, DH);
         MatrixMap<T> output_m = as_mutable_matrix<T>(output, DH);
         MatrixMap<T> h_n_m = as_mutable_matrix<T>(h_n, H);
-        {
-            py::gil_scoped_release release;
+        if (borrow) {  // a full-length batch's cache refers to both (see StackCache::borrow)
+            cache->x.keep(x);
+            cache->output.keep(output);
+        }
+        without_gil([&] {
             stack_forward<T>(cfg_, params.data(), x_m, seq_len, lens, h0_m, masks_m, output_m, h_n_m,
                              cache ? &cache->core : nullptr);
-        }
-        if (cache && cache->core.x_data != nullptr) cache->x.keep(x);
-        if (cache && cache->core.top_data != nullptr) cache->output.keep(output);
+            if (borrow) {
+                cache->x.seal();
+                cache->output.seal();
+            }
+        });
         if (!cache) return py::make_tuple(std::move(output), std::move(h_n), py::none());
         return py::make_tuple(std::move(output), std::move(h_n), py::cast(std::move(cache)));
     }
 
-    // grads [P] accumulated; d_output [T, B, D*H] or None; d_h_n [L*D, B, H] or None
-    // -> (grad_x [T, B, I] or None when not want_dx, grad_h0 [L*D, B, H])
+    // d_output [T, B, D*H] or None; d_h_n [L*D, B, H] or None; grads [P] or None
+    // -> (grad_x [T, B, I] or None when not want_dx, grad_h0 [L*D, B, H], this call's parameter gradients [P] or
+    //     None when they were added into grads)
+    // The gradients are computed into a buffer of the call's own and added into grads (with the GIL, so
+    // concurrent backwards add one after the other) only once everything succeeded: an error or an interrupt
+    // leaves grads as it was.
     py::tuple backward(const Array<T>& params, const StackCacheBox<T>& box, const std::optional<Array<T>>& d_output,
-                       const std::optional<Array<T>>& d_h_n, Array<T>& grads, bool want_dx) {
+                       const std::optional<Array<T>>& d_h_n, std::optional<Array<T>> grads, bool want_dx) {
         const StackCache<T>& cache = box.core;
         const Index LD = cfg_.num_layers * cfg_.directions(), H = cfg_.hidden_size, DH = cfg_.output_size();
         expect_shape("params", params, {param_count_});
-        expect_shape("grads", grads, {param_count_});
+        if (grads) {
+            expect_shape("grads", *grads, {param_count_});
+            grads->mutable_data();  // throws here, with the GIL, if grads is read-only
+        }
         const Index seq_len = cache.packing.seq_len, B = cache.packing.batch;
         if (static_cast<Index>(cache.ys.size()) != cfg_.num_layers || cache.input_size != cfg_.input_size ||
             cache.output_size != DH) {
             throw std::invalid_argument("cache: it was made by a model of another configuration");
         }
-        box.x.check_unchanged("x");
-        box.output.check_unchanged("output");
         if (!d_output && !d_h_n) throw std::invalid_argument("grad_output, grad_h_n: expected at least one, got None for both");
         if (d_output) expect_shape("grad_output", *d_output, {seq_len, B, DH});
         if (d_h_n) expect_shape("grad_h_n", *d_h_n, {LD, B, H});
 
-        Array<T> d_x = want_dx ? aligned_array<T>({seq_len, B, cfg_.input_size}) : Array<T>();
-        Array<T> d_h0 = aligned_array<T>({LD, B, H});
-        T* grads_data = grads.mutable_data();  // throws here, with the GIL, if grads is read-only
+        Array<T> d_x = want_dx ? aligned_array<T>("grad_input", {seq_len, B, cfg_.input_size}) : Array<T>();
+        Array<T> d_h0 = aligned_array<T>("grad_h0", {LD, B, H});
+        Array<T> own = aligned_array<T>("grads", {param_count_});
+        T* own_data = own.mutable_data();
         const ConstMatrixMap<T> d_output_m = as_matrix_or_empty<T>(d_output, DH);
         const ConstMatrixMap<T> d_h_n_m = as_matrix_or_empty<T>(d_h_n, H);
         MatrixMap<T> d_x_m = want_dx ? as_mutable_matrix<T>(d_x, cfg_.input_size)
                                      : MatrixMap<T>(nullptr, 0, cfg_.input_size, Eigen::OuterStride<>(cfg_.input_size));
         MatrixMap<T> d_h0_m = as_mutable_matrix<T>(d_h0, H);
-        {
-            py::gil_scoped_release release;
-            // Backward calls on distinct caches may run in parallel threads; the gradient sums must not race.
-            std::lock_guard<std::mutex> lock(grad_mutex_);
-            stack_backward<T>(cfg_, params.data(), cache, d_output_m, d_h_n_m, d_x_m, d_h0_m, grads_data);
-        }
-        if (!want_dx) return py::make_tuple(py::none(), std::move(d_h0));
-        return py::make_tuple(std::move(d_x), std::move(d_h0));
+        const Index count = param_count_;
+        without_gil([&] {
+            box.x.check_unchanged("x");
+            box.output.check_unchanged("output");
+            std::fill(own_data, own_data + count, T(0));
+            stack_backward<T>(cfg_, params.data(), cache, d_output_m, d_h_n_m, d_x_m, d_h0_m, own_data);
+        });
+        py::object d_x_out = want_dx ? py::object(std::move(d_x)) : py::object(py::none());
+        if (!grads) return py::make_tuple(std::move(d_x_out), std::move(d_h0), std::move(own));
+        T* g = grads->mutable_data();
+        for (Index i = 0; i < count; ++i) g[i] += own_data[i];
+        return py::make_tuple(std::move(d_x_out), std::move(d_h0), py::none());
     }
 
 private:
     StackConfig cfg_;
     Index param_count_ = 0;
-    std::mutex grad_mutex_;
 };
 
 template <class T>
@@ -194,7 +188,7 @@ void register_stack_for(py::module_& m) {
              py::arg("want_cache"))
         .def("backward", &StackKernel<T>::backward, py::arg("params").noconvert(), py::arg("cache"),
              py::arg("grad_output").noconvert().none(true), py::arg("grad_h_n").noconvert().none(true),
-             py::arg("grads").noconvert(), py::arg("want_dx") = true);
+             py::arg("grads").noconvert().none(true), py::arg("want_dx") = true);
 }
 
 }  // namespace

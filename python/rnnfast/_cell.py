@@ -7,20 +7,26 @@ from typing import Any, Literal, Optional, Union, overload
 import numpy as np
 
 from . import _checks, _core
-from ._module import Module
+from ._module import Module, check_cache_usable
 
 
 class RNNCellCache:
     """What ``RNNCell.backward`` needs from one ``RNNCell.forward(..., return_cache=True)``. It holds copies of the
-    step's input and states, so the caller may reuse or modify its own arrays."""
+    step's input and states, so the caller may reuse or modify its own arrays. ``backward`` releases it unless
+    called with ``retain_cache=True``; caches do not pickle."""
 
-    __slots__ = ("_core", "_owner", "_version", "_h_new_shape")
+    __slots__ = ("_core", "_owner", "_version", "_h_new_shape", "_consumed")
 
     def __init__(self, core: Any, owner: RNNCell, h_new_shape: tuple[int, ...]) -> None:
         self._core = core
         self._owner = owner
-        self._version = owner._version
+        self._version = owner._versions.value
         self._h_new_shape = h_new_shape
+        self._consumed = False
+
+    def __reduce__(self) -> Any:
+        raise TypeError("RNNCellCache: a cache belongs to one forward in this process and cannot be pickled or "
+                        "copied; run forward again where it is needed")
 
 
 class RNNCell(Module):
@@ -41,6 +47,8 @@ class RNNCell(Module):
     seed : int or None
         Seeds the initialization; None draws fresh entropy.
     """
+
+    _CONFIG = ("input_size", "hidden_size", "bias", "nonlinearity", "dtype")
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
@@ -112,33 +120,49 @@ class RNNCell(Module):
             return out
         return out, RNNCellCache(core_cache, self, out.shape)
 
-    def backward(self, cache: RNNCellCache, grad_h_new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def backward(self, cache: RNNCellCache, grad_h_new: np.ndarray, *, retain_cache: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
         """Gradient of one step; adds every parameter's gradient into ``grads``.
 
         Parameters
         ----------
         cache : RNNCellCache from this cell's ``forward(..., return_cache=True)``
         grad_h_new : ndarray, ``h_new``'s shape: gradient of the loss with respect to ``h_new``
+        retain_cache : bool, keyword-only
+            Keep the cache for another backward, as PyTorch's ``retain_graph=True``; by default the cache is
+            released and a second backward on it raises ValueError.
 
         Returns
         -------
         grad_x : x's shape;  grad_h : h's shape (also when h was None)
+
+        ``grads`` changes only when the backward succeeds: an error leaves it as it was.
         """
+        retain_cache = _checks.boolean("retain_cache", retain_cache)
+        grad_x, grad_h, _ = self._backward(cache, grad_h_new, retain_cache, True)
+        return grad_x, grad_h
+
+    def _backward(self, cache: RNNCellCache, grad_h_new: np.ndarray, retain_cache: bool, accumulate: bool
+                  ) -> tuple[np.ndarray, np.ndarray, Optional[dict[str, np.ndarray]]]:
+        """backward's work; with ``accumulate`` False the parameter gradients come back as a fresh dict and
+        ``grads`` is not touched."""
         if not isinstance(cache, RNNCellCache):
             raise TypeError(f"cache: expected an RNNCellCache from RNNCell.forward(..., return_cache=True), "
                             f"got {type(cache).__name__}")
         if cache._owner is not self:
             raise ValueError("cache: it was made by another cell's forward, not this one's")
-        if cache._version != self._version:
-            raise ValueError("cache: the parameters were replaced by load_state_dict after this forward; "
-                             "run forward again")
+        check_cache_usable(cache, self)
         grad_h_new = _checks.array("grad_h_new", grad_h_new, self.dtype)
         if grad_h_new.shape != cache._h_new_shape:
             raise _checks.shape_error("grad_h_new", str(cache._h_new_shape), grad_h_new.shape)
         unbatched = len(cache._h_new_shape) == 1
         g = _checks.for_kernel(grad_h_new[None, :] if unbatched else grad_h_new)
-        grad_x, grad_h = self._kernel.backward(self._flat, cache._core, g, self._grad_flat)
+        grad_x, grad_h, flat = self._kernel.backward(self._flat, cache._core, g,
+                                                     self._grad_flat if accumulate else None)
+        if not retain_cache:
+            cache._core = None
+            cache._consumed = True
+        views = None if flat is None else self._views(flat)
         if unbatched:
-            return grad_x[0], grad_h[0]
-        return grad_x, grad_h
-
+            return grad_x[0], grad_h[0], views
+        return grad_x, grad_h, views

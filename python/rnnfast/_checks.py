@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import operator
+import os
 from typing import Any, Callable, Union
 
 import numpy as np
@@ -73,13 +75,50 @@ def rng(seed: Any) -> np.random.Generator:
 def array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """An ndarray of exactly the model's dtype; anything else is a TypeError (no silent casts)."""
     if not isinstance(value, np.ndarray):
+        kind = type(value)
+        if kind.__module__.startswith("torch"):
+            raise TypeError(
+                f"{name}: expected a numpy.ndarray of dtype {dtype}, got a torch.{kind.__name__}; rnnfast.torch has "
+                f"the drop-in torch.nn modules, or pass {name}.detach().numpy()"
+            )
+        if isinstance(value, np.generic):
+            raise TypeError(
+                f"{name}: expected a numpy.ndarray of dtype {dtype}, got the NumPy scalar numpy.{kind.__name__}("
+                f"{value!r}), which has no shape; pass an array (numpy.asarray(..., dtype=numpy.{dtype}) of the "
+                f"expected shape)"
+            )
         raise TypeError(
-            f"{name}: expected a numpy.ndarray of dtype {dtype}, got {type(value).__name__} "
+            f"{name}: expected a numpy.ndarray of dtype {dtype}, got {kind.__name__} "
             f"(convert with numpy.asarray({name}, dtype=numpy.{dtype}))"
         )
     if value.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the model's dtype), got {value.dtype}")
     return value
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory, or 0 where unknown."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def fits_in_memory(arrays: list[tuple[str, tuple[int, ...]]], dtype: np.dtype) -> None:
+    """MemoryError naming the array, its shape and size, when the arrays a call is about to make cannot fit in
+    physical memory (each alone, or all together); checked before any copy or work."""
+    memory = physical_memory()
+    if memory <= 0:
+        return
+    total = 0
+    for name, shape in arrays:
+        nbytes = math.prod(shape) * dtype.itemsize
+        total += nbytes
+        if nbytes > memory or total > memory:
+            what = f"{name} of shape {tuple(shape)} ({dtype}) needs {nbytes / 2**30:.1f} GiB"
+            if nbytes <= memory:
+                what += f", {total / 2**30:.1f} GiB with the call's other arrays"
+            raise MemoryError(f"{what}, more than this machine's {memory / 2**30:.1f} GiB")
 
 
 def shape_error(name: str, expected: str, actual: tuple[int, ...]) -> ValueError:

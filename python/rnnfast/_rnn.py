@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional, Union, overload
 import numpy as np
 
 from . import _checks, _core
-from ._module import Module
+from ._module import Module, check_cache_usable
 
 
 # Calls of fewer multiply-adds than this run on _core's kernels for small problems.
@@ -20,21 +20,35 @@ class RNNCache:
 
     Several caches can be alive at once (one per chunk in truncated BPTT, say). ``dropout_masks`` holds the masks
     this forward multiplied into each layer's output but the last, ``[L-1, T, B, D*H]`` (time-major, B = 1 for
-    unbatched input), or None when no dropout was applied.
+    unbatched input), or None when no dropout was applied. ``backward`` releases the cache's memory unless
+    called with ``retain_cache=True``; a released cache is refused. Caches do not pickle.
     """
 
-    __slots__ = ("_core", "_kernel", "_owner", "_version", "_x_shape", "_output_shape", "_h_n_shape", "dropout_masks")
+    __slots__ = ("_core", "_kernel", "_owner", "_version", "_x_shape", "_output_shape", "_h_n_shape",
+                 "_consumed", "dropout_masks")
 
     def __init__(self, core: Any, kernel: Any, owner: RNN, x_shape: tuple[int, ...], output_shape: tuple[int, ...],
                  h_n_shape: tuple[int, ...], dropout_masks: Optional[np.ndarray]) -> None:
         self._core = core
         self._kernel = kernel  # the kernel object whose forward made it: its backward reads it
         self._owner = owner
-        self._version = owner._version
+        self._version = owner._versions.value
         self._x_shape = x_shape
         self._output_shape = output_shape
         self._h_n_shape = h_n_shape
+        self._consumed = False
         self.dropout_masks = dropout_masks
+
+    def _check_usable(self, model: Module) -> None:
+        check_cache_usable(self, model)
+
+    def _release(self) -> None:
+        self._core = None
+        self._consumed = True
+
+    def __reduce__(self) -> Any:
+        raise TypeError("RNNCache: a cache refers to the arrays and kernels of one forward in this process and "
+                        "cannot be pickled or copied; run forward again where it is needed")
 
 
 class RNN(Module):
@@ -63,6 +77,9 @@ class RNN(Module):
     seed : int or None
         Seeds the initialization and the dropout masks; None draws fresh entropy.
     """
+
+    _CONFIG = ("input_size", "hidden_size", "num_layers", "nonlinearity", "bias", "batch_first", "dropout",
+               "bidirectional", "dtype")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -126,7 +143,7 @@ class RNN(Module):
         if h0 is None and lengths is None and type(x) is np.ndarray and x.dtype is self.dtype and x.ndim == 3:
             shape = x.shape
             flags = x.flags
-            if (shape[2] == self.input_size and shape[0] > 0 and flags.c_contiguous and flags.aligned
+            if (shape[2] == self.input_size and shape[0] > 0 and shape[1] > 0 and flags.c_contiguous and flags.aligned
                     and not self.batch_first and not self._draws_dropout_masks()):
                 kernel = self._kernel_for(shape[0], shape[1])
                 output, h_n, _ = kernel.forward(self._flat, x, None, None, None, False)
@@ -205,10 +222,32 @@ class RNN(Module):
             h0 = _checks.for_kernel(h0.reshape(state_count, batch, self.hidden_size))
         if lengths is not None:
             lengths = _checks.lengths(lengths, batch, seq_len)
-        masks = self._dropout_masks(seq_len, batch) if self._draws_dropout_masks() else None
-        kernel = self._kernel_for(seq_len, batch)
-        output, h_n, core_cache = kernel.forward(self._flat, _checks.for_kernel(seq), h0, masks, lengths,
-                                                 bool(return_cache))
+        DH = self._directions * self.hidden_size
+        state_count = self.num_layers * self._directions
+        if batch == 0:  # nothing to compute: no work and no memory proportional to T
+            output = np.zeros((seq_len, 0, DH), self.dtype)
+            h_n = np.zeros((state_count, 0, self.hidden_size), self.dtype)
+            masks, core_cache, kernel = None, None, self._kernel
+        else:
+            # Every large array this call makes, checked before any copy or work.
+            sizes = [("output", (seq_len, batch, DH))]
+            if not (seq.flags.c_contiguous and seq.flags.aligned):
+                sizes.append(("x (its contiguous copy)", seq.shape))
+            if self._draws_dropout_masks():
+                sizes.append(("dropout masks", (self.num_layers - 1, seq_len, batch, DH)))
+            if return_cache:
+                sizes.append(("cache (every layer's states)", (self.num_layers, seq_len, batch, DH)))
+            _checks.fits_in_memory(sizes, self.dtype)
+            rng_state = self._rng.bit_generator.state if self._draws_dropout_masks() else None
+            masks = self._dropout_masks(seq_len, batch) if rng_state is not None else None
+            kernel = self._kernel_for(seq_len, batch)
+            try:
+                output, h_n, core_cache = kernel.forward(self._flat, _checks.for_kernel(seq), h0, masks, lengths,
+                                                         bool(return_cache))
+            except BaseException:
+                if rng_state is not None:  # an interrupted or failed call leaves the model as it was
+                    self._rng.bit_generator.state = rng_state
+                raise
         if unbatched:
             output = output[:, 0, :]
             h_n = h_n[:, 0, :]
@@ -221,22 +260,22 @@ class RNN(Module):
 
     @overload
     def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
-                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: Literal[True] = True
-                 ) -> tuple[np.ndarray, np.ndarray]: ...
+                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: Literal[True] = True,
+                 retain_cache: bool = False) -> tuple[np.ndarray, np.ndarray]: ...
 
     @overload
     def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
-                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: Literal[False]
-                 ) -> tuple[None, np.ndarray]: ...
+                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: Literal[False],
+                 retain_cache: bool = False) -> tuple[None, np.ndarray]: ...
 
     @overload
     def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
-                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: bool = True
-                 ) -> tuple[Optional[np.ndarray], np.ndarray]: ...
+                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: bool = True,
+                 retain_cache: bool = False) -> tuple[Optional[np.ndarray], np.ndarray]: ...
 
     def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
-                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: bool = True
-                 ) -> tuple[Optional[np.ndarray], np.ndarray]:
+                 grad_h_n: Optional[np.ndarray] = None, *, input_grad: bool = True,
+                 retain_cache: bool = False) -> tuple[Optional[np.ndarray], np.ndarray]:
         """Backpropagation through time for one forward; adds every parameter's gradient into ``grads``.
 
         Parameters
@@ -249,24 +288,37 @@ class RNN(Module):
             Compute ``grad_input``. False skips its product (a sixth of a one-layer training step's work) and
             its memory, and returns None in its place: for a first layer fed with data, as PyTorch skips the
             gradient of an input that does not require one.
+        retain_cache : bool, keyword-only
+            Keep the cache for another backward (which adds its gradients into ``grads`` again), as PyTorch's
+            ``retain_graph=True``. By default backward releases the cache's memory and a second backward on it
+            raises ValueError, as PyTorch refuses a second backward through a freed graph.
 
         Returns
         -------
         grad_input : x's shape, or None with ``input_grad=False``
         grad_h0 : h0's shape (``[L*D, B, H]``, unbatched ``[L*D, H]``), also when h0 was None
 
-        Raises ValueError when the cache refers to an ``x`` or ``output`` that was modified in place since the
-        forward (see ``forward``).
+        ``grads`` changes only when the whole backward succeeds: an error, or Ctrl-C (KeyboardInterrupt), leaves
+        it and the cache as they were. Raises ValueError when the cache refers to an ``x`` or ``output`` that was
+        modified in place since the forward (see ``forward``), was released by an earlier backward, or predates
+        a ``load_state_dict`` or parameter assignment.
         """
         input_grad = _checks.boolean("input_grad", input_grad)
+        retain_cache = _checks.boolean("retain_cache", retain_cache)
+        grad_input, grad_h0, _ = self._backward(cache, grad_output, grad_h_n, input_grad, retain_cache, True)
+        return grad_input, grad_h0
+
+    def _backward(self, cache: RNNCache, grad_output: Optional[np.ndarray], grad_h_n: Optional[np.ndarray],
+                  input_grad: bool, retain_cache: bool, accumulate: bool
+                  ) -> tuple[Optional[np.ndarray], np.ndarray, Optional[dict[str, np.ndarray]]]:
+        """backward's work. With ``accumulate`` False the parameter gradients come back as a fresh dict and
+        ``grads`` is not touched: concurrent calls on one cache (autograd's) are then independent."""
         if not isinstance(cache, RNNCache):
             raise TypeError(f"cache: expected an RNNCache from RNN.forward(..., return_cache=True), "
                             f"got {type(cache).__name__}")
         if cache._owner is not self:
             raise ValueError("cache: it was made by another model's forward, not this one's")
-        if cache._version != self._version:
-            raise ValueError("cache: the parameters were replaced by load_state_dict after this forward; "
-                             "run forward again")
+        cache._check_usable(self)
         if grad_output is None and grad_h_n is None:
             raise ValueError("grad_output, grad_h_n: expected at least one gradient, got None for both")
         unbatched = len(cache._x_shape) == 2
@@ -288,12 +340,26 @@ class RNN(Module):
             if grad_h_n.shape != cache._h_n_shape:
                 raise _checks.shape_error("grad_h_n", str(cache._h_n_shape), grad_h_n.shape)
             gh = _checks.for_kernel(grad_h_n[:, None, :] if unbatched else grad_h_n)
-        grad_input, grad_h0 = cache._kernel.backward(self._flat, cache._core, go, gh, self._grad_flat, input_grad)
+        core = cache._core
+        if core is None:  # an empty batch: nothing to add
+            flat = None if accumulate else np.zeros_like(self._flat)
+            grad_input = np.zeros(cache._x_shape, self.dtype) if input_grad else None
+            grad_h0 = np.zeros(cache._h_n_shape, self.dtype)
+            if not retain_cache:
+                cache._consumed = True
+            return grad_input, grad_h0, None if flat is None else self._views(flat)
+        # The kernel adds into `grads` only once the whole backward has succeeded (an error or Ctrl-C leaves it
+        # as it was), and without `grads` returns a buffer of its own.
+        grad_input, grad_h0, flat = cache._kernel.backward(self._flat, core, go, gh,
+                                                           self._grad_flat if accumulate else None, input_grad)
+        if not retain_cache:
+            cache._release()
         if unbatched:
-            return None if grad_input is None else grad_input[:, 0, :], grad_h0[:, 0, :]
-        if self.batch_first and grad_input is not None:
+            grad_input = None if grad_input is None else grad_input[:, 0, :]
+            grad_h0 = grad_h0[:, 0, :]
+        elif self.batch_first and grad_input is not None:
             grad_input = grad_input.transpose(1, 0, 2)
-        return grad_input, grad_h0
+        return grad_input, grad_h0, None if flat is None else self._views(flat)
 
     def _dropout_masks(self, seq_len: int, batch: int) -> np.ndarray:
         """``[L-1, T, B, D*H]`` masks: 0 with probability p, else 1/(1-p) (inverted dropout, as in PyTorch)."""

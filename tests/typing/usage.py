@@ -23,7 +23,7 @@ def sequence_model() -> Tuple[np.ndarray, np.ndarray]:
     out, h_n, cache = rnn.forward(x, h0, return_cache=True)
     out, h_n, cache = rnn.forward(x, None, np.array([5, 2, 4]), True)
     masks: Optional[np.ndarray] = cache.dropout_masks
-    grad_x, grad_h0 = rnn.backward(cache, grad_output=np.ones_like(out))
+    grad_x, grad_h0 = rnn.backward(cache, grad_output=np.ones_like(out), retain_cache=True)
     grad_x, grad_h0 = rnn.backward(cache, grad_h_n=np.ones_like(h_n))
     assert grad_x.shape == x.shape and grad_h0.shape == h_n.shape and masks is not None
     return out, h_n
