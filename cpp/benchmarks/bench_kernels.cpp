@@ -4,9 +4,11 @@
 //   ./rnnfast_benchmarks --benchmark_filter=layer_forward
 #include <benchmark/benchmark.h>
 
+#include <cstdint>
 #include <random>
 #include <vector>
 
+#include "rnnfast/checksum.hpp"
 #include "rnnfast/config.hpp"
 #include "rnnfast/elman.hpp"
 #include "rnnfast/stack.hpp"
@@ -156,6 +158,31 @@ void stack_train_step(benchmark::State& state) {
     set_flops(state, 3.0 * f.flops(state.range(0), state.range(1)));
 }
 
+// The training step as the Python API runs it for a full-length batch: its cache borrows x and the output, whose
+// checksums are taken after forward and checked before backward. Against stack_train_step: what the check costs.
+void stack_train_step_borrowing(benchmark::State& state) {
+    StackFixture f(state);
+    const Matrix none(0, f.cfg.hidden_size), no_masks(0, f.cfg.output_size());
+    std::vector<float> grads(f.params.size(), 0.0f);
+    Matrix dx(f.x.rows(), f.x.cols()), dh0(f.h_n.rows(), f.h_n.cols());
+    const std::size_t x_bytes = sizeof(float) * static_cast<std::size_t>(f.x.size());
+    const std::size_t out_bytes = sizeof(float) * static_cast<std::size_t>(f.out.size());
+    for (auto _ : state) {
+        rnnfast::StackCache<float> cache;
+        cache.borrow = true;
+        rnnfast::stack_forward<float>(f.cfg, f.params.data(), f.x, state.range(0), {}, none, no_masks, f.out, f.h_n,
+                                      &cache);
+        const std::uint64_t sums = rnnfast::checksum(f.x.data(), x_bytes) + rnnfast::checksum(f.out.data(), out_bytes);
+        if (rnnfast::checksum(f.x.data(), x_bytes) + rnnfast::checksum(f.out.data(), out_bytes) != sums) {
+            state.SkipWithError("checksum changed");
+        }
+        rnnfast::stack_backward<float>(f.cfg, f.params.data(), cache, f.out, none, dx, dh0, grads.data());
+        benchmark::DoNotOptimize(dx.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, 3.0 * f.flops(state.range(0), state.range(1)));
+}
+
 // The speed grid: T, B, I, H (+ L, bidirectional for the stack).
 void layer_grid(benchmark::internal::Benchmark* b) {
     b->ArgNames({"T", "B", "I", "H"});
@@ -181,6 +208,7 @@ BENCHMARK(layer_forward)->Apply(layer_grid);
 BENCHMARK(layer_backward)->Apply(layer_grid);
 BENCHMARK(stack_forward)->Apply(stack_grid);
 BENCHMARK(stack_train_step)->Apply(stack_grid);
+BENCHMARK(stack_train_step_borrowing)->Apply(stack_grid);
 BENCHMARK(cell_forward)->ArgNames({"B", "I", "H"})->Args({1, 20, 20})->Args({1, 128, 128});
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "parallel.hpp"
+#include "rnnfast/interrupt.hpp"
 
 namespace rnnfast {
 namespace {
@@ -59,21 +60,28 @@ std::uint64_t checksum(const void* data, std::size_t bytes) {
     const std::size_t n_words = bytes / 8, tail = bytes % 8;
     const std::size_t blocks = (n_words + kBlockWords - 1) / kBlockWords;
     const auto* words = static_cast<const unsigned char*>(data);
-    // Summed per part, then the parts added: addition is commutative, so any split gives the same value.
-    const int threads = detail::threads_for(static_cast<double>(bytes), 1 << 20);
-    std::vector<std::uint64_t> parts(static_cast<std::size_t>(std::max(threads, 1)), 0);
-    detail::parallel(threads, [&](int k, int n_parts) {
-        const auto b0 = static_cast<std::size_t>(detail::split(static_cast<Index>(blocks), k, n_parts, 1));
-        const auto b1 = static_cast<std::size_t>(detail::split(static_cast<Index>(blocks), k + 1, n_parts, 1));
-        std::uint64_t sum = 0;
-        for (std::size_t b = b0; b < b1; ++b) {
-            const std::size_t first = b * kBlockWords;
-            sum += block_sum(words + 8 * first, std::min(kBlockWords, n_words - first), first);
-        }
-        parts[static_cast<std::size_t>(k)] = sum;
-    });
-    std::uint64_t total = mix(bytes);
-    for (std::uint64_t p : parts) total += p;
+    // Summed per part, then the parts added: addition is commutative, so any split gives the same value. Spans of
+    // kSpanBlocks blocks (32 MiB) one after the other, between which the call can be interrupted.
+    constexpr std::size_t kSpanBlocks = 8192;
+    std::uint64_t sum = 0;
+    for (std::size_t s0 = 0; s0 < blocks; s0 += kSpanBlocks) {
+        const std::size_t s1 = std::min(blocks, s0 + kSpanBlocks), span = s1 - s0;
+        const int threads = detail::threads_for(static_cast<double>(span * kBlockWords * 8), 1 << 20);
+        std::vector<std::uint64_t> parts(static_cast<std::size_t>(std::max(threads, 1)), 0);
+        detail::parallel(threads, [&](int k, int n_parts) {
+            const auto b0 = s0 + static_cast<std::size_t>(detail::split(static_cast<Index>(span), k, n_parts, 1));
+            const auto b1 = s0 + static_cast<std::size_t>(detail::split(static_cast<Index>(span), k + 1, n_parts, 1));
+            std::uint64_t part = 0;
+            for (std::size_t b = b0; b < b1; ++b) {
+                const std::size_t first = b * kBlockWords;
+                part += block_sum(words + 8 * first, std::min(kBlockWords, n_words - first), first);
+            }
+            parts[static_cast<std::size_t>(k)] = part;
+        });
+        for (std::uint64_t p : parts) sum += p;
+        interruption_point(static_cast<double>(span * kBlockWords));
+    }
+    std::uint64_t total = mix(bytes) + sum;
     if (tail != 0) {
         std::uint64_t last = 0;
         std::memcpy(&last, static_cast<const unsigned char*>(data) + n_words * 8, tail);

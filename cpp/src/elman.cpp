@@ -113,20 +113,23 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
     });
 }
 
-// dst = lhs * rhs as rows_product, in chunks of rows between which a call can be interrupted. Only products
-// beyond kMinChunkedWork are split (each chunk repacks rhs), into chunks of about kChunkWork multiply-adds: tens
-// of milliseconds at most.
-constexpr double kMinChunkedWork = 2.0 * (1 << 30), kChunkWork = 1 << 30;
+// dst = lhs * rhs as rows_product, in chunks of rows between which a call can be interrupted: at most about
+// kChunkWork multiply-adds per thread or kChunkElements results (what bounds a product with a short inner
+// dimension), some milliseconds each. Each chunk repacks rhs, so products within those bounds stay whole.
+constexpr double kChunkWork = 1 << 29, kChunkElements = 1 << 24;
 
 template <class Dst, class Lhs, class Rhs>
 void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
-    const double per_row = static_cast<double>(dst.cols()) * static_cast<double>(lhs.cols());
+    const double cols = static_cast<double>(std::max<Index>(dst.cols(), 1));
+    const double per_row = cols * static_cast<double>(std::max<Index>(lhs.cols(), 1));
+    const double by_work = kChunkWork * std::max(1, detail::thread_limit()) / per_row;
+    const double rows_per_chunk = std::min(by_work, kChunkElements / cols);
     const Index rows = dst.rows();
-    if (per_row * static_cast<double>(rows) <= kMinChunkedWork) {
+    if (rows_per_chunk >= static_cast<double>(rows)) {
         rows_product(dst, lhs, rhs, add);
         return;
     }
-    const Index chunk = std::max<Index>(64, static_cast<Index>(kChunkWork / std::max(per_row, 1.0)) / 8 * 8);
+    const Index chunk = std::max<Index>(64, static_cast<Index>(rows_per_chunk) / 8 * 8);
     for (Index r0 = 0; r0 < rows; r0 += chunk) {
         const Index n = std::min(chunk, rows - r0);
         rows_product(dst.middleRows(r0, n), lhs.middleRows(r0, n), rhs, add);

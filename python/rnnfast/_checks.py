@@ -84,7 +84,7 @@ def array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
         if isinstance(value, np.generic):
             raise TypeError(
                 f"{name}: expected a numpy.ndarray of dtype {dtype}, got the NumPy scalar numpy.{kind.__name__}("
-                f"{value!r}), which has no shape; pass an array (numpy.asarray(..., dtype=numpy.{dtype}) of the "
+                f"{value.item()!r}), which has no shape; pass an array (numpy.asarray(..., dtype=numpy.{dtype}) of the "
                 f"expected shape)"
             )
         raise TypeError(

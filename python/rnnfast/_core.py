@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -23,16 +24,24 @@ def installed_levels() -> list[str]:
 
 
 def _choose(baseline: Any) -> str:
+    """The level to load: the best installed one the CPU runs, at or below RNNFAST_ISA when that is set. A
+    requested level that is not installed, or that the CPU lacks, falls back to the next one down, with a
+    warning (once: at import)."""
     forced = os.environ.get("RNNFAST_ISA", "").strip().lower()
     if forced and forced not in LEVELS:
         raise ImportError(f"RNNFAST_ISA: expected one of {', '.join(LEVELS)}, got {forced!r}")
-    candidates = installed_levels()
-    if forced:
-        candidates = candidates[candidates.index(forced):] if forced in candidates else ["baseline"]
-    for level in candidates:
-        if level == "baseline" or baseline.cpu_supports(level):
-            return level
-    return "baseline"
+    installed = installed_levels()
+    allowed = LEVELS[LEVELS.index(forced):] if forced else LEVELS
+    chosen = "baseline"
+    for level in allowed:
+        if level in installed and (level == "baseline" or baseline.cpu_supports(level)):
+            chosen = level
+            break
+    if forced and chosen != forced:
+        why = "is not installed" if forced not in installed else "needs instructions this CPU lacks"
+        warnings.warn(f"RNNFAST_ISA={forced}: that level {why}; using {chosen}, the best installed level below it "
+                      f"that this CPU runs", RuntimeWarning, stacklevel=2)
+    return chosen
 
 
 def _load() -> ModuleType:

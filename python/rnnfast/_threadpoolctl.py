@@ -33,7 +33,8 @@ def register() -> bool:
             return int(_core.get_num_threads())
 
         def set_num_threads(self, num_threads: int) -> None:
-            _core.set_num_threads(max(1, int(num_threads)))
+            # Clamped to what the pool takes, as other pools clamp: threadpool_limits(2**31) must not raise.
+            _core.set_num_threads(min(max(1, int(num_threads)), 2**31 - 1))
 
         def get_version(self) -> str:
             return str(_core.__version__)
