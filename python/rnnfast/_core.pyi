@@ -69,9 +69,10 @@ class _Stack(Generic[_S]):
         """params [P], x [T, B, I], h0 [L*D, B, H], masks [L-1, T, B, D*H], lengths [B]
         -> (output [T, B, D*H], h_n [L*D, B, H], cache or None)."""
     def backward(self, params: npt.NDArray[_S], cache: _StackCache[_S], grad_output: Optional[npt.NDArray[_S]],
-                 grad_h_n: Optional[npt.NDArray[_S]], grads: npt.NDArray[_S], want_dx: bool = True
-                 ) -> Tuple[Optional[npt.NDArray[_S]], npt.NDArray[_S]]:
-        """Adds into grads [P]; -> (grad_x [T, B, I] or None without want_dx, grad_h0 [L*D, B, H])."""
+                 grad_h_n: Optional[npt.NDArray[_S]], grads: Optional[npt.NDArray[_S]], want_dx: bool = True
+                 ) -> Tuple[Optional[npt.NDArray[_S]], npt.NDArray[_S], Optional[npt.NDArray[_S]]]:
+        """-> (grad_x [T, B, I] or None without want_dx, grad_h0 [L*D, B, H], parameter gradients [P] or None).
+        Adds into grads [P] once everything succeeded; with grads None, returns the call's own buffer instead."""
 
 class _CellCache(Generic[_S]):
     """What backward needs from one cell step (opaque)."""
@@ -87,8 +88,9 @@ class _Cell(Generic[_S]):
                 ) -> Tuple[npt.NDArray[_S], Optional[_CellCache[_S]]]:
         """params [P], x [B, I], h [B, H] -> (h_new [B, H], cache or None)."""
     def backward(self, params: npt.NDArray[_S], cache: _CellCache[_S], grad_h_new: npt.NDArray[_S],
-                 grads: npt.NDArray[_S]) -> Tuple[npt.NDArray[_S], npt.NDArray[_S]]:
-        """Adds into grads [P]; -> (grad_x [B, I], grad_h [B, H])."""
+                 grads: Optional[npt.NDArray[_S]]
+                 ) -> Tuple[npt.NDArray[_S], npt.NDArray[_S], Optional[npt.NDArray[_S]]]:
+        """-> (grad_x [B, I], grad_h [B, H], parameter gradients [P] or None); as the stack's backward."""
 
 class StackCacheF32(_StackCache[np.float32]): ...
 class StackCacheF64(_StackCache[np.float64]): ...

@@ -19,10 +19,17 @@ storage of the module's ``Parameter`` s (each parameter is a view into it), so a
 ``load_state_dict`` writes straight into the buffer the kernels read and no copy is made on forward. Where that
 sharing is not possible (weights replaced by ``torch.func.functional_call`` or a parametrization, parameters moved
 to shared memory) the values are copied into a separate buffer on each forward and backward instead. Forward and
-backward go through a ``torch.autograd.Function``: backward runs rnnfast's BPTT and hands the parameter gradients
-to autograd (a fresh tensor per parameter), which accumulates them into ``.grad`` and runs any hooks.
-Modifying a parameter in place between forward and backward raises PyTorch's usual version-counter error.
-Double backward (``create_graph=True`` through the RNN) is not supported, nor are ``torch.func`` transforms.
+backward go through a ``torch.autograd.Function``: backward runs rnnfast's BPTT into gradient buffers of its own
+call (so backwards through one module in several threads at once stay independent) and hands the parameter
+gradients to autograd, which accumulates them into ``.grad`` and runs any hooks. Modifying a parameter in place
+between forward and backward raises PyTorch's usual version-counter error.
+
+Double backward works: a backward that builds a graph (``create_graph=True``, for a gradient penalty or a
+Hessian-vector product, say) recomputes the forward with PyTorch's own ops from the saved input, state and
+weights and differentiates that, so second derivatives are PyTorch's; so does a backward of batched gradients
+(``is_grads_batched``, gradcheck's ``check_batched_grad``). Inside ``torch.func`` transforms (``grad``, ``vmap``,
+``jacrev``, ... over the module or ``functional_call``) forward runs PyTorch's implementation. Only the ordinary
+first-order backward runs on the kernels.
 
 Dropout (``dropout > 0``, ``num_layers > 1``, training mode) applies ``torch.nn.functional.dropout`` between the
 layers, with the same shapes and in the same order as PyTorch's CPU implementation, so the masks are drawn from
@@ -56,7 +63,7 @@ try:
     import torch
 except ImportError as exc:  # pragma: no cover - exercised without torch
     raise ImportError("rnnfast.torch needs PyTorch: pip install \"rnnfast[torch]\" (or pip install torch)") from exc
-from torch.autograd.function import once_differentiable
+from torch import _VF
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._cell import RNNCell as _FastCell
@@ -147,6 +154,22 @@ def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+_functorch = getattr(torch._C, "_functorch", None)
+_is_functorch_wrapped = getattr(_functorch, "is_functorch_wrapped_tensor", None)
+_is_legacy_batched = getattr(_functorch, "is_legacy_batchedtensor", None)
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def _is_wrapped(t: Optional[torch.Tensor]) -> bool:
+    """Whether ``t`` wraps other tensors: those of ``torch.func`` transforms (vmap's batched, grad's tracking
+    tensors) or of the legacy vmap that batches gradients (``is_grads_batched``, gradcheck's batched-gradient
+    check). They have no memory of their own for the kernels to read."""
+    if t is None:
+        return False
+    return bool((_is_functorch_wrapped is not None and _is_functorch_wrapped(t))
+                or (_is_legacy_batched is not None and _is_legacy_batched(t)))
+
+
 def _fast_dtype(tensors: Sequence[Optional[torch.Tensor]]) -> Optional[torch.dtype]:
     """The common dtype when every tensor is a dense CPU float32 / float64 tensor of one dtype, else None."""
     dtype = None
@@ -154,7 +177,8 @@ def _fast_dtype(tensors: Sequence[Optional[torch.Tensor]]) -> Optional[torch.dty
         if t is None:
             continue
         if (not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided
-                or t.dtype not in _NUMPY_DTYPES or t.is_nested or (dtype is not None and t.dtype != dtype)):
+                or t.dtype not in _NUMPY_DTYPES or t.is_nested or (dtype is not None and t.dtype != dtype)
+                or _is_wrapped(t)):
             return None
         dtype = t.dtype
     return dtype
@@ -175,10 +199,13 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 
 
 def _fast_context_ok() -> bool:
-    """False while tracing / scripting / compiling or under autocast: PyTorch's own implementation runs then."""
+    """False while tracing / scripting / compiling, under autocast or inside a ``torch.func`` transform (grad,
+    vmap, jacrev, functional_call under them...): PyTorch's own implementation runs then."""
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return False
     if _is_compiling is not None and _is_compiling():
+        return False
+    if _transforms_active is not None and _transforms_active():
         return False
     return not _cpu_autocast_enabled()
 
@@ -200,31 +227,37 @@ class _StackFunction(torch.autograd.Function):
         out, h_n, cache = model.forward(_np(x), None if h0 is None else _np(h0), lengths, return_cache=True)
         ctx.runner = runner
         ctx.cache = cache
-        ctx.has_h0 = h0 is not None
+        ctx.lengths = lengths
+        _keep_inputs(ctx, x, h0)
         ctx.save_for_backward(*weights)  # no copy; lets autograd refuse weights modified in place before backward
         ctx.set_materialize_grads(False)
         return _tensor(out), _tensor(h_n)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_output: Optional[torch.Tensor], grad_h_n: Optional[torch.Tensor]
                  ) -> Tuple[Optional[torch.Tensor], ...]:
         weights = ctx.saved_tensors
         if grad_output is None and grad_h_n is None:
             return (None,) * (4 + len(weights))
         runner: _Runner = ctx.runner
-        runner.load(weights)  # a scratch buffer may hold other values since this forward
         model = runner.model
         assert isinstance(model, _FastRNN)
-        model.zero_grad()
         needs = ctx.needs_input_grad
-        gx, gh0 = model.backward(ctx.cache, None if grad_output is None else _np(grad_output),
-                                 None if grad_h_n is None else _np(grad_h_n), input_grad=needs[1])
-        grads = model.grads
-        weight_grads = [torch.from_numpy(grads[runner.names[i]].copy()) if needs[4 + i] else None
-                        for i in range(len(weights))]
-        return (None, _tensor(gx) if gx is not None else None, _tensor(gh0) if ctx.has_h0 and needs[2] else None, None,
-                *weight_grads)
+        if _differentiable_backward_needed(grad_output, grad_h_n):
+            x, h0 = _kept_inputs(ctx)
+            g = _torch_vjp(lambda: _torch_stack(model, x, h0, ctx.lengths, weights), (grad_output, grad_h_n),
+                           (x, h0, *weights), (needs[1], needs[2], *needs[4:]))
+            return (None, g[0], g[1], None, *g[2:])
+        runner.load(weights)  # a scratch buffer may hold other values since this forward
+        # The gradients come back in a buffer of this call's own (the model's `grads` is not touched), so backwards
+        # through one module in several threads at once do not mix; the cache stays usable for another backward
+        # (autograd itself refuses one through a freed graph).
+        gx, gh0, grads = model._backward(ctx.cache, None if grad_output is None else _np(grad_output),
+                                         None if grad_h_n is None else _np(grad_h_n), needs[1], True, False)
+        assert grads is not None
+        weight_grads = [_tensor(grads[name]) if needs[4 + i] else None for i, name in enumerate(runner.names)]
+        return (None, _tensor(gx) if gx is not None else None,
+                _tensor(gh0) if ctx.has_state and needs[2] else None, None, *weight_grads)
 
 
 class _CellFunction(torch.autograd.Function):
@@ -239,29 +272,109 @@ class _CellFunction(torch.autograd.Function):
         h_new, cache = model.forward(_np(x), None if h is None else _np(h), return_cache=True)
         ctx.runner = runner
         ctx.cache = cache
-        ctx.has_h = h is not None
+        _keep_inputs(ctx, x, h)
         ctx.save_for_backward(*weights)
         ctx.set_materialize_grads(False)
         return _tensor(h_new)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_h_new: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
         weights = ctx.saved_tensors
         if grad_h_new is None:
             return (None,) * (3 + len(weights))
         runner: _Runner = ctx.runner
-        runner.load(weights)
         model = runner.model
         assert isinstance(model, _FastCell)
-        model.zero_grad()
-        gx, gh = model.backward(ctx.cache, _np(grad_h_new))
-        grads = model.grads
         needs = ctx.needs_input_grad
-        weight_grads = [torch.from_numpy(grads[runner.names[i]].copy()) if needs[3 + i] else None
-                        for i in range(len(weights))]
-        return (None, _tensor(gx) if needs[1] else None, _tensor(gh) if ctx.has_h and needs[2] else None,
+        if _differentiable_backward_needed(grad_h_new):
+            x, h = _kept_inputs(ctx)
+            g = _torch_vjp(lambda: (_torch_cell(model, x, h, weights),), (grad_h_new,), (x, h, *weights),
+                           needs[1:])
+            return (None, *g)
+        runner.load(weights)
+        gx, gh, grads = model._backward(ctx.cache, _np(grad_h_new), True, False)  # see _StackFunction.backward
+        assert grads is not None
+        weight_grads = [_tensor(grads[name]) if needs[3 + i] else None for i, name in enumerate(runner.names)]
+        return (None, _tensor(gx) if needs[1] else None, _tensor(gh) if ctx.has_state and needs[2] else None,
                 *weight_grads)
+
+
+# --- PyTorch's differentiable implementation, for the backwards the kernels cannot do ---
+
+def _differentiable_backward_needed(*grads: Optional[torch.Tensor]) -> bool:
+    """Whether this backward must run on PyTorch ops rather than the kernels: when it builds a graph of its own
+    (``create_graph=True``: grad mode is on inside backward then, for a second derivative) or when a gradient is
+    batched (``is_grads_batched``, gradcheck's batched check, ``torch.func`` transforms over ``autograd.grad``)."""
+    return (torch.is_grad_enabled() or any(_is_wrapped(g) for g in grads)
+            or (_transforms_active is not None and _transforms_active()))
+
+
+def _keep_inputs(ctx: Any, x: torch.Tensor, h: Optional[torch.Tensor]) -> None:
+    """Keep the input and state for a backward on PyTorch's implementation, with their versions. Not through
+    ``save_for_backward``: the kernels' own check reports an input modified in place (ValueError naming it),
+    as for NumPy users, and a state is copied by the forward, so a later change of it does no harm there."""
+    ctx.has_state = h is not None
+    ctx.inputs = (x, h)
+    ctx.versions = (x._version, None if h is None else h._version)
+
+
+def _kept_inputs(ctx: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The input and state ``_keep_inputs`` kept; ValueError when one was modified in place since."""
+    x: torch.Tensor = ctx.inputs[0]
+    h: Optional[torch.Tensor] = ctx.inputs[1]
+    for name, t, version in zip(("x", "hx"), (x, h), ctx.versions):
+        if t is not None and t._version != version:
+            raise ValueError(f"{name}: it was modified in place after the forward; backward needs the values "
+                             "forward saw (modify a copy)")
+    return x, h
+
+
+def _torch_vjp(forward: Any, grads: Sequence[Optional[torch.Tensor]], inputs: Sequence[Optional[torch.Tensor]],
+               needs: Sequence[bool]) -> List[Optional[torch.Tensor]]:
+    """The gradients (``grads`` pulled back) of the inputs that ``needs`` marks, through ``forward()`` recomputed
+    with PyTorch ops; differentiable in turn when grad mode is on (``create_graph=True``). None for the others."""
+    with torch.enable_grad():
+        outputs = forward()
+    pairs = [(out, g) for out, g in zip(outputs, grads) if g is not None]
+    wanted = [(i, t) for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None]
+    result: List[Optional[torch.Tensor]] = [None] * len(inputs)
+    if pairs and wanted:
+        got = torch.autograd.grad([out for out, _ in pairs], [t for _, t in wanted], [g for _, g in pairs],
+                                  create_graph=torch.is_grad_enabled(), allow_unused=True)
+        for (i, _), g in zip(wanted, got):
+            result[i] = g
+    return result
+
+
+def _torch_stack(model: _FastRNN, x: torch.Tensor, h0: Optional[torch.Tensor], lengths: Optional[np.ndarray],
+                 weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s time-major forward on PyTorch's implementation (``_VF.rnn_tanh`` / ``rnn_relu``, as
+    ``torch.nn.RNN`` calls them), with rnnfast's ``lengths`` run as PyTorch runs a PackedSequence."""
+    D = 2 if model.bidirectional else 1
+    if h0 is None:
+        h0 = x.new_zeros(model.num_layers * D, x.size(1), model.hidden_size)
+    run = _VF.rnn_tanh if model.nonlinearity == "tanh" else _VF.rnn_relu
+    if lengths is None:
+        out, h_n = run(x, h0, list(weights), model.bias, model.num_layers, 0.0, False, model.bidirectional, False)
+        return out, h_n
+    packed = pack_padded_sequence(x, torch.from_numpy(lengths), enforce_sorted=False)
+    order, unorder = packed.sorted_indices, packed.unsorted_indices
+    assert order is not None and unorder is not None  # enforce_sorted=False sets them
+    data, h_n = run(packed.data, packed.batch_sizes, h0.index_select(1, order), list(weights), model.bias,
+                    model.num_layers, 0.0, False, model.bidirectional)
+    out, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, unorder), total_length=x.size(0))
+    return out, h_n.index_select(1, unorder)
+
+
+def _torch_cell(model: _FastCell, x: torch.Tensor, h: Optional[torch.Tensor], weights: Sequence[torch.Tensor]
+                ) -> torch.Tensor:
+    """``model``'s step on PyTorch's implementation (``_VF.rnn_tanh_cell`` / ``rnn_relu_cell``)."""
+    if h is None:
+        h = x.new_zeros(x.size(0), model.hidden_size)
+    step = _VF.rnn_tanh_cell if model.nonlinearity == "tanh" else _VF.rnn_relu_cell
+    w_ih, w_hh, *biases = weights
+    b_ih, b_hh = biases if biases else (None, None)
+    return step(x, h, w_ih, w_hh, b_ih, b_hh)
 
 
 def _run_stack(runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor], lengths: Optional[np.ndarray],
@@ -294,6 +407,10 @@ class _Shared:
         (or that of the key's slice of them)."""
         raise NotImplementedError
 
+    def _rnnfast_supported(self) -> bool:
+        """Whether rnnfast can build this configuration (else PyTorch's implementation always runs)."""
+        return True
+
     def _rnnfast_weights(self) -> List[torch.Tensor]:
         """The weights as the module holds them now: its parameters, or what replaced them (``functional_call``,
         parametrizations, an assigned tensor)."""
@@ -320,7 +437,7 @@ class _Shared:
         """The full model's runner for these weights and this input dtype (None: not a fast-path case): the one
         whose buffer they are, else a scratch one (for tensors given by ``functional_call``, say) that they are
         copied into."""
-        if dtype is None:
+        if dtype is None or not self._rnnfast_supported():
             return None
         runners = self.__dict__.get("_rnnfast_runners")
         runner = None if runners is None else runners.get(("all", dtype))
@@ -342,7 +459,7 @@ class _Shared:
         runners = self.__dict__.get("_rnnfast_runners", {})
         for key in [key for key in runners if key[1] != dtype]:
             del runners[key]
-        if dtype is None or any(w.is_shared() or w.is_meta for w in weights):
+        if dtype is None or not self._rnnfast_supported() or any(w.is_shared() or w.is_meta for w in weights):
             return
         runner = self._rnnfast_runner("all", dtype)
         if runner.holds(weights):
@@ -393,8 +510,9 @@ class RNN(_Shared, torch.nn.RNN):
         return list(self._flat_weights_names)
 
     def _rnnfast_new_model(self, key: Any, dtype: Any) -> Tuple[_FastRNN, List[str]]:
-        common = dict(nonlinearity=self.nonlinearity, bias=self.bias, bidirectional=self.bidirectional, dtype=dtype,
-                      seed=0)
+        # bool(): torch.nn.RNN takes any truthy bidirectional (and RNNCell any bias); rnnfast wants bools.
+        common = dict(nonlinearity=self.nonlinearity, bias=bool(self.bias), bidirectional=bool(self.bidirectional),
+                      dtype=dtype, seed=0)
         if key in ("all", "scratch"):
             model = _FastRNN(self.input_size, self.hidden_size, self.num_layers, **common)  # type: ignore[arg-type]
             return model, self._rnnfast_names()
@@ -516,15 +634,19 @@ class RNNCell(_Shared, torch.nn.RNNCell):
     def _rnnfast_names(self) -> List[str]:
         return ["weight_ih", "weight_hh", "bias_ih", "bias_hh"] if self.bias else ["weight_ih", "weight_hh"]
 
+    def _rnnfast_supported(self) -> bool:
+        # torch.nn.RNNCell also takes zero sizes, and any nonlinearity until forward refuses it.
+        return self.input_size > 0 and self.hidden_size > 0 and self.nonlinearity in ("tanh", "relu")
+
     def _rnnfast_new_model(self, key: Any, dtype: Any) -> Tuple[_FastCell, List[str]]:
-        model = _FastCell(self.input_size, self.hidden_size, bias=self.bias, nonlinearity=self.nonlinearity,
+        model = _FastCell(self.input_size, self.hidden_size, bias=bool(self.bias), nonlinearity=self.nonlinearity,
                           dtype=dtype, seed=0)
         return model, self._rnnfast_names()
 
     def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: A002
         weights = self._rnnfast_weights()
         runner = None
-        if _fast_context_ok() and self.nonlinearity in ("tanh", "relu") and self._rnnfast_shapes_ok(input, hx):
+        if _fast_context_ok() and self._rnnfast_shapes_ok(input, hx):
             runner = self._rnnfast_full_runner(weights, _fast_dtype([input, hx]))
         if runner is None:
             return super().forward(input, hx)
