@@ -4,8 +4,7 @@
 #include <limits>
 #include <stdexcept>
 
-#include "rnnfast/elman.hpp"
-#include "parallel.hpp"
+#include "recurrent.hpp"
 
 namespace rnnfast {
 namespace {
@@ -13,24 +12,34 @@ namespace {
 // Rows of the backward's pre-activation gradient workspace (per direction): whole steps up to this many.
 constexpr Index kBackwardChunkRows = 2048;
 
-// Parameters of one direction of one layer, in the flat buffer. Another cell kind (LSTM, GRU) would change the
-// row count of the weight blocks (gates * H) and supply its own layer kernel pair; the driver stays the same.
+// Parameters of one direction of one layer, in the flat buffer.
 struct DirectionLayout {
-    Index w_ih, w_hh, b_ih, b_hh;  // offsets
-    Index in;                      // input size of the layer
-    Index end;                     // offset just past this block
+    Index w_ih, w_hh, b_ih, b_hh, w_hr;  // offsets
+    Index in;                            // input size of the layer
+    Index end;                           // offset just past this block
 };
 
 DirectionLayout direction_layout(const StackConfig& cfg, Index offset, Index layer) {
-    const Index H = cfg.hidden_size;
+    const Index GH = cfg.gates() * cfg.hidden_size, P = cfg.state_size();
     DirectionLayout p{};
     p.in = cfg.layer_input_size(layer);
     p.w_ih = offset;
-    p.w_hh = p.w_ih + H * p.in;
-    p.b_ih = p.w_hh + H * H;
-    p.b_hh = p.b_ih + (cfg.bias ? H : 0);
-    p.end = p.b_hh + (cfg.bias ? H : 0);
+    p.w_hh = p.w_ih + GH * p.in;
+    p.b_ih = p.w_hh + GH * P;
+    p.b_hh = p.b_ih + (cfg.bias ? GH : 0);
+    p.w_hr = p.b_hh + (cfg.bias ? GH : 0);
+    p.end = p.w_hr + (cfg.proj_size > 0 ? P * cfg.hidden_size : 0);
     return p;
+}
+
+// Offset of direction d of layer l.
+Index direction_offset(const StackConfig& cfg, Index l, Index d) {
+    Index offset = 0;
+    for (Index k = 0; k < l; ++k) {
+        for (Index e = 0; e < cfg.directions(); ++e) offset = direction_layout(cfg, offset, k).end;
+    }
+    for (Index e = 0; e < d; ++e) offset = direction_layout(cfg, offset, l).end;
+    return offset;
 }
 
 template <class T>
@@ -52,13 +61,25 @@ void expect_shape(const char* what, Index rows, Index cols, Index want_rows, Ind
 
 }  // namespace
 
+CellKind parse_cell(const std::string& name) {
+    if (name == "rnn") return CellKind::rnn;
+    if (name == "lstm") return CellKind::lstm;
+    if (name == "gru") return CellKind::gru;
+    throw std::invalid_argument("cell: expected 'rnn', 'lstm' or 'gru', got '" + name + "'");
+}
+
 void StackConfig::validate() const {
     if (input_size <= 0) throw std::invalid_argument("input_size: expected a positive integer, got " + std::to_string(input_size));
     if (hidden_size <= 0) throw std::invalid_argument("hidden_size: expected a positive integer, got " + std::to_string(hidden_size));
     if (num_layers <= 0) throw std::invalid_argument("num_layers: expected a positive integer, got " + std::to_string(num_layers));
+    if (proj_size < 0 || (proj_size > 0 && (cell != CellKind::lstm || proj_size >= hidden_size))) {
+        throw std::invalid_argument("proj_size: expected 0, or (LSTM only) an integer in [1, hidden_size=" +
+                                    std::to_string(hidden_size) + "), got " + std::to_string(proj_size));
+    }
     // The parameter count must fit in an Index: check every factor against the limit before multiplying.
     const long double h = static_cast<long double>(hidden_size), d = static_cast<long double>(directions());
-    const long double count = static_cast<long double>(num_layers) * d * h *
+    const long double g = static_cast<long double>(gates());
+    const long double count = static_cast<long double>(num_layers) * d * (g * h + h) *
                               (static_cast<long double>(input_size) + d * h + h + 2);
     if (count > static_cast<long double>(std::numeric_limits<Index>::max() / 8)) {
         throw std::invalid_argument("sizes: the parameter count overflows (input_size=" + std::to_string(input_size) +
@@ -70,18 +91,19 @@ void StackConfig::validate() const {
 std::vector<ParamSpec> param_layout(const StackConfig& cfg) {
     cfg.validate();
     std::vector<ParamSpec> specs;
-    const Index H = cfg.hidden_size;
+    const Index GH = cfg.gates() * cfg.hidden_size, P = cfg.state_size();
     Index offset = 0;
     for (Index l = 0; l < cfg.num_layers; ++l) {
         for (Index d = 0; d < cfg.directions(); ++d) {
             const std::string sfx = "_l" + std::to_string(l) + (d == 1 ? "_reverse" : "");
             const DirectionLayout p = direction_layout(cfg, offset, l);
-            specs.push_back({"weight_ih" + sfx, p.w_ih, H, p.in});
-            specs.push_back({"weight_hh" + sfx, p.w_hh, H, H});
+            specs.push_back({"weight_ih" + sfx, p.w_ih, GH, p.in});
+            specs.push_back({"weight_hh" + sfx, p.w_hh, GH, P});
             if (cfg.bias) {
-                specs.push_back({"bias_ih" + sfx, p.b_ih, H, 0});
-                specs.push_back({"bias_hh" + sfx, p.b_hh, H, 0});
+                specs.push_back({"bias_ih" + sfx, p.b_ih, GH, 0});
+                specs.push_back({"bias_hh" + sfx, p.b_hh, GH, 0});
             }
+            if (cfg.proj_size > 0) specs.push_back({"weight_hr" + sfx, p.w_hr, P, cfg.hidden_size});
             offset = p.end;
         }
     }
@@ -91,9 +113,10 @@ std::vector<ParamSpec> param_layout(const StackConfig& cfg) {
 Index param_count(const StackConfig& cfg) {
     cfg.validate();
     // Closed form (validate() bounds it): a loop over the layers would take minutes for absurd layer counts.
-    const Index H = cfg.hidden_size, D = cfg.directions(), bias = cfg.bias ? 2 * H : 0;
-    const Index first = D * (H * cfg.input_size + H * H + bias);
-    const Index rest = D * (H * cfg.output_size() + H * H + bias);
+    const Index H = cfg.hidden_size, D = cfg.directions(), GH = cfg.gates() * H, P = cfg.state_size();
+    const Index bias = cfg.bias ? 2 * GH : 0, proj = cfg.proj_size > 0 ? P * H : 0;
+    const Index first = D * (GH * cfg.input_size + GH * P + bias + proj);
+    const Index rest = D * (GH * cfg.output_size() + GH * P + bias + proj);
     return first + (cfg.num_layers - 1) * rest;
 }
 
@@ -177,18 +200,77 @@ void permute_states(const Packing& pk, const Src& src, Dst&& dst, bool to_sorted
 
 }  // namespace
 
+namespace {
+
+// One direction of one layer on the driver, with the cell policy of cfg.cell.
+template <class T>
+void direction_forward(const StackConfig& cfg, const detail::LayerWeights<T>& wt, const ConstMatrixRef<T>& x,
+                       const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& c0, bool reverse, const StepLayout& steps,
+                       MatrixRef<T> hs, MatrixRef<T> gates, MatrixRef<T> aux) {
+    switch (cfg.cell) {
+        case CellKind::rnn:
+            detail::recurrent_forward<detail::ElmanCell, T>(wt, x, h0, c0, cfg.activation, reverse, steps, hs, gates, aux);
+            break;
+        case CellKind::lstm:
+            detail::recurrent_forward<detail::LstmCell, T>(wt, x, h0, c0, cfg.activation, reverse, steps, hs, gates, aux);
+            break;
+        case CellKind::gru:
+            detail::recurrent_forward<detail::GruCell, T>(wt, x, h0, c0, cfg.activation, reverse, steps, hs, gates, aux);
+            break;
+    }
+}
+
+template <class T>
+void direction_backward(const StackConfig& cfg, const detail::LayerWeights<T>& wt, const ConstMatrixRef<T>& x,
+                        const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& c0, const ConstMatrixRef<T>& hs,
+                        const ConstMatrixRef<T>& gates, const ConstMatrixRef<T>& aux, const ConstMatrixRef<T>& dhs,
+                        const ConstMatrixRef<T>& dh_n, const ConstMatrixRef<T>& dc_n, bool reverse,
+                        const StepLayout& steps, MatrixRef<T> dx, MatrixRef<T> dh0, MatrixRef<T> dc0,
+                        const detail::LayerGrads<T>& grads, MatrixRef<T> dz, MatrixRef<T> dzh) {
+    switch (cfg.cell) {
+        case CellKind::rnn:
+            detail::recurrent_backward<detail::ElmanCell, T>(wt, x, h0, c0, hs, gates, aux, dhs, dh_n, dc_n,
+                                                             cfg.activation, reverse, steps, dx, dh0, dc0, grads, dz, dzh);
+            break;
+        case CellKind::lstm:
+            detail::recurrent_backward<detail::LstmCell, T>(wt, x, h0, c0, hs, gates, aux, dhs, dh_n, dc_n,
+                                                            cfg.activation, reverse, steps, dx, dh0, dc0, grads, dz, dzh);
+            break;
+        case CellKind::gru:
+            detail::recurrent_backward<detail::GruCell, T>(wt, x, h0, c0, hs, gates, aux, dhs, dh_n, dc_n,
+                                                           cfg.activation, reverse, steps, dx, dh0, dc0, grads, dz, dzh);
+            break;
+    }
+}
+
+template <class T>
+detail::LayerWeights<T> weights_of(const StackConfig& cfg, const T* params, const DirectionLayout& p) {
+    const Index H = cfg.hidden_size, GH = cfg.gates() * H, P = cfg.state_size(), bias = cfg.bias ? GH : 0;
+    return detail::LayerWeights<T>{const_matrix(params, p.w_ih, GH, p.in), const_matrix(params, p.w_hh, GH, P),
+                                   Eigen::Map<const RowVector<T>>(params + p.b_ih, bias),
+                                   Eigen::Map<const RowVector<T>>(params + p.b_hh, bias),
+                                   const_matrix(params, p.w_hr, cfg.proj_size > 0 ? P : 0, H)};
+}
+
+}  // namespace
+
 template <class T>
 void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef<T>& x, Index seq_len,
-                   const std::vector<Index>& lengths, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& masks,
-                   MatrixRef<T> output, MatrixRef<T> h_n, StackCache<T>* cache) {
+                   const std::vector<Index>& lengths, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& c0,
+                   const ConstMatrixRef<T>& masks, MatrixRef<T> output, MatrixRef<T> h_n, MatrixRef<T> c_n,
+                   StackCache<T>* cache) {
     if (seq_len <= 0) throw std::invalid_argument("seq_len: expected a positive integer, got " + std::to_string(seq_len));
-    const Index L = cfg.num_layers, D = cfg.directions(), H = cfg.hidden_size, DH = cfg.output_size();
+    const Index L = cfg.num_layers, D = cfg.directions(), H = cfg.hidden_size, P = cfg.state_size();
+    const Index DP = cfg.output_size(), GH = cfg.gates() * H;
+    const bool cell_state = cfg.has_cell_state();
     const Index TB = x.rows(), B = TB / seq_len;
     expect_shape("x", x.rows(), x.cols(), seq_len * B, cfg.input_size);
-    if (h0.rows() != 0) expect_shape("h0", h0.rows(), h0.cols(), L * D * B, H);
-    if (masks.rows() != 0) expect_shape("masks", masks.rows(), masks.cols(), (L - 1) * TB, DH);
-    expect_shape("output", output.rows(), output.cols(), TB, DH);
-    expect_shape("h_n", h_n.rows(), h_n.cols(), L * D * B, H);
+    if (h0.rows() != 0) expect_shape("h0", h0.rows(), h0.cols(), L * D * B, P);
+    if (c0.rows() != 0) expect_shape("c0", c0.rows(), c0.cols(), L * D * B, H);
+    if (masks.rows() != 0) expect_shape("masks", masks.rows(), masks.cols(), (L - 1) * TB, DP);
+    expect_shape("output", output.rows(), output.cols(), TB, DP);
+    expect_shape("h_n", h_n.rows(), h_n.cols(), L * D * B, P);
+    if (cell_state) expect_shape("c_n", c_n.rows(), c_n.cols(), L * D * B, H);
 
     Packing pk = make_packing(seq_len, B, lengths);
     const bool packed = pk.is_packed();
@@ -196,15 +278,19 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
     const Index R = steps.rows();
 
     // Inputs in the packed domain: the caller's own arrays when the batch is not packed.
-    RowMatrix<T> x_packed, h0_sorted, masks_packed;
+    RowMatrix<T> x_packed, h0_sorted, c0_sorted, masks_packed;
     if (packed) {
         pack_rows<T>(pk, x, x_packed);
         if (h0.rows() != 0) {
-            h0_sorted.resize(h0.rows(), H);
+            h0_sorted.resize(h0.rows(), P);
             permute_states(pk, h0, h0_sorted, true);
         }
+        if (c0.rows() != 0) {
+            c0_sorted.resize(c0.rows(), H);
+            permute_states(pk, c0, c0_sorted, true);
+        }
         if (masks.rows() != 0) {
-            masks_packed.resize((L - 1) * R, DH);
+            masks_packed.resize((L - 1) * R, DP);
             for (Index l = 0; l + 1 < L; ++l) {
                 RowMatrix<T> block;
                 pack_rows<T>(pk, masks.middleRows(l * TB, TB), block);
@@ -214,13 +300,14 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
     }
     const ConstMatrixRef<T> x_in = packed ? ConstMatrixRef<T>(x_packed) : x;
     const ConstMatrixRef<T> h0_in = packed && h0.rows() != 0 ? ConstMatrixRef<T>(h0_sorted) : h0;
+    const ConstMatrixRef<T> c0_in = packed && c0.rows() != 0 ? ConstMatrixRef<T>(c0_sorted) : c0;
     const ConstMatrixRef<T> masks_in = packed && masks.rows() != 0 ? ConstMatrixRef<T>(masks_packed) : masks;
 
-    const RowMatrix<T> no_state(0, H);
+    const RowMatrix<T> no_state(0, P), no_cell(0, H);
     const bool borrow = cache != nullptr && cache->borrow && !packed;
     if (cache != nullptr) {
         cache->input_size = cfg.input_size;
-        cache->output_size = DH;
+        cache->output_size = DP;
         cache->x_data = cache->top_data = nullptr;
         if (borrow) {
             cache->x.resize(0, cfg.input_size);
@@ -232,73 +319,93 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
         if (h0_in.rows() != 0) {
             cache->h0 = h0_in;
         } else {
-            cache->h0.setZero(L * D * B, H);
+            cache->h0.setZero(L * D * B, P);
+        }
+        if (cell_state && c0_in.rows() != 0) {
+            cache->c0 = c0_in;
+        } else {
+            cache->c0.setZero(cell_state ? L * D * B : 0, H);
         }
         cache->ys.resize(static_cast<size_t>(L));
+        cache->gates.assign(static_cast<size_t>(L), RowMatrix<T>());
+        cache->aux.assign(static_cast<size_t>(L), RowMatrix<T>());
         cache->masks = masks_in;
     }
-    // Workspaces, allocated once: layer outputs to alternate between (inference), the masked input.
-    RowMatrix<T> ping, pong, dropped;
-    if (cache == nullptr && (L > 1 || packed)) ping.resize(R, DH);
-    if (cache == nullptr && L > 1) pong.resize(R, DH);
-    if (masks_in.rows() != 0) dropped.resize(R, DH);
+    // Workspaces, allocated once: layer outputs to alternate between (inference), the masked input, and the gates
+    // and aux of a layer when no cache keeps them.
+    const bool gated = cfg.cell != CellKind::rnn;
+    RowMatrix<T> ping, pong, dropped, gate_work, aux_work;
+    if (cache == nullptr && (L > 1 || packed)) ping.resize(R, DP);
+    if (cache == nullptr && L > 1) pong.resize(R, DP);
+    if (masks_in.rows() != 0) dropped.resize(R, DP);
+    if (cache == nullptr && gated) {
+        gate_work.resize(R, D * GH);
+        aux_work.resize(R, D * H);
+    }
 
     const T* input = x_in.data();
     Index input_stride = x_in.outerStride();
-    Index offset = 0;
     for (Index l = 0; l < L; ++l) {
+        const size_t ul = static_cast<size_t>(l);
         T* y = nullptr;
-        Index y_stride = DH;
+        Index y_stride = DP;
         if (cache != nullptr && !(borrow && l == L - 1)) {
-            cache->ys[static_cast<size_t>(l)].resize(R, DH);
-            y = cache->ys[static_cast<size_t>(l)].data();
+            cache->ys[ul].resize(R, DP);
+            y = cache->ys[ul].data();
         } else if (l == L - 1 && !packed) {
             y = output.data();
             y_stride = output.outerStride();
         } else {
             y = (l % 2 == 0 ? ping : pong).data();
         }
+        RowMatrix<T>* gates = &gate_work;
+        RowMatrix<T>* aux = &aux_work;
+        if (cache != nullptr && gated) {
+            cache->gates[ul].resize(R, D * GH);
+            cache->aux[ul].resize(R, D * H);
+            gates = &cache->gates[ul];
+            aux = &cache->aux[ul];
+        }
         const ConstMatrixMap<T> in(input, R, cfg.layer_input_size(l), Eigen::OuterStride<>(input_stride));
-        MatrixMap<T> ys(y, R, DH, Eigen::OuterStride<>(y_stride));
+        MatrixMap<T> ys(y, R, DP, Eigen::OuterStride<>(y_stride));
         // The directions are independent: side by side on two threads when there are two.
-        const Index layer_params = offset;
         detail::parallel(D == 2 ? detail::threads_for(2, 1) : 1, [&](int k, int parts) {
             for (Index d = k; d < D; d += parts) {
-                Index off = layer_params;
-                for (Index e = 0; e < d; ++e) off = direction_layout(cfg, off, l).end;
-                const DirectionLayout p = direction_layout(cfg, off, l);
+                const DirectionLayout p = direction_layout(cfg, direction_offset(cfg, l, d), l);
                 const Index ld = l * D + d;
-                const Index bias_size = cfg.bias ? H : 0;
-                layer_forward<T>(in, h0_in.rows() != 0 ? ConstMatrixRef<T>(h0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_state),
-                                 const_matrix(params, p.w_ih, H, p.in), const_matrix(params, p.w_hh, H, H),
-                                 Eigen::Map<const RowVector<T>>(params + p.b_ih, bias_size),
-                                 Eigen::Map<const RowVector<T>>(params + p.b_hh, bias_size), cfg.activation, d == 1,
-                                 steps, ys.middleCols(d * H, H));
+                MatrixRef<T> g = gated ? MatrixRef<T>(gates->middleCols(d * GH, GH)) : MatrixRef<T>(*gates);
+                MatrixRef<T> a = gated ? MatrixRef<T>(aux->middleCols(d * H, H)) : MatrixRef<T>(*aux);
+                direction_forward<T>(cfg, weights_of(cfg, params, p), in,
+                                     h0_in.rows() != 0 ? ConstMatrixRef<T>(h0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_state),
+                                     c0_in.rows() != 0 ? ConstMatrixRef<T>(c0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_cell),
+                                     d == 1, steps, ys.middleCols(d * P, P), g, a);
                 // Each item's final state: its last valid step forward, step 0 in reverse.
                 if (!packed) {
                     const Index last = d == 1 ? 0 : seq_len - 1;
-                    h_n.middleRows(ld * B, B) = ys.block(last * B, d * H, B, H);
+                    h_n.middleRows(ld * B, B) = ys.block(last * B, d * P, B, P);
+                    if (cell_state) c_n.middleRows(ld * B, B) = a.middleRows(last * B, B);
                 } else {
                     for (Index j = 0; j < B; ++j) {
                         const Index t = d == 1 ? 0 : pk.lengths[static_cast<size_t>(j)] - 1;
-                        h_n.row(ld * B + pk.order[static_cast<size_t>(j)]) = ys.block(steps.offset(t) + j, d * H, 1, H);
+                        const Index item = ld * B + pk.order[static_cast<size_t>(j)];
+                        h_n.row(item) = ys.block(steps.offset(t) + j, d * P, 1, P);
+                        if (cell_state) c_n.row(item) = a.row(steps.offset(t) + j);
                     }
                 }
             }
         });
-        for (Index d = 0; d < D; ++d) offset = direction_layout(cfg, offset, l).end;
         input = y;
         input_stride = y_stride;
         if (l < L - 1 && masks_in.rows() != 0) {
             dropped = ys.cwiseProduct(masks_in.middleRows(l * R, R));
             input = dropped.data();
-            input_stride = DH;
+            input_stride = DP;
         }
         if (l == L - 1 && packed) unpack_rows<T>(pk, ys, output);
     }
     if (cache != nullptr) {
         if (borrow) {
-            cache->ys.back().resize(0, DH);
+            cache->ys.back().resize(0, DP);
             cache->top_data = output.data();
             cache->top_stride = output.outerStride();
         } else if (!packed) {
@@ -310,60 +417,66 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
 
 template <class T>
 void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>& cache,
-                    const ConstMatrixRef<T>& d_output, const ConstMatrixRef<T>& d_h_n, MatrixRef<T> dx,
-                    MatrixRef<T> dh0, T* grads) {
-    const Index L = cfg.num_layers, D = cfg.directions(), H = cfg.hidden_size, DH = cfg.output_size();
+                    const ConstMatrixRef<T>& d_output, const ConstMatrixRef<T>& d_h_n, const ConstMatrixRef<T>& d_c_n,
+                    MatrixRef<T> dx, MatrixRef<T> dh0, MatrixRef<T> dc0, T* grads) {
+    const Index L = cfg.num_layers, D = cfg.directions(), H = cfg.hidden_size, P = cfg.state_size();
+    const Index DP = cfg.output_size(), GH = cfg.gates() * H;
+    const bool cell_state = cfg.has_cell_state(), gated = cfg.cell != CellKind::rnn;
     const Packing& pk = cache.packing;
     const Index seq_len = pk.seq_len, B = pk.batch, TB = seq_len * B, R = pk.steps.rows();
-    if (static_cast<Index>(cache.ys.size()) != L || seq_len <= 0) {
+    if (static_cast<Index>(cache.ys.size()) != L || seq_len <= 0 ||
+        (gated && static_cast<Index>(cache.gates.size()) != L)) {
         throw std::invalid_argument("cache: it does not come from a forward of this configuration");
     }
     const ConstMatrixMap<T> x_cached = cache.input();
     expect_shape("cache.x", x_cached.rows(), x_cached.cols(), R, cfg.input_size);
     const bool want_dx = dx.rows() != 0;
-    if (d_output.rows() != 0) expect_shape("grad_output", d_output.rows(), d_output.cols(), TB, DH);
-    if (d_h_n.rows() != 0) expect_shape("grad_h_n", d_h_n.rows(), d_h_n.cols(), L * D * B, H);
+    if (d_output.rows() != 0) expect_shape("grad_output", d_output.rows(), d_output.cols(), TB, DP);
+    if (d_h_n.rows() != 0) expect_shape("grad_h_n", d_h_n.rows(), d_h_n.cols(), L * D * B, P);
+    if (d_c_n.rows() != 0) expect_shape("grad_c_n", d_c_n.rows(), d_c_n.cols(), L * D * B, H);
     if (want_dx) expect_shape("grad_input", dx.rows(), dx.cols(), TB, cfg.input_size);
-    expect_shape("grad_h0", dh0.rows(), dh0.cols(), L * D * B, H);
+    expect_shape("grad_h0", dh0.rows(), dh0.cols(), L * D * B, P);
+    if (cell_state) expect_shape("grad_c0", dc0.rows(), dc0.cols(), L * D * B, H);
     const bool packed = pk.is_packed();
 
-    // Offsets of each layer's first direction, so layers can be visited top-down.
-    std::vector<Index> layer_offset(static_cast<size_t>(L));
-    Index offset = 0;
-    for (Index l = 0; l < L; ++l) {
-        layer_offset[static_cast<size_t>(l)] = offset;
-        for (Index d = 0; d < D; ++d) offset = direction_layout(cfg, offset, l).end;
-    }
-
     // Gradients in the packed domain, and workspaces, allocated once per call.
-    RowMatrix<T> d_output_packed, d_h_n_sorted, dx_packed, dh0_sorted;
+    RowMatrix<T> d_output_packed, d_h_n_sorted, d_c_n_sorted, dx_packed, dh0_sorted, dc0_sorted;
     if (packed) {
         if (d_output.rows() != 0) pack_rows<T>(pk, d_output, d_output_packed);
         if (d_h_n.rows() != 0) {
-            d_h_n_sorted.resize(d_h_n.rows(), H);
+            d_h_n_sorted.resize(d_h_n.rows(), P);
             permute_states(pk, d_h_n, d_h_n_sorted, true);
         }
+        if (d_c_n.rows() != 0) {
+            d_c_n_sorted.resize(d_c_n.rows(), H);
+            permute_states(pk, d_c_n, d_c_n_sorted, true);
+        }
         if (want_dx) dx_packed.resize(R, cfg.input_size);
-        dh0_sorted.resize(L * D * B, H);
+        dh0_sorted.resize(L * D * B, P);
+        if (cell_state) dc0_sorted.resize(L * D * B, H);
     }
     const ConstMatrixRef<T> d_out_in = packed && d_output.rows() != 0 ? ConstMatrixRef<T>(d_output_packed) : d_output;
     const ConstMatrixRef<T> d_h_n_in = packed && d_h_n.rows() != 0 ? ConstMatrixRef<T>(d_h_n_sorted) : d_h_n;
+    const ConstMatrixRef<T> d_c_n_in = packed && d_c_n.rows() != 0 ? ConstMatrixRef<T>(d_c_n_sorted) : d_c_n;
     MatrixRef<T> dx_out = packed ? MatrixRef<T>(dx_packed) : dx;
     MatrixRef<T> dh0_out = packed ? MatrixRef<T>(dh0_sorted) : dh0;
+    MatrixRef<T> dc0_out = packed && cell_state ? MatrixRef<T>(dc0_sorted) : dc0;
 
     const bool dropout = cache.masks.rows() != 0;
-    const RowMatrix<T> none(0, H);
+    const RowMatrix<T> none(0, P), no_cell(0, H), no_aux(0, 0);
     // The directions run side by side when there are two threads; each then needs its own dz and input
-    // gradient (the second direction's is added in afterwards). dz holds a chunk of steps (see layer_backward).
+    // gradient (the second direction's is added in afterwards). dz holds a chunk of steps (see recurrent_backward).
     const int dir_threads = D == 2 ? detail::threads_for(2, 1) : 1;
     const Index chunk_rows = std::min(R, std::max(pk.steps.size_or_zero(0), kBackwardChunkRows));
-    std::vector<RowMatrix<T>> dz(static_cast<size_t>(dir_threads), RowMatrix<T>(chunk_rows, H));
-    RowMatrix<T> d_y, d_x, d_in_second, dropped;  // gradient into a layer's output, into its input, ...
+    std::vector<RowMatrix<T>> dz(static_cast<size_t>(dir_threads), RowMatrix<T>(chunk_rows, GH));
+    std::vector<RowMatrix<T>> dzh(static_cast<size_t>(dir_threads),
+                                  RowMatrix<T>(cfg.cell == CellKind::gru ? chunk_rows : 0, GH));
+    RowMatrix<T> d_y, d_x, d_in_second, dropped, dc_unused(0, 0);  // gradient into a layer's output, its input, ...
     if (L > 1) {
-        d_y.resize(R, DH);
-        d_x.resize(R, DH);
+        d_y.resize(R, DP);
+        d_x.resize(R, DP);
     }
-    if (dropout) dropped.resize(R, DH);
+    if (dropout) dropped.resize(R, DP);
 
     for (Index l = L - 1; l >= 0; --l) {
         const size_t ul = static_cast<size_t>(l);
@@ -371,7 +484,7 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
         Index input_stride = x_cached.outerStride();
         if (l > 0) {
             input = cache.ys[ul - 1].data();
-            input_stride = DH;
+            input_stride = DP;
             if (dropout) {
                 dropped = cache.ys[ul - 1].cwiseProduct(cache.masks.middleRows((l - 1) * R, R));
                 input = dropped.data();
@@ -382,28 +495,35 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
         // Layer 0's input gradient only when asked for.
         const Index d_in_rows = l > 0 || want_dx ? R : 0;
         MatrixMap<T> d_in = l == 0 ? MatrixMap<T>(dx_out.data(), d_in_rows, in_size, Eigen::OuterStride<>(std::max<Index>(dx_out.outerStride(), 1)))
-                                   : matrix(d_x.data(), 0, R, DH);
+                                   : matrix(d_x.data(), 0, R, DP);
         d_in.setZero();
         if (dir_threads > 1) d_in_second.setZero(d_in_rows, in_size);
         detail::parallel(dir_threads, [&](int k, int parts) {
             for (Index d = k; d < D; d += parts) {
-                Index off = layer_offset[ul];
-                for (Index e = 0; e < d; ++e) off = direction_layout(cfg, off, l).end;
-                const DirectionLayout p = direction_layout(cfg, off, l);
+                const DirectionLayout p = direction_layout(cfg, direction_offset(cfg, l, d), l);
                 const Index ld = l * D + d;
-                const Index bias_size = cfg.bias ? H : 0;
+                const Index bias_size = cfg.bias ? GH : 0;
                 // Gradient flowing into this direction's states from above: the next layer, the output, or none.
-                const ConstMatrixRef<T> d_hs = l < L - 1               ? ConstMatrixRef<T>(d_y.middleCols(d * H, H))
-                                               : d_out_in.rows() != 0 ? ConstMatrixRef<T>(d_out_in.middleCols(d * H, H))
+                const ConstMatrixRef<T> d_hs = l < L - 1               ? ConstMatrixRef<T>(d_y.middleCols(d * P, P))
+                                               : d_out_in.rows() != 0 ? ConstMatrixRef<T>(d_out_in.middleCols(d * P, P))
                                                                       : ConstMatrixRef<T>(none);
                 MatrixRef<T> d_in_dir = k == 1 ? MatrixRef<T>(d_in_second) : MatrixRef<T>(d_in);
-                layer_backward<T>(in, cache.h0.middleRows(ld * B, B), const_matrix(params, p.w_ih, H, p.in),
-                                  const_matrix(params, p.w_hh, H, H), cache.states(l).middleCols(d * H, H), d_hs,
-                                  d_h_n_in.rows() != 0 ? ConstMatrixRef<T>(d_h_n_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(none),
-                                  cfg.activation, d == 1, pk.steps, d_in_dir, dh0_out.middleRows(ld * B, B),
-                                  matrix(grads, p.w_ih, H, p.in), matrix(grads, p.w_hh, H, H),
-                                  Eigen::Map<RowVector<T>>(grads + p.b_ih, bias_size),
-                                  Eigen::Map<RowVector<T>>(grads + p.b_hh, bias_size), dz[static_cast<size_t>(k)]);
+                RowMatrix<T> no_grad(0, 0);
+                const detail::LayerGrads<T> g{matrix(grads, p.w_ih, GH, p.in), matrix(grads, p.w_hh, GH, P),
+                                              Eigen::Map<RowVector<T>>(grads + p.b_ih, bias_size),
+                                              Eigen::Map<RowVector<T>>(grads + p.b_hh, bias_size),
+                                              cfg.proj_size > 0 ? MatrixRef<T>(matrix(grads, p.w_hr, P, H)) : MatrixRef<T>(no_grad)};
+                const ConstMatrixRef<T> gates = gated ? ConstMatrixRef<T>(cache.gates[ul].middleCols(d * GH, GH)) : ConstMatrixRef<T>(no_aux);
+                const ConstMatrixRef<T> aux = gated ? ConstMatrixRef<T>(cache.aux[ul].middleCols(d * H, H)) : ConstMatrixRef<T>(no_aux);
+                direction_backward<T>(
+                    cfg, weights_of(cfg, params, p), in, cache.h0.middleRows(ld * B, B),
+                    cell_state ? ConstMatrixRef<T>(cache.c0.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_cell),
+                    cache.states(l).middleCols(d * P, P), gates, aux, d_hs,
+                    d_h_n_in.rows() != 0 ? ConstMatrixRef<T>(d_h_n_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(none),
+                    cell_state && d_c_n_in.rows() != 0 ? ConstMatrixRef<T>(d_c_n_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_cell),
+                    d == 1, pk.steps, d_in_dir, dh0_out.middleRows(ld * B, B),
+                    cell_state ? MatrixRef<T>(dc0_out.middleRows(ld * B, B)) : MatrixRef<T>(dc_unused), g,
+                    dz[static_cast<size_t>(k)], dzh[static_cast<size_t>(k)]);
             }
         });
         if (dir_threads > 1 && d_in_rows != 0) d_in += d_in_second;
@@ -418,20 +538,21 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
     if (packed) {
         if (want_dx) unpack_rows<T>(pk, dx_packed, dx);
         permute_states(pk, dh0_sorted, dh0, false);
+        if (cell_state) permute_states(pk, dc0_sorted, dc0, false);
     }
 }
 
-template void stack_forward<float>(const StackConfig&, const float*, const ConstMatrixRef<float>&, Index,
-                                   const std::vector<Index>&, const ConstMatrixRef<float>&, const ConstMatrixRef<float>&, MatrixRef<float>,
-                                   MatrixRef<float>, StackCache<float>*);
-template void stack_forward<double>(const StackConfig&, const double*, const ConstMatrixRef<double>&, Index,
-                                    const std::vector<Index>&, const ConstMatrixRef<double>&, const ConstMatrixRef<double>&, MatrixRef<double>,
-                                    MatrixRef<double>, StackCache<double>*);
-template void stack_backward<float>(const StackConfig&, const float*, const StackCache<float>&,
-                                    const ConstMatrixRef<float>&, const ConstMatrixRef<float>&, MatrixRef<float>,
-                                    MatrixRef<float>, float*);
-template void stack_backward<double>(const StackConfig&, const double*, const StackCache<double>&,
-                                     const ConstMatrixRef<double>&, const ConstMatrixRef<double>&, MatrixRef<double>,
-                                     MatrixRef<double>, double*);
+#define RNNFAST_INSTANTIATE(T)                                                                                     \
+    template void stack_forward<T>(const StackConfig&, const T*, const ConstMatrixRef<T>&, Index,                 \
+                                   const std::vector<Index>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&,  \
+                                   const ConstMatrixRef<T>&, MatrixRef<T>, MatrixRef<T>, MatrixRef<T>,            \
+                                   StackCache<T>*);                                                              \
+    template void stack_backward<T>(const StackConfig&, const T*, const StackCache<T>&, const ConstMatrixRef<T>&, \
+                                    const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, MatrixRef<T>,             \
+                                    MatrixRef<T>, MatrixRef<T>, T*);
+
+RNNFAST_INSTANTIATE(float)
+RNNFAST_INSTANTIATE(double)
+#undef RNNFAST_INSTANTIATE
 
 }  // namespace rnnfast

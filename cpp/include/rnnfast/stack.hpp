@@ -13,18 +13,31 @@
 
 namespace rnnfast {
 
+// The cell kinds: Elman (tanh or relu), LSTM (gates i, f, g, o) and GRU (gates r, z, n), as in torch.nn.
+enum class CellKind { rnn, lstm, gru };
+
+// Parses "rnn" / "lstm" / "gru"; anything else is std::invalid_argument.
+CellKind parse_cell(const std::string& name);
+
 struct StackConfig {
     Index input_size = 0;
     Index hidden_size = 0;
     Index num_layers = 1;
     bool bidirectional = false;
     bool bias = true;
-    Activation activation = Activation::tanh;
+    Activation activation = Activation::tanh;  // Elman's
+    CellKind cell = CellKind::rnn;
+    Index proj_size = 0;                       // LSTM only: the state h is projected to this size (0: none)
 
     Index directions() const { return bidirectional ? 2 : 1; }
-    Index output_size() const { return directions() * hidden_size; }
+    Index gates() const { return cell == CellKind::lstm ? 4 : cell == CellKind::gru ? 3 : 1; }
+    // P: the size of the state h (and of each direction's output).
+    Index state_size() const { return proj_size > 0 ? proj_size : hidden_size; }
+    Index output_size() const { return directions() * state_size(); }
     Index layer_input_size(Index layer) const { return layer == 0 ? input_size : output_size(); }
-    // Throws std::invalid_argument on sizes <= 0 or a parameter count that overflows.
+    bool has_cell_state() const { return cell == CellKind::lstm; }
+    // Throws std::invalid_argument on sizes <= 0, a projection outside (0, hidden_size) or on another kind than
+    // LSTM, or a parameter count that overflows.
     void validate() const;
 };
 
@@ -37,8 +50,9 @@ struct ParamSpec {
     Index size() const { return cols == 0 ? rows : rows * cols; }
 };
 
-// PyTorch's order: weight_ih_l{k}{sfx}, weight_hh_l{k}{sfx}, bias_ih_l{k}{sfx}, bias_hh_l{k}{sfx} for each layer k
-// and direction sfx in ("", "_reverse").
+// PyTorch's order: weight_ih_l{k}{sfx} [G*H, in], weight_hh_l{k}{sfx} [G*H, P], bias_ih_l{k}{sfx} [G*H],
+// bias_hh_l{k}{sfx} [G*H], and with a projection weight_hr_l{k}{sfx} [P, H], for each layer k and direction sfx in
+// ("", "_reverse").
 std::vector<ParamSpec> param_layout(const StackConfig& cfg);
 Index param_count(const StackConfig& cfg);
 
@@ -68,10 +82,13 @@ struct StackCache {
     bool borrow = false;
     Packing packing;
     RowMatrix<T> x;               // [R, I]       layer-0 input, unless borrowed
-    RowMatrix<T> h0;              // [L*D*B, H]   initial states (zeros when none was given)
-    std::vector<RowMatrix<T>> ys;  // L x [R, D*H] hidden states of every layer, before dropout (the last one
+    RowMatrix<T> h0;              // [L*D*B, P]   initial states (zeros when none was given)
+    RowMatrix<T> c0;              // [L*D*B, H]   LSTM: initial cell states (zeros when none was given)
+    std::vector<RowMatrix<T>> ys;  // L x [R, D*P] hidden states of every layer, before dropout (the last one
                                   //               empty when borrowed)
-    RowMatrix<T> masks;           // [(L-1)*R, D*H] dropout masks, or 0 rows
+    std::vector<RowMatrix<T>> gates;  // L x [R, D*G*H] activated gates (gated cells), direction d's at d*G*H
+    std::vector<RowMatrix<T>> aux;    // L x [R, D*H] LSTM c, GRU W_hn h + b_hn
+    RowMatrix<T> masks;           // [(L-1)*R, D*P] dropout masks, or 0 rows
     const T* x_data = nullptr;    // the borrowed x and last layer's states, with their row strides
     Index x_stride = 0;
     const T* top_data = nullptr;
@@ -83,7 +100,7 @@ struct StackCache {
         return x_data != nullptr ? ConstMatrixMap<T>(x_data, packing.steps.rows(), input_size, Eigen::OuterStride<>(x_stride))
                                  : ConstMatrixMap<T>(x.data(), x.rows(), x.cols(), Eigen::OuterStride<>(x.cols()));
     }
-    // [R, D*H]: the states of layer l
+    // [R, D*P]: the states of layer l
     ConstMatrixMap<T> states(Index l) const {
         const RowMatrix<T>& y = ys[static_cast<size_t>(l)];
         if (top_data != nullptr && l + 1 == static_cast<Index>(ys.size())) {
@@ -93,27 +110,46 @@ struct StackCache {
     }
 };
 
-// Forward through every layer and direction.
+// Forward through every layer and direction. P is cfg.state_size().
 //   params  flat buffer of param_count(cfg) values
 //   x       [T*B, I] time-major
 //   lengths [B] valid steps of each item (outputs past them are zero), or empty for full length
-//   h0      [L*D*B, H], 0 rows means zeros
-//   masks   [(L-1)*T*B, D*H] multiplied into each layer's output but the last; 0 rows means no dropout
-//   output  [T*B, D*H] out
-//   h_n     [L*D*B, H] out: each item's state after its last valid step
+//   h0      [L*D*B, P], 0 rows means zeros;  c0 [L*D*B, H] (LSTM), 0 rows means zeros
+//   masks   [(L-1)*T*B, D*P] multiplied into each layer's output but the last; 0 rows means no dropout
+//   output  [T*B, D*P] out
+//   h_n     [L*D*B, P] out: each item's state after its last valid step;  c_n [L*D*B, H] out (LSTM; else 0 rows)
 //   cache   filled for stack_backward when not null (see StackCache::borrow)
 template <class T>
 void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef<T>& x, Index seq_len,
-                   const std::vector<Index>& lengths, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& masks,
-                   MatrixRef<T> output, MatrixRef<T> h_n, StackCache<T>* cache);
+                   const std::vector<Index>& lengths, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& c0,
+                   const ConstMatrixRef<T>& masks, MatrixRef<T> output, MatrixRef<T> h_n, MatrixRef<T> c_n,
+                   StackCache<T>* cache);
 
 // BPTT through every layer and direction.
-//   d_output  [T*B, D*H], 0 rows means none;  d_h_n [L*D*B, H], 0 rows means none
-//   dx        [T*B, I] out (=), zero at padded steps, or 0 rows: not computed;  dh0 [L*D*B, H] out (=)
+//   d_output  [T*B, D*P], 0 rows means none;  d_h_n [L*D*B, P], 0 rows means none;  d_c_n [L*D*B, H] likewise
+//   dx        [T*B, I] out (=), zero at padded steps, or 0 rows: not computed
+//   dh0       [L*D*B, P] out (=);  dc0 [L*D*B, H] out (=) for LSTM (else 0 rows)
 //   grads     flat buffer laid out like params, accumulated (+=)
 template <class T>
 void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>& cache,
+                    const ConstMatrixRef<T>& d_output, const ConstMatrixRef<T>& d_h_n, const ConstMatrixRef<T>& d_c_n,
+                    MatrixRef<T> dx, MatrixRef<T> dh0, MatrixRef<T> dc0, T* grads);
+
+// The same for cells without a cell state (Elman, GRU): no c0, c_n, grad_c_n, dc0.
+template <class T>
+void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef<T>& x, Index seq_len,
+                   const std::vector<Index>& lengths, const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& masks,
+                   MatrixRef<T> output, MatrixRef<T> h_n, StackCache<T>* cache) {
+    RowMatrix<T> none(0, cfg.hidden_size);
+    stack_forward<T>(cfg, params, x, seq_len, lengths, h0, none, masks, output, h_n, none, cache);
+}
+
+template <class T>
+void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>& cache,
                     const ConstMatrixRef<T>& d_output, const ConstMatrixRef<T>& d_h_n, MatrixRef<T> dx,
-                    MatrixRef<T> dh0, T* grads);
+                    MatrixRef<T> dh0, T* grads) {
+    RowMatrix<T> none(0, cfg.hidden_size);
+    stack_backward<T>(cfg, params, cache, d_output, d_h_n, none, dx, dh0, none, grads);
+}
 
 }  // namespace rnnfast

@@ -1,0 +1,514 @@
+// The one driver of a recurrent layer, for every cell kind (cells.hpp): one direction of one layer over a
+// sequence, forward and BPTT.
+//
+// Forward: the input projection of every step as one product into the gate buffer [R, G*H], then step by step the
+// recurrent product h_{t-1} W_hh^T (W_hh [G*H, P], packed once per call) and the cell's elementwise math. BPTT:
+// step by step back, the cell's elementwise backward into dz [C, G*H] and dL/dh_{t-1} = dz W_hh, in chunks of steps
+// that fit in dz, each chunk followed by its weight, bias and input gradients as whole products.
+//
+// Threads split the recurrence by items (each runs its items through every step, no waiting) when each gets at
+// least kMinPackedRows items; otherwise by bands of state units (the same units of every gate, so the elementwise
+// math stays within a thread), meeting at a barrier every step. A projected LSTM (w_hr) mixes the units after the
+// cell, so it is split by items only.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "cells.hpp"
+#include "packed_product.hpp"
+#include "parallel.hpp"
+#include "rnnfast/interrupt.hpp"
+#include "rnnfast/steps.hpp"
+#include "rnnfast/types.hpp"
+
+namespace rnnfast::detail {
+
+// Multiply-adds below which splitting across threads costs more than it saves: a whole product, and one
+// step of the recurrence (whose threads meet at a barrier every step).
+constexpr double kMinProductWork = 1 << 18;
+constexpr double kMinStepWork = 1 << 16;
+
+// A thread's steps of at least this many rows multiply by W_hh packed for Eigen's GEMM kernel (StepWeights).
+constexpr Index kMinPackedRows = StepWeights<float>::kMinPackedRows;
+
+// dst = lhs * rhs (or += with `add`), the rows of dst split across threads.
+template <class Dst, class Lhs, class Rhs>
+void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
+    const int threads = threads_for(static_cast<double>(dst.rows()) * dst.cols() * lhs.cols(), kMinProductWork);
+    parallel(threads, [&](int k, int parts) {
+        const Index r0 = split(dst.rows(), k, parts, 8), r1 = split(dst.rows(), k + 1, parts, 8);
+        if (r1 <= r0) return;
+        if (add) {
+            dst.middleRows(r0, r1 - r0).noalias() += lhs.middleRows(r0, r1 - r0) * rhs;
+        } else {
+            dst.middleRows(r0, r1 - r0).noalias() = lhs.middleRows(r0, r1 - r0) * rhs;
+        }
+    });
+}
+
+// dst = lhs * rhs as rows_product, in chunks of rows between which a call can be interrupted: at most about
+// kChunkWork multiply-adds per thread or kChunkElements results (what bounds a product with a short inner
+// dimension), some milliseconds each. Each chunk repacks rhs, so products within those bounds stay whole.
+constexpr double kChunkWork = 1 << 29, kChunkElements = 1 << 24;
+
+template <class Dst, class Lhs, class Rhs>
+void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
+    const double cols = static_cast<double>(std::max<Index>(dst.cols(), 1));
+    const double per_row = cols * static_cast<double>(std::max<Index>(lhs.cols(), 1));
+    const double by_work = kChunkWork * std::max(1, thread_limit()) / per_row;
+    const double rows_per_chunk = std::min(by_work, kChunkElements / cols);
+    const Index rows = dst.rows();
+    if (rows_per_chunk >= static_cast<double>(rows)) {
+        rows_product(dst, lhs, rhs, add);
+        return;
+    }
+    const Index chunk = std::max<Index>(64, static_cast<Index>(rows_per_chunk) / 8 * 8);
+    for (Index r0 = 0; r0 < rows; r0 += chunk) {
+        const Index n = std::min(chunk, rows - r0);
+        rows_product(dst.middleRows(r0, n), lhs.middleRows(r0, n), rhs, add);
+        interruption_point(static_cast<double>(n) * per_row);
+    }
+}
+
+// How the recurrence is split across threads. Items are independent of each other, so when every thread gets
+// at least kMinPackedRows items, each runs its own items through all the steps and the threads never wait for
+// one another. Otherwise each thread owns a band of the state units and all meet at every step.
+struct RecurrenceSplit {
+    bool by_items = false;
+    std::vector<Index> item_bounds;  // by_items: thread k's item rows are [item_bounds[k], item_bounds[k + 1])
+
+    RecurrenceSplit(const StepLayout& steps, int threads) {
+        const Index items = steps.size_or_zero(0);
+        by_items = threads > 1 && items >= threads * kMinPackedRows;
+        if (!by_items) return;
+        // Rows are the items sorted by decreasing length (a step holds a prefix of them): split the rows of all
+        // steps evenly, an item's rows being its length.
+        const Index T_ = steps.seq_len(), total = steps.rows();
+        item_bounds.assign(static_cast<size_t>(threads) + 1, items);
+        item_bounds[0] = 0;
+        Index running = 0, live = T_;  // live: the steps item j runs (those with more than j rows)
+        int part = 1;
+        for (Index j = 0; j < items && part < threads; ++j) {
+            while (live > 0 && steps.size(live - 1) <= j) --live;
+            running += live;
+            while (part < threads && running * threads >= total * part) item_bounds[static_cast<size_t>(part++)] = j + 1;
+        }
+    }
+
+    // Thread k's item rows [first, last) and state units [c0, c0 + width). `parts` is what the job got: the
+    // threads asked for, or 1 when the pool was busy (the one part then takes everything).
+    void tile(const StepLayout& steps, Index H, int k, int parts, Index& first, Index& last, Index& c0,
+              Index& width) const {
+        if (by_items && parts + 1 == static_cast<int>(item_bounds.size())) {
+            first = item_bounds[static_cast<size_t>(k)];
+            last = item_bounds[static_cast<size_t>(k) + 1];
+            c0 = 0;
+            width = H;
+        } else {
+            first = 0;
+            last = steps.size_or_zero(0);
+            c0 = by_items ? 0 : split(H, k, parts);
+            width = by_items ? H : split(H, k + 1, parts) - c0;
+        }
+    }
+};
+
+// One direction's weights: w_ih [G*H, I], w_hh [G*H, P], biases [G*H] (size 0: none), w_hr [P, H] (0 rows: none;
+// then P = H).
+template <class T>
+struct LayerWeights {
+    ConstMatrixRef<T> w_ih, w_hh;
+    ConstVectorRef<T> b_ih, b_hh;
+    ConstMatrixRef<T> w_hr;
+};
+
+// One direction's parameter gradients, laid out like LayerWeights; accumulated (+=).
+template <class T>
+struct LayerGrads {
+    MatrixRef<T> w_ih, w_hh;
+    VectorRef<T> b_ih, b_hh;
+    MatrixRef<T> w_hr;
+};
+
+// The rows a thread's block of step t starts from: [a, cont) continue from the step processed before (rows
+// `prev_offset + j`), [cont, b) start from the initial state (rows j of h0 / c0).
+struct StepRows {
+    Index t, n, offset, prev, prev_offset, a, b, cont;
+    StepRows(const StepLayout& steps, Index s, bool reverse, Index first, Index last) {
+        const Index T_ = steps.seq_len();
+        t = reverse ? T_ - 1 - s : s;
+        n = steps.size(t);
+        offset = steps.offset(t);
+        prev = reverse ? t + 1 : t - 1;
+        const Index prev_n = steps.size_or_zero(prev);
+        prev_offset = prev_n > 0 ? steps.offset(prev) : 0;
+        a = std::min(first, n);
+        b = std::min(last, n);
+        cont = std::max(a, std::min(b, prev_n));
+    }
+};
+
+// Forward of one direction of one layer.
+//   x      [R, I]     layer input, laid out by `steps`
+//   h0     [B, P]     initial state, 0 rows for zeros;  c0 [B, H] (LSTM), 0 rows for zeros
+//   hs     [R, P]     out: the state after every step (may be a column block of a wider matrix)
+//   gates  [R, G*H]   out: the activated gates (unused by cells that work in place in hs)
+//   aux    [R, H]     out: what the cell keeps beside them (LSTM c, GRU W_hn h + b_hn)
+template <class Cell, class T>
+void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0,
+                       const ConstMatrixRef<T>& c0, Activation act, bool reverse, const StepLayout& steps,
+                       MatrixRef<T> hs, MatrixRef<T> gates, MatrixRef<T> aux) {
+    constexpr int G = Cell::kGates;
+    const Index T_ = steps.seq_len(), P = wt.w_hh.cols(), H = wt.w_hh.rows() / G;
+    const bool proj = wt.w_hr.rows() != 0;
+    MatrixRef<T> z = Cell::kInPlace ? hs : gates;  // the pre-activations [R, G*H]
+    // Input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
+    interruptible_rows_product(z, x, wt.w_ih.transpose(), false);
+    if (wt.b_ih.size() != 0) {
+        if (Cell::kSeparateHidden) {
+            z.rowwise() += wt.b_ih;
+        } else {
+            z.rowwise() += wt.b_ih + wt.b_hh;
+        }
+    }
+    if (T_ == 0 || steps.rows() == 0) return;
+    const Index B = steps.batch();
+    int threads = threads_for(static_cast<double>(B) * G * H * P, kMinStepWork);
+    RecurrenceSplit split(steps, threads);
+    if (proj && !split.by_items && threads > 1) split = RecurrenceSplit(steps, threads = 1);
+    // Per-step scratch, rows = items: the recurrent part of cells that keep it apart, and the projected LSTM's
+    // o * tanh(c) before projection. Each thread touches only its rows and units.
+    RowMatrix<T> hidden(Cell::kSeparateHidden ? B : 0, G * H), unprojected(proj ? B : 0, H);
+    const double step_work = static_cast<double>(B) * G * H * P;
+    Barrier step_done;
+    FirstError error;
+    StepStop stop;
+    parallel(threads, [&](int k, int parts) {
+        Index first = 0, last = 0, c0_ = 0, width = 0;
+        split.tile(steps, H, k, parts, first, last, c0_, width);
+        // The rows of W_hh for this thread's units, one block per gate. On failure (packing allocates) the thread
+        // still meets its partners at every step, doing nothing.
+        std::array<StepWeights<T>, G> w_band;
+        const bool ready = error.run([&] {
+            if (last <= first || width <= 0) return;
+            for (int g = 0; g < G; ++g) {
+                w_band[g].template pack<Eigen::RowMajor>(wt.w_hh.data() + (g * H + c0_) * wt.w_hh.outerStride(),
+                                                         wt.w_hh.outerStride(), width, P, last - first, T_);
+            }
+        });
+        const Index ld = hs.outerStride(), zld = z.outerStride();
+        for (Index s = 0; s < T_; ++s) {
+            if (stop.before(s, k, step_work)) break;
+            const StepRows st(steps, s, reverse, first, last);
+            if (ready && st.b > st.a && width > 0) {
+                for (int part = 0; part < 2; ++part) {
+                    const Index r0 = part == 0 ? st.a : st.cont, r1 = part == 0 ? st.cont : st.b;
+                    if (r1 <= r0) continue;
+                    const Index m = r1 - r0;
+                    // The state and cell state this block starts from (null: zeros).
+                    const T* h_src = part == 0 ? hs.data() + (st.prev_offset + r0) * ld
+                                               : (h0.rows() != 0 ? h0.data() + r0 * h0.outerStride() : nullptr);
+                    const Index h_src_ld = part == 0 ? ld : h0.outerStride();
+                    const T* c_src = nullptr;
+                    Index c_src_ld = 0;
+                    if (Cell::kAux && !Cell::kSeparateHidden) {  // LSTM's c
+                        c_src = part == 0 ? aux.data() + (st.prev_offset + r0) * aux.outerStride() + c0_
+                                          : (c0.rows() != 0 ? c0.data() + r0 * c0.outerStride() + c0_ : nullptr);
+                        c_src_ld = part == 0 ? aux.outerStride() : c0.outerStride();
+                    }
+                    T* zrow = z.data() + (st.offset + r0) * zld + c0_;
+                    T* hid = Cell::kSeparateHidden ? hidden.data() + r0 * hidden.outerStride() + c0_ : nullptr;
+                    if (Cell::kSeparateHidden) {
+                        for (int g = 0; g < G; ++g) {
+                            BlockMap<T> hb = block(hid + g * H, m, width, hidden.outerStride());
+                            if (wt.b_hh.size() != 0) {
+                                hb = wt.b_hh.segment(g * H + c0_, width).array().replicate(m, 1);
+                            } else {
+                                hb.setZero();
+                            }
+                        }
+                    }
+                    if (h_src != nullptr) {
+                        for (int g = 0; g < G; ++g) {
+                            T* target = Cell::kSeparateHidden ? hid + g * H : zrow + g * H;
+                            const Index target_ld = Cell::kSeparateHidden ? hidden.outerStride() : zld;
+                            w_band[g].multiply_add(h_src, h_src_ld, m, target, target_ld);
+                        }
+                    }
+                    ForwardBlock<T> fb;
+                    fb.m = m;
+                    fb.w = width;
+                    fb.H = H;
+                    fb.act = act;
+                    fb.gates = zrow;
+                    fb.gates_ld = zld;
+                    fb.hidden = hid;
+                    fb.hidden_ld = hidden.outerStride();
+                    fb.h_prev = h_src != nullptr ? h_src + c0_ : nullptr;
+                    fb.h_prev_ld = h_src_ld;
+                    fb.c_prev = c_src;
+                    fb.c_prev_ld = c_src_ld;
+                    if (proj) {
+                        fb.h = unprojected.data() + r0 * unprojected.outerStride() + c0_;
+                        fb.h_ld = unprojected.outerStride();
+                    } else {
+                        fb.h = hs.data() + (st.offset + r0) * ld + c0_;
+                        fb.h_ld = ld;
+                    }
+                    if (Cell::kAux) {
+                        fb.aux = aux.data() + (st.offset + r0) * aux.outerStride() + c0_;
+                        fb.aux_ld = aux.outerStride();
+                    }
+                    Cell::template forward<T>(fb);
+                    if (proj) {  // by items: this thread has every unit of its rows
+                        hs.middleRows(st.offset + r0, m).noalias() =
+                            unprojected.middleRows(r0, m) * wt.w_hr.transpose();
+                    }
+                }
+            }
+            if (!split.by_items) step_done.wait(parts);  // the next step reads every band of these rows
+        }
+    });
+    error.rethrow();
+    stop.rethrow();
+}
+
+// BPTT of one direction of one layer. Only the recurrence is sequential; the weight, bias and input gradients are
+// products over many rows. The recurrence runs in chunks of whole steps that fit in dz, each followed by its
+// chunk's products: dz bounds the memory, and a chunk of a few thousand rows keeps the products as fast as one over
+// all rows.
+//   x, h0, c0, hs, gates, aux   as in recurrent_forward (what it made)
+//   dhs    [R, P]     gradient flowing into hs from above; 0 rows means none
+//   dh_n   [B, P]     gradient of each item's final state, 0 rows for none;  dc_n [B, H] (LSTM) likewise
+//   dx     [R, I]     accumulated (+=), so the two directions of a layer can share it; 0 rows: not computed
+//   dh0    [B, P]     out (=): gradient of the initial state;  dc0 [B, H] (LSTM) likewise
+//   grads  accumulated (+=)
+//   dz     [C, G*H]   workspace for a chunk's pre-activation gradients, C >= the largest step's rows; cells that
+//                     keep the recurrent part apart need dzh [C, G*H] too
+template <class Cell, class T>
+void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0,
+                        const ConstMatrixRef<T>& c0, const ConstMatrixRef<T>& hs, const ConstMatrixRef<T>& gates,
+                        const ConstMatrixRef<T>& aux, const ConstMatrixRef<T>& dhs, const ConstMatrixRef<T>& dh_n,
+                        const ConstMatrixRef<T>& dc_n, Activation act, bool reverse, const StepLayout& steps,
+                        MatrixRef<T> dx, MatrixRef<T> dh0, MatrixRef<T> dc0, LayerGrads<T> grads,
+                        MatrixRef<T> dz, MatrixRef<T> dzh) {
+    constexpr int G = Cell::kGates;
+    constexpr bool kCellState = Cell::kAux && !Cell::kSeparateHidden;  // LSTM
+    const Index T_ = steps.seq_len(), P = wt.w_hh.cols(), H = wt.w_hh.rows() / G;
+    const bool proj = wt.w_hr.rows() != 0;
+    // dh0 carries dL/dh_{t-1} backwards through time (dc0 dL/dc_{t-1}). An item's row is written for the last
+    // time at its first processed step, so it ends as dL/dh0; rows of items that have not started yet still hold
+    // their dh_n.
+    if (dh_n.rows() != 0) {
+        dh0 = dh_n;
+    } else {
+        dh0.setZero();
+    }
+    if (kCellState) {
+        if (dc_n.rows() != 0) {
+            dc0 = dc_n;
+        } else {
+            dc0.setZero();
+        }
+    }
+    if (T_ == 0 || steps.rows() == 0) return;
+    if (dz.rows() < steps.size(0) || dz.cols() != G * H) {
+        throw std::invalid_argument("dz: expected a workspace of at least " + std::to_string(steps.size(0)) +
+                                    " rows and " + std::to_string(G * H) + " columns, got [" +
+                                    std::to_string(dz.rows()) + ", " + std::to_string(dz.cols()) + "]");
+    }
+    const ConstMatrixRef<T>& saved = Cell::kInPlace ? hs : gates;  // the activated gates
+    MatrixRef<T>& dz_hidden = Cell::kSeparateHidden ? dzh : dz;
+    const Index B = steps.batch();
+    // Previous states of a packed chunk, gathered so that its dW_hh is one product; the projected LSTM's dL/dh of
+    // a chunk's rows and o * tanh(c) (for dW_hr), and dL/d(o * tanh c) of a step.
+    RowMatrix<T> h_prev(steps.is_uniform() ? 0 : dz.rows(), P);
+    RowMatrix<T> dh_chunk(proj ? dz.rows() : 0, P), unprojected(proj ? dz.rows() : 0, H), d_unprojected(proj ? B : 0, H);
+    int threads = threads_for(static_cast<double>(B) * G * H * P, kMinStepWork);
+    RecurrenceSplit split(steps, threads);
+    if (proj && !split.by_items && threads > 1) split = RecurrenceSplit(steps, threads = 1);
+    const double step_work = static_cast<double>(B) * G * H * P;
+    Barrier bands_done;
+    FirstError error;
+    // Each thread's columns of W_hh, packed in the first chunk and kept for the others.
+    std::vector<StepWeights<T>> w_bands(static_cast<size_t>(threads));
+    // Processing order: s = T_-1 down to 0, step t = s (forward) or T_-1-s (reverse).
+    Index s_next = T_ - 1;
+    while (s_next >= 0) {
+        // The chunk: processing positions [s_end, s_begin], as many as fit in dz; its steps [t_lo, t_hi].
+        const Index s_begin = s_next;
+        Index s_end = s_begin, chunk_rows = 0;
+        for (Index s = s_begin; s >= 0; --s) {
+            const Index n = steps.size(reverse ? T_ - 1 - s : s);
+            if (chunk_rows + n > dz.rows()) break;
+            chunk_rows += n;
+            s_end = s;
+        }
+        s_next = s_end - 1;
+        const Index t_lo = reverse ? T_ - 1 - s_begin : s_end, t_hi = reverse ? T_ - 1 - s_end : s_begin;
+        const Index base = steps.offset(t_lo);
+        if (chunk_rows == 0) continue;
+        MatrixMap<T> dzc(dz.data(), chunk_rows, G * H, Eigen::OuterStride<>(dz.outerStride()));
+        MatrixMap<T> dzhc(dz_hidden.data(), chunk_rows, G * H, Eigen::OuterStride<>(dz_hidden.outerStride()));
+        StepStop stop;
+        // Split as in recurrent_forward. With bands a thread computes its units of dz, then (after all bands are
+        // done) its units of dz W_hh; the next step reads only the thread's own units of dh0, so one barrier per
+        // step suffices. With items split, a thread has all of its rows' dz and needs no barrier.
+        parallel(threads, [&](int k, int parts) {
+            Index first = 0, last = 0, c0_ = 0, width = 0;
+            split.tile(steps, H, k, parts, first, last, c0_, width);
+            StepWeights<T>& w_band = w_bands[static_cast<size_t>(k)];  // W_hh's columns for this thread's dh
+            // (A job that ran as one part, the pool being busy, has other columns and rows than the chunk before.)
+            // The units of dh this thread owns: its band, or every column of the projection.
+            const Index p0 = proj ? 0 : c0_, pw = proj ? P : width;
+            const bool ready = error.run([&] {
+                if (last <= first || width <= 0) return;
+                const T* data = wt.w_hh.data() + p0;
+                if (!w_band.holds(data, pw, last - first)) {
+                    w_band.template pack<Eigen::ColMajor>(data, wt.w_hh.outerStride(), pw, G * H, last - first, T_);
+                }
+            });
+            for (Index s = s_begin; s >= s_end; --s) {
+                if (stop.before(s_begin - s, k, step_work)) break;
+                const StepRows st(steps, s, reverse, first, last);
+                const Index oc = st.offset - base;
+                if (ready && st.b > st.a && width > 0) {
+                    const Index m_all = st.b - st.a;
+                    // dL/dh of the step: what the next step carried back plus what came from above.
+                    MatrixMap<T> carry(dh0.data() + st.a * dh0.outerStride() + p0, m_all, pw,
+                                       Eigen::OuterStride<>(dh0.outerStride()));
+                    if (dhs.rows() != 0) carry += dhs.block(st.offset + st.a, p0, m_all, pw);
+                    if (proj) {  // by items: this thread has every unit of its rows
+                        dh_chunk.middleRows(oc + st.a, m_all) = carry;
+                        d_unprojected.middleRows(st.a, m_all).noalias() = carry * wt.w_hr;
+                    }
+                    for (int part = 0; part < 2; ++part) {
+                        const Index r0 = part == 0 ? st.a : st.cont, r1 = part == 0 ? st.cont : st.b;
+                        if (r1 <= r0) continue;
+                        const Index m = r1 - r0;
+                        BackwardBlock<T> bb;
+                        bb.m = m;
+                        bb.w = width;
+                        bb.H = H;
+                        bb.act = act;
+                        bb.gates = saved.data() + (st.offset + r0) * saved.outerStride() + c0_;
+                        bb.gates_ld = saved.outerStride();
+                        if (Cell::kAux) {
+                            bb.aux = aux.data() + (st.offset + r0) * aux.outerStride() + c0_;
+                            bb.aux_ld = aux.outerStride();
+                        }
+                        bb.h = hs.data() + (st.offset + r0) * hs.outerStride() + c0_;
+                        bb.h_ld = hs.outerStride();
+                        if (part == 0) {
+                            bb.h_prev = hs.data() + (st.prev_offset + r0) * hs.outerStride() + c0_;
+                            bb.h_prev_ld = hs.outerStride();
+                            if (kCellState) {
+                                bb.c_prev = aux.data() + (st.prev_offset + r0) * aux.outerStride() + c0_;
+                                bb.c_prev_ld = aux.outerStride();
+                            }
+                        } else {
+                            bb.h_prev = h0.rows() != 0 ? h0.data() + r0 * h0.outerStride() + c0_ : nullptr;
+                            bb.h_prev_ld = h0.outerStride();
+                            if (kCellState && c0.rows() != 0) {
+                                bb.c_prev = c0.data() + r0 * c0.outerStride() + c0_;
+                                bb.c_prev_ld = c0.outerStride();
+                            }
+                        }
+                        if (proj) {
+                            bb.dh = d_unprojected.data() + r0 * d_unprojected.outerStride();
+                            bb.dh_ld = d_unprojected.outerStride();
+                        } else {
+                            bb.dh = dh0.data() + r0 * dh0.outerStride() + c0_;
+                            bb.dh_ld = dh0.outerStride();
+                        }
+                        if (kCellState) {
+                            bb.dc = dc0.data() + r0 * dc0.outerStride() + c0_;
+                            bb.dc_ld = dc0.outerStride();
+                        }
+                        bb.dz = dzc.data() + (oc + r0) * dzc.outerStride() + c0_;
+                        bb.dz_ld = dzc.outerStride();
+                        bb.dzh = dzhc.data() + (oc + r0) * dzhc.outerStride() + c0_;
+                        bb.dzh_ld = dzhc.outerStride();
+                        Cell::template backward<T>(bb);
+                    }
+                    if (proj) carry.setZero();  // the projection has no path to h_prev but through W_hh
+                }
+                if (!split.by_items) bands_done.wait(parts);
+                if (ready && st.b > st.a && width > 0) {
+                    w_band.multiply_add(dzhc.data() + (oc + st.a) * dzhc.outerStride(), dzhc.outerStride(),
+                                        st.b - st.a, dh0.data() + st.a * dh0.outerStride() + p0, dh0.outerStride());
+                }
+            }
+        });
+        error.rethrow();
+        stop.rethrow();
+
+        rows_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
+        if (dx.rows() != 0) rows_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
+        if (grads.b_ih.size() != 0) {
+            grads.b_ih += dzc.colwise().sum();
+            grads.b_hh += dzhc.colwise().sum();
+        }
+        if (proj) {
+            // dW_hr pairs each step's dL/dh with o * tanh(c), recomputed from the saved gates and c.
+            for (Index r = 0; r < chunk_rows; ++r) {
+                unprojected.row(r) = (saved.row(base + r).segment(3 * H, H).array() *
+                                      aux.row(base + r).array().tanh()).matrix();
+            }
+            grads.w_hr.noalias() += dh_chunk.topRows(chunk_rows).transpose() * unprojected.topRows(chunk_rows);
+        }
+        // dW_hh pairs each step's dz with the state before it: h0 where an item starts, hs elsewhere.
+        if (steps.is_uniform()) {
+            // The sequence's first processed step (t = 0 forward, T_-1 reverse) starts from h0.
+            const Index first = reverse ? T_ - 1 : 0;
+            const bool has_first = t_lo <= first && first <= t_hi;
+            const Index rest = chunk_rows - (has_first ? B : 0);
+            if (has_first && h0.rows() != 0) {
+                grads.w_hh.noalias() += dzhc.middleRows(steps.offset(first) - base, B).transpose() * h0;
+            }
+            if (rest > 0) {
+                // Rows of the steps other than `first`, and the states one step earlier in processing order.
+                const Index dz_row = reverse ? 0 : (has_first ? B : 0);
+                const Index h_row = reverse ? base + B : base + dz_row - B;
+                rows_product(grads.w_hh, dzhc.middleRows(dz_row, rest).transpose(), hs.middleRows(h_row, rest), true);
+            }
+        } else {
+            for (Index t = t_lo; t <= t_hi; ++t) {
+                const Index n = steps.size(t), oc = steps.offset(t) - base;
+                const Index prev = reverse ? t + 1 : t - 1;
+                const Index cont = std::min(n, steps.size_or_zero(prev));
+                if (cont > 0) h_prev.middleRows(oc, cont) = hs.middleRows(steps.offset(prev), cont);
+                if (cont < n) {
+                    if (h0.rows() != 0) {
+                        h_prev.middleRows(oc + cont, n - cont) = h0.middleRows(cont, n - cont);
+                    } else {
+                        h_prev.middleRows(oc + cont, n - cont).setZero();
+                    }
+                }
+            }
+            rows_product(grads.w_hh, dzhc.transpose(), h_prev.topRows(chunk_rows), true);
+        }
+    }
+}
+
+// Each cell kind's driver is compiled in its own file (elman.cpp, lstm.cpp, gru.cpp), in parallel.
+#define RNNFAST_RECURRENT(prefix, Cell, T)                                                                          \
+    prefix template void recurrent_forward<Cell, T>(                                                               \
+        const LayerWeights<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&,     \
+        Activation, bool, const StepLayout&, MatrixRef<T>, MatrixRef<T>, MatrixRef<T>);                          \
+    prefix template void recurrent_backward<Cell, T>(                                                              \
+        const LayerWeights<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&,     \
+        const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&,   \
+        const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, Activation, bool, const StepLayout&, MatrixRef<T>,    \
+        MatrixRef<T>, MatrixRef<T>, LayerGrads<T>, MatrixRef<T>, MatrixRef<T>);
+#define RNNFAST_RECURRENT_CELL(prefix, Cell) \
+    RNNFAST_RECURRENT(prefix, Cell, float)   \
+    RNNFAST_RECURRENT(prefix, Cell, double)
+
+RNNFAST_RECURRENT_CELL(extern, ElmanCell)
+RNNFAST_RECURRENT_CELL(extern, LstmCell)
+RNNFAST_RECURRENT_CELL(extern, GruCell)
+
+}  // namespace rnnfast::detail

@@ -1,0 +1,241 @@
+// LSTM and GRU on the stack driver: stack_backward against centered finite differences of stack_forward in
+// float64 (every parameter, x, h0, c0) over layers, directions, bias, projection, ragged lengths and dropout
+// masks; float32 against float64; and the cell equations of one step written out here.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "rnnfast/stack.hpp"
+
+namespace {
+
+using rnnfast::CellKind;
+using rnnfast::Index;
+using rnnfast::StackCache;
+using rnnfast::StackConfig;
+using MatD = rnnfast::RowMatrix<double>;
+
+MatD random_matrix(std::mt19937& rng, Index rows, Index cols, double scale = 1.0) {
+    std::uniform_real_distribution<double> dist(-scale, scale);
+    MatD m(rows, cols);
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
+    return m;
+}
+
+struct GatedCase {
+    CellKind cell;
+    Index layers;
+    bool bidirectional, bias;
+    Index proj;
+    bool ragged, masks, states_given;
+};
+
+std::string case_name(const ::testing::TestParamInfo<GatedCase>& info) {
+    const GatedCase& c = info.param;
+    return std::string(c.cell == CellKind::lstm ? "lstm" : "gru") + "_L" + std::to_string(c.layers) +
+           (c.bidirectional ? "_bidir" : "_uni") + (c.bias ? "_bias" : "_nobias") + "_proj" + std::to_string(c.proj) +
+           (c.ragged ? "_ragged" : "_full") + (c.masks ? "_masks" : "") + (c.states_given ? "_h0" : "");
+}
+
+StackConfig config_of(const GatedCase& c, Index I, Index H) {
+    StackConfig cfg;
+    cfg.input_size = I;
+    cfg.hidden_size = H;
+    cfg.num_layers = c.layers;
+    cfg.bidirectional = c.bidirectional;
+    cfg.bias = c.bias;
+    cfg.cell = c.cell;
+    cfg.proj_size = c.proj;
+    return cfg;
+}
+
+struct Result {
+    MatD output, h_n, c_n;
+};
+
+Result forward(const StackConfig& cfg, const std::vector<double>& params, const MatD& x, Index S,
+            const std::vector<Index>& lengths, const MatD& h0, const MatD& c0, const MatD& masks,
+            StackCache<double>* cache = nullptr) {
+    const Index B = x.rows() / S, LDB = cfg.num_layers * cfg.directions() * B;
+    Result r{MatD(x.rows(), cfg.output_size()), MatD(LDB, cfg.state_size()),
+          MatD(cfg.has_cell_state() ? LDB : 0, cfg.hidden_size)};
+    rnnfast::stack_forward<double>(cfg, params.data(), x, S, lengths, h0, c0, masks, r.output, r.h_n, r.c_n, cache);
+    return r;
+}
+
+template <class Loss>
+MatD numeric_grad(double* values, Index rows, Index cols, Loss&& loss) {
+    MatD g(rows, cols);
+    const double eps = 1e-6;
+    for (Index i = 0; i < rows * cols; ++i) {
+        const double keep = values[i];
+        values[i] = keep + eps;
+        const double up = loss();
+        values[i] = keep - eps;
+        const double down = loss();
+        values[i] = keep;
+        g.data()[i] = (up - down) / (2 * eps);
+    }
+    return g;
+}
+
+::testing::AssertionResult close(const MatD& got, const MatD& want, double tol) {
+    if (got.rows() != want.rows() || got.cols() != want.cols()) return ::testing::AssertionFailure() << "shape";
+    for (Index i = 0; i < got.size(); ++i) {
+        const double g = got.data()[i], w = want.data()[i];
+        if (!(std::abs(g - w) <= tol * (1.0 + std::abs(w)))) {
+            return ::testing::AssertionFailure() << "entry " << i << ": " << g << " vs " << w;
+        }
+    }
+    return ::testing::AssertionSuccess();
+}
+
+class GatedBackwardFD : public ::testing::TestWithParam<GatedCase> {};
+
+TEST_P(GatedBackwardFD, MatchesFiniteDifferences) {
+    const GatedCase c = GetParam();
+    const Index S = 4, B = 3, I = 3, H = 4, TB = S * B;
+    std::mt19937 rng(71);
+    const StackConfig cfg = config_of(c, I, H);
+    const Index L = cfg.num_layers, D = cfg.directions(), P = cfg.state_size(), DP = cfg.output_size();
+    const Index LDB = L * D * B, n = rnnfast::param_count(cfg);
+    const bool lstm = cfg.has_cell_state();
+    std::vector<double> params(static_cast<size_t>(n));
+    for (double& p : params) p = std::uniform_real_distribution<double>(-0.7, 0.7)(rng);
+    MatD x = random_matrix(rng, TB, I);
+    MatD h0 = c.states_given ? random_matrix(rng, LDB, P) : MatD(MatD::Zero(LDB, P));
+    MatD c0 = lstm && c.states_given ? random_matrix(rng, LDB, H) : MatD(MatD::Zero(lstm ? LDB : 0, H));
+    MatD masks(0, DP);
+    if (c.masks && L > 1) {
+        masks.resize((L - 1) * TB, DP);
+        for (Index i = 0; i < masks.size(); ++i) masks.data()[i] = (rng() % 3 == 0) ? 0.0 : 1.5;
+    }
+    const std::vector<Index> lengths = c.ragged ? std::vector<Index>{2, 4, 1} : std::vector<Index>{};
+    const MatD G = random_matrix(rng, TB, DP), Gh = random_matrix(rng, LDB, P);
+    const MatD Gc = lstm ? random_matrix(rng, LDB, H) : MatD(0, H);
+    const MatD h0_arg = c.states_given ? h0 : MatD(0, P);
+    const MatD c0_arg = c.states_given && lstm ? c0 : MatD(0, H);
+
+    auto loss = [&] {
+        const Result r = forward(cfg, params, x, S, lengths, c.states_given ? h0 : MatD(0, P),
+                              c.states_given && lstm ? c0 : MatD(0, H), masks);
+        double value = (G.array() * r.output.array()).sum() + (Gh.array() * r.h_n.array()).sum();
+        if (lstm) value += (Gc.array() * r.c_n.array()).sum();
+        return value;
+    };
+    const MatD g_params = numeric_grad(params.data(), 1, n, loss);
+    const MatD g_x = numeric_grad(x.data(), TB, I, loss);
+    const MatD g_h0 = numeric_grad(h0.data(), LDB, P, loss);
+    const MatD g_c0 = lstm ? numeric_grad(c0.data(), LDB, H, loss) : MatD(0, H);
+
+    StackCache<double> cache;
+    forward(cfg, params, x, S, lengths, h0_arg, c0_arg, masks, &cache);
+    MatD dx(TB, I), dh0(LDB, P), dc0(lstm ? LDB : 0, H);
+    std::vector<double> grads(static_cast<size_t>(n), 0.25);  // accumulated into
+    rnnfast::stack_backward<double>(cfg, params.data(), cache, G, Gh, Gc, dx, dh0, dc0, grads.data());
+    MatD got(1, n);
+    for (Index i = 0; i < n; ++i) got(0, i) = grads[static_cast<size_t>(i)] - 0.25;
+    EXPECT_TRUE(close(got, g_params, 1e-6)) << "parameters";
+    EXPECT_TRUE(close(dx, g_x, 1e-6)) << "dx";
+    if (c.states_given) {
+        EXPECT_TRUE(close(dh0, g_h0, 1e-6)) << "dh0";
+        if (lstm) EXPECT_TRUE(close(dc0, g_c0, 1e-6)) << "dc0";
+    }
+}
+
+std::vector<GatedCase> gated_cases() {
+    std::vector<GatedCase> cases;
+    for (CellKind cell : {CellKind::lstm, CellKind::gru}) {
+        for (Index layers : {1, 2}) {
+            for (bool bidir : {false, true}) {
+                for (bool ragged : {false, true}) {
+                    cases.push_back({cell, layers, bidir, true, 0, ragged, layers > 1, true});
+                    cases.push_back({cell, layers, bidir, false, 0, ragged, false, false});
+                    if (cell == CellKind::lstm) cases.push_back({cell, layers, bidir, true, 3, ragged, layers > 1, true});
+                }
+            }
+        }
+    }
+    return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, GatedBackwardFD, ::testing::ValuesIn(gated_cases()), case_name);
+
+// One step written out: the gate equations of torch.nn.LSTM and torch.nn.GRU.
+TEST(GatedForward, OneStepIsTheCellEquations) {
+    const Index I = 3, H = 2, B = 2;
+    std::mt19937 rng(72);
+    const MatD x = random_matrix(rng, B, I), h = random_matrix(rng, B, H), cprev = random_matrix(rng, B, H);
+    auto sigmoid = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+    for (CellKind cell : {CellKind::lstm, CellKind::gru}) {
+        StackConfig cfg = config_of({cell, 1, false, true, 0, false, false, true}, I, H);
+        const Index G = cfg.gates(), n = rnnfast::param_count(cfg);
+        std::vector<double> params(static_cast<size_t>(n));
+        for (double& p : params) p = std::uniform_real_distribution<double>(-0.8, 0.8)(rng);
+        const Eigen::Map<const MatD> w_ih(params.data(), G * H, I), w_hh(params.data() + G * H * I, G * H, H);
+        const Eigen::Map<const rnnfast::RowVector<double>> b_ih(params.data() + G * H * (I + H), G * H);
+        const Eigen::Map<const rnnfast::RowVector<double>> b_hh(params.data() + G * H * (I + H + 1), G * H);
+        const MatD xi = (x * w_ih.transpose()).rowwise() + b_ih, hh = (h * w_hh.transpose()).rowwise() + b_hh;
+        const Result r = forward(cfg, params, x, 1, {}, h, cell == CellKind::lstm ? cprev : MatD(0, H), MatD(0, H));
+        for (Index b = 0; b < B; ++b) {
+            for (Index u = 0; u < H; ++u) {
+                if (cell == CellKind::lstm) {
+                    const double i = sigmoid(xi(b, u) + hh(b, u)), f = sigmoid(xi(b, H + u) + hh(b, H + u));
+                    const double g = std::tanh(xi(b, 2 * H + u) + hh(b, 2 * H + u));
+                    const double o = sigmoid(xi(b, 3 * H + u) + hh(b, 3 * H + u));
+                    const double c = f * cprev(b, u) + i * g;
+                    EXPECT_NEAR(r.c_n(b, u), c, 1e-12);
+                    EXPECT_NEAR(r.h_n(b, u), o * std::tanh(c), 1e-12);
+                } else {
+                    const double rg = sigmoid(xi(b, u) + hh(b, u)), z = sigmoid(xi(b, H + u) + hh(b, H + u));
+                    const double nn = std::tanh(xi(b, 2 * H + u) + rg * hh(b, 2 * H + u));
+                    EXPECT_NEAR(r.h_n(b, u), (1 - z) * nn + z * h(b, u), 1e-12);
+                }
+            }
+        }
+    }
+}
+
+// float32 kernels agree with float64 ones, with threads splitting by bands (wide state, small batch) and by items.
+TEST(GatedForward, FloatAgreesWithDoubleAtEverySplit) {
+    for (CellKind cell : {CellKind::lstm, CellKind::gru}) {
+        for (Index B : {2, 40}) {
+            const Index S = 5, I = 8, H = 48, TB = S * B;
+            StackConfig cfg = config_of({cell, 2, true, true, 0, false, false, true}, I, H);
+            std::mt19937 rng(73);
+            const Index n = rnnfast::param_count(cfg), LDB = 4 * B;
+            std::vector<double> params(static_cast<size_t>(n));
+            for (double& p : params) p = std::uniform_real_distribution<double>(-0.15, 0.15)(rng);
+            const MatD x = random_matrix(rng, TB, I);
+            const Result d = forward(cfg, params, x, S, {}, MatD(0, H), MatD(0, H), MatD(0, 2 * H));
+            std::vector<float> pf(params.begin(), params.end());
+            const rnnfast::RowMatrix<float> xf = x.cast<float>();
+            rnnfast::RowMatrix<float> out(TB, 2 * H), h_n(LDB, H), c_n(cell == CellKind::lstm ? LDB : 0, H);
+            const rnnfast::RowMatrix<float> none(0, H), no_masks(0, 2 * H);
+            rnnfast::stack_forward<float>(cfg, pf.data(), xf, S, {}, none, none, no_masks, out, h_n, c_n, nullptr);
+            EXPECT_TRUE(close(out.cast<double>(), d.output, 1e-5));
+            EXPECT_TRUE(close(h_n.cast<double>(), d.h_n, 1e-5));
+        }
+    }
+}
+
+TEST(GatedConfig, ProjectionOnlyForLstmAndBelowHidden) {
+    StackConfig cfg;
+    cfg.input_size = 3;
+    cfg.hidden_size = 4;
+    cfg.cell = CellKind::gru;
+    cfg.proj_size = 2;
+    EXPECT_THROW(rnnfast::param_count(cfg), std::invalid_argument);
+    cfg.cell = CellKind::lstm;
+    cfg.proj_size = 4;
+    EXPECT_THROW(rnnfast::param_count(cfg), std::invalid_argument);
+    cfg.proj_size = 2;
+    // weight_ih [16, 3], weight_hh [16, 2], two biases [16], weight_hr [2, 4]
+    EXPECT_EQ(rnnfast::param_count(cfg), 16 * 3 + 16 * 2 + 32 + 8);
+    EXPECT_THROW(rnnfast::parse_cell("elman"), std::invalid_argument);
+}
+
+}  // namespace
