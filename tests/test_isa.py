@@ -40,9 +40,9 @@ def test_levels_agree(level: str, dtype: str) -> None:
         kernel = getattr(mod, "Stack" + suffix)(I, H, 2, True, True, "tanh")
         params = np.random.default_rng(1).uniform(-0.2, 0.2, kernel.param_count).astype(dtype)
         x = rng.standard_normal((T, B, I)).astype(dtype) if not results else results[0][0]
-        out, h_n, cache = kernel.forward(params, x, None, None, None, True)
+        out, h_n, _, cache = kernel.forward(params, x, None, None, None, True)
         grads = np.zeros_like(params)
-        gx, gh0, _ = kernel.backward(params, cache, np.ones_like(out), None, grads)
+        gx, gh0, _, _ = kernel.backward(params, cache, np.ones_like(out), None, grads)
         results.append((x, out, h_n, gx, gh0, grads))
     for a, b in zip(results[0][1:], results[1][1:]):
         assert_close(b, a, np.dtype(dtype), depth=2)

@@ -54,13 +54,15 @@ template <class T>
 class StackKernel {
 public:
     StackKernel(Index input_size, Index hidden_size, Index num_layers, bool bidirectional, bool bias,
-                const std::string& nonlinearity) {
+                const std::string& nonlinearity, const std::string& cell, Index proj_size) {
         cfg_.input_size = input_size;
         cfg_.hidden_size = hidden_size;
         cfg_.num_layers = num_layers;
         cfg_.bidirectional = bidirectional;
         cfg_.bias = bias;
         cfg_.activation = parse_activation(nonlinearity);
+        cfg_.cell = parse_cell(cell);
+        cfg_.proj_size = proj_size;
         param_count_ = param_count(cfg_);
     }
 
@@ -68,63 +70,75 @@ public:
 
     Index param_count_value() const { return param_count_; }
 
-    // params [P], x [T, B, I], h0 [L*D, B, H] or None, masks [L-1, T, B, D*H] or None, lengths [B] or None
-    // -> (output [T, B, D*H], h_n [L*D, B, H], cache or None)
+    // params [N], x [T, B, I], h0 [L*D, B, P] or None, masks [L-1, T, B, D*P] or None, lengths [B] or None,
+    // c0 [L*D, B, H] or None (LSTM) -> (output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H] or None, cache or None)
+    // With `borrow` (and no lengths) the cache refers to x and the output instead of copying them.
     py::tuple forward(const Array<T>& params, const Array<T>& x, const std::optional<Array<T>>& h0,
                       const std::optional<Array<T>>& masks, const std::optional<Array<int64_t>>& lengths,
-                      bool want_cache) const {
-        const Index L = cfg_.num_layers, LD = L * cfg_.directions(), H = cfg_.hidden_size, DH = cfg_.output_size();
+                      bool want_cache, const std::optional<Array<T>>& c0, bool borrow_inputs) const {
+        const Index L = cfg_.num_layers, LD = L * cfg_.directions(), H = cfg_.hidden_size, P = cfg_.state_size();
+        const Index DP = cfg_.output_size();
+        const bool cell_state = cfg_.has_cell_state();
         expect_shape("params", params, {param_count_});
         if (x.ndim() != 3 || x.shape(2) != cfg_.input_size || x.shape(0) < 1) {
             throw std::invalid_argument("x: expected shape (T >= 1, B, " + std::to_string(cfg_.input_size) +
                                         "), got " + shape_string(x));
         }
         const Index seq_len = x.shape(0), B = x.shape(1);
-        if (h0) expect_shape("h0", *h0, {LD, B, H});
-        if (masks) expect_shape("masks", *masks, {L - 1, seq_len, B, DH});
+        if (h0) expect_shape("h0", *h0, {LD, B, P});
+        if (c0 && !cell_state) throw std::invalid_argument("c0: only an LSTM has a cell state");
+        if (c0) expect_shape("c0", *c0, {LD, B, H});
+        if (masks) expect_shape("masks", *masks, {L - 1, seq_len, B, DP});
         std::vector<Index> lens;
         if (lengths) {
             expect_shape("lengths", *lengths, {B});
             lens.assign(lengths->data(), lengths->data() + B);
         }
 
-        Array<T> output = aligned_array<T>("output", {seq_len, B, DH});
-        Array<T> h_n = aligned_array<T>("h_n", {LD, B, H});
+        Array<T> output = aligned_array<T>("output", {seq_len, B, DP});
+        Array<T> h_n = aligned_array<T>("h_n", {LD, B, P});
+        Array<T> c_n = cell_state ? aligned_array<T>("c_n", {LD, B, H}) : Array<T>();
         std::unique_ptr<StackCacheBox<T>> cache = want_cache ? std::make_unique<StackCacheBox<T>>() : nullptr;
         // A full-length batch's cache refers to x and the output instead of copying them.
-        const bool borrow = want_cache && lens.empty();
+        const bool borrow = want_cache && borrow_inputs && lens.empty();
         if (borrow) cache->core.borrow = true;
         const ConstMatrixMap<T> x_m = as_matrix<T>(x, cfg_.input_size);
-        const ConstMatrixMap<T> h0_m = as_matrix_or_empty<T>(h0, H);
-        const ConstMatrixMap<T> masks_m = as_matrix_or_empty<T>(masks, DH);
-        MatrixMap<T> output_m = as_mutable_matrix<T>(output, DH);
-        MatrixMap<T> h_n_m = as_mutable_matrix<T>(h_n, H);
+        const ConstMatrixMap<T> h0_m = as_matrix_or_empty<T>(h0, P);
+        const ConstMatrixMap<T> c0_m = as_matrix_or_empty<T>(c0, H);
+        const ConstMatrixMap<T> masks_m = as_matrix_or_empty<T>(masks, DP);
+        MatrixMap<T> output_m = as_mutable_matrix<T>(output, DP);
+        MatrixMap<T> h_n_m = as_mutable_matrix<T>(h_n, P);
+        MatrixMap<T> c_n_m = cell_state ? as_mutable_matrix<T>(c_n, H) : MatrixMap<T>(nullptr, 0, H, Eigen::OuterStride<>(H));
         if (borrow) {  // a full-length batch's cache refers to both (see StackCache::borrow)
             cache->x.keep(x);
             cache->output.keep(output);
         }
         without_gil([&] {
-            stack_forward<T>(cfg_, params.data(), x_m, seq_len, lens, h0_m, masks_m, output_m, h_n_m,
+            stack_forward<T>(cfg_, params.data(), x_m, seq_len, lens, h0_m, c0_m, masks_m, output_m, h_n_m, c_n_m,
                              cache ? &cache->core : nullptr);
             if (borrow) {
                 cache->x.seal();
                 cache->output.seal();
             }
         });
-        if (!cache) return py::make_tuple(std::move(output), std::move(h_n), py::none());
-        return py::make_tuple(std::move(output), std::move(h_n), py::cast(std::move(cache)));
+        py::object c_n_out = cell_state ? py::object(std::move(c_n)) : py::object(py::none());
+        py::object cache_out = cache ? py::cast(std::move(cache)) : py::object(py::none());
+        return py::make_tuple(std::move(output), std::move(h_n), std::move(c_n_out), std::move(cache_out));
     }
 
-    // d_output [T, B, D*H] or None; d_h_n [L*D, B, H] or None; grads [P] or None
-    // -> (grad_x [T, B, I] or None when not want_dx, grad_h0 [L*D, B, H], this call's parameter gradients [P] or
-    //     None when they were added into grads)
+    // d_output [T, B, D*P] or None; d_h_n [L*D, B, P] or None; grads [N] or None; d_c_n [L*D, B, H] or None (LSTM)
+    // -> (grad_x [T, B, I] or None when not want_dx, grad_h0 [L*D, B, P], grad_c0 [L*D, B, H] or None, this call's
+    //     parameter gradients [N] or None when they were added into grads)
     // The gradients are computed into a buffer of the call's own and added into grads (with the GIL, so
     // concurrent backwards add one after the other) only once everything succeeded: an error or an interrupt
     // leaves grads as it was.
     py::tuple backward(const Array<T>& params, const StackCacheBox<T>& box, const std::optional<Array<T>>& d_output,
-                       const std::optional<Array<T>>& d_h_n, std::optional<Array<T>> grads, bool want_dx) {
+                       const std::optional<Array<T>>& d_h_n, std::optional<Array<T>> grads, bool want_dx,
+                       const std::optional<Array<T>>& d_c_n) {
         const StackCache<T>& cache = box.core;
-        const Index LD = cfg_.num_layers * cfg_.directions(), H = cfg_.hidden_size, DH = cfg_.output_size();
+        const Index LD = cfg_.num_layers * cfg_.directions(), H = cfg_.hidden_size, P = cfg_.state_size();
+        const Index DP = cfg_.output_size();
+        const bool cell_state = cfg_.has_cell_state();
         expect_shape("params", params, {param_count_});
         if (grads) {
             expect_shape("grads", *grads, {param_count_});
@@ -132,34 +146,42 @@ public:
         }
         const Index seq_len = cache.packing.seq_len, B = cache.packing.batch;
         if (static_cast<Index>(cache.ys.size()) != cfg_.num_layers || cache.input_size != cfg_.input_size ||
-            cache.output_size != DH) {
+            cache.output_size != DP) {
             throw std::invalid_argument("cache: it was made by a model of another configuration");
         }
-        if (!d_output && !d_h_n) throw std::invalid_argument("grad_output, grad_h_n: expected at least one, got None for both");
-        if (d_output) expect_shape("grad_output", *d_output, {seq_len, B, DH});
-        if (d_h_n) expect_shape("grad_h_n", *d_h_n, {LD, B, H});
+        if (!d_output && !d_h_n && !d_c_n) {
+            throw std::invalid_argument("grad_output, grad_h_n: expected at least one, got None for both");
+        }
+        if (d_c_n && !cell_state) throw std::invalid_argument("grad_c_n: only an LSTM has a cell state");
+        if (d_output) expect_shape("grad_output", *d_output, {seq_len, B, DP});
+        if (d_h_n) expect_shape("grad_h_n", *d_h_n, {LD, B, P});
+        if (d_c_n) expect_shape("grad_c_n", *d_c_n, {LD, B, H});
 
         Array<T> d_x = want_dx ? aligned_array<T>("grad_input", {seq_len, B, cfg_.input_size}) : Array<T>();
-        Array<T> d_h0 = aligned_array<T>("grad_h0", {LD, B, H});
+        Array<T> d_h0 = aligned_array<T>("grad_h0", {LD, B, P});
+        Array<T> d_c0 = cell_state ? aligned_array<T>("grad_c0", {LD, B, H}) : Array<T>();
         Array<T> own = aligned_array<T>("grads", {param_count_});
         T* own_data = own.mutable_data();
-        const ConstMatrixMap<T> d_output_m = as_matrix_or_empty<T>(d_output, DH);
-        const ConstMatrixMap<T> d_h_n_m = as_matrix_or_empty<T>(d_h_n, H);
+        const ConstMatrixMap<T> d_output_m = as_matrix_or_empty<T>(d_output, DP);
+        const ConstMatrixMap<T> d_h_n_m = as_matrix_or_empty<T>(d_h_n, P);
+        const ConstMatrixMap<T> d_c_n_m = as_matrix_or_empty<T>(d_c_n, H);
         MatrixMap<T> d_x_m = want_dx ? as_mutable_matrix<T>(d_x, cfg_.input_size)
                                      : MatrixMap<T>(nullptr, 0, cfg_.input_size, Eigen::OuterStride<>(cfg_.input_size));
-        MatrixMap<T> d_h0_m = as_mutable_matrix<T>(d_h0, H);
+        MatrixMap<T> d_h0_m = as_mutable_matrix<T>(d_h0, P);
+        MatrixMap<T> d_c0_m = cell_state ? as_mutable_matrix<T>(d_c0, H) : MatrixMap<T>(nullptr, 0, H, Eigen::OuterStride<>(H));
         const Index count = param_count_;
         without_gil([&] {
             box.x.check_unchanged("x");
             box.output.check_unchanged("output");
             std::fill(own_data, own_data + count, T(0));
-            stack_backward<T>(cfg_, params.data(), cache, d_output_m, d_h_n_m, d_x_m, d_h0_m, own_data);
+            stack_backward<T>(cfg_, params.data(), cache, d_output_m, d_h_n_m, d_c_n_m, d_x_m, d_h0_m, d_c0_m, own_data);
         });
         py::object d_x_out = want_dx ? py::object(std::move(d_x)) : py::object(py::none());
-        if (!grads) return py::make_tuple(std::move(d_x_out), std::move(d_h0), std::move(own));
+        py::object d_c0_out = cell_state ? py::object(std::move(d_c0)) : py::object(py::none());
+        if (!grads) return py::make_tuple(std::move(d_x_out), std::move(d_h0), std::move(d_c0_out), std::move(own));
         T* g = grads->mutable_data();
         for (Index i = 0; i < count; ++i) g[i] += own_data[i];
-        return py::make_tuple(std::move(d_x_out), std::move(d_h0), py::none());
+        return py::make_tuple(std::move(d_x_out), std::move(d_h0), std::move(d_c0_out), py::none());
     }
 
 private:
@@ -177,18 +199,20 @@ void register_stack_for(py::module_& m) {
         .def_property_readonly("borrows", [](const StackCacheBox<T>& c) { return c.core.x_data != nullptr; },
                                "Whether it refers to x and the output instead of holding copies.");
 
-    py::class_<StackKernel<T>>(m, ("Stack" + suffix).c_str(), py::module_local(), "Stacked, optionally bidirectional Elman RNN kernels.")
-        .def(py::init<Index, Index, Index, bool, bool, const std::string&>(), py::arg("input_size"),
-             py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"), py::arg("bias"),
-             py::arg("nonlinearity"))
+    py::class_<StackKernel<T>>(m, ("Stack" + suffix).c_str(), py::module_local(), "Stacked, optionally bidirectional recurrent kernels (Elman, LSTM, GRU).")
+        .def(py::init<Index, Index, Index, bool, bool, const std::string&, const std::string&, Index>(),
+             py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"),
+             py::arg("bias"), py::arg("nonlinearity"), py::arg("cell") = "rnn", py::arg("proj_size") = 0)
         .def("param_layout", &StackKernel<T>::layout, "List of (name, offset, shape) in PyTorch's order.")
         .def_property_readonly("param_count", &StackKernel<T>::param_count_value)
         .def("forward", &StackKernel<T>::forward, py::arg("params").noconvert(), py::arg("x").noconvert(),
-             py::arg("h0").noconvert().none(true), py::arg("masks").noconvert().none(true), py::arg("lengths").noconvert().none(true),
-             py::arg("want_cache"))
+             py::arg("h0").noconvert().none(true), py::arg("masks").noconvert().none(true),
+             py::arg("lengths").noconvert().none(true), py::arg("want_cache"),
+             py::arg("c0").noconvert().none(true) = py::none(), py::arg("borrow") = true)
         .def("backward", &StackKernel<T>::backward, py::arg("params").noconvert(), py::arg("cache"),
              py::arg("grad_output").noconvert().none(true), py::arg("grad_h_n").noconvert().none(true),
-             py::arg("grads").noconvert().none(true), py::arg("want_dx") = true);
+             py::arg("grads").noconvert().none(true), py::arg("want_dx") = true,
+             py::arg("grad_c_n").noconvert().none(true) = py::none());
 }
 
 }  // namespace

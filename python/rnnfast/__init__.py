@@ -13,13 +13,14 @@ import numpy as np
 
 from . import _checks, _core, _threadpoolctl
 from ._cell import RNNCell, RNNCellCache
-from ._rnn import RNN, RNNCache
+from ._gated_cell import GatedCellCache, GRUCell, LSTMCell
+from ._rnn import GRU, LSTM, RNN, RNNCache
 
 _threadpoolctl.register()
 
 __version__: str = _core.__version__
 
-__all__ = ["RNN", "RNNCache", "RNNCell", "RNNCellCache", "__version__", "get_num_threads", "set_num_threads",
+__all__ = ["GRU", "GRUCell", "GatedCellCache", "LSTM", "LSTMCell", "RNN", "RNNCache", "RNNCell", "RNNCellCache", "__version__", "get_num_threads", "set_num_threads",
            "show_config"]
 
 

@@ -31,6 +31,35 @@ def positive_int(name: str, value: Any) -> int:
     return n
 
 
+def non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a non-negative integer, got {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected a non-negative integer, got {value!r} of type {type(value).__name__}") from None
+    if n < 0:
+        raise ValueError(f"{name}: expected a non-negative integer, got {n}")
+    return n
+
+
+def proj_size(value: int, hidden_size: int) -> int:
+    """LSTM's proj_size: 0 (no projection) or below hidden_size, as PyTorch requires."""
+    if value >= hidden_size:
+        raise ValueError(f"proj_size: expected 0 or an integer below hidden_size={hidden_size}, got {value}")
+    return value
+
+
+def state_pair(hx: Any) -> tuple[Any, Any]:
+    """An LSTM's ``hx``: None, or a pair (h0, c0)."""
+    if hx is None:
+        return None, None
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"hx: expected None or a pair (h0, c0) of arrays, got {type(hx).__name__}"
+                        + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+    return hx[0], hx[1]
+
+
 def boolean(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {value!r} of type {type(value).__name__}")

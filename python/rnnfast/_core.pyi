@@ -56,23 +56,28 @@ class _StackCache(Generic[_S]):
         """Whether it refers to x and the output instead of holding copies."""
 
 class _Stack(Generic[_S]):
-    """Stacked, optionally bidirectional Elman RNN kernels."""
+    """Stacked, optionally bidirectional recurrent kernels (Elman, LSTM, GRU)."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, bias: bool,
-                 nonlinearity: str) -> None: ...
+                 nonlinearity: str, cell: str = "rnn", proj_size: int = 0) -> None: ...
     def param_layout(self) -> _Layout: ...
     @property
     def param_count(self) -> int: ...
     def forward(self, params: npt.NDArray[_S], x: npt.NDArray[_S], h0: Optional[npt.NDArray[_S]],
-                masks: Optional[npt.NDArray[_S]], lengths: Optional[_I64], want_cache: bool
-                ) -> Tuple[npt.NDArray[_S], npt.NDArray[_S], Optional[_StackCache[_S]]]:
-        """params [P], x [T, B, I], h0 [L*D, B, H], masks [L-1, T, B, D*H], lengths [B]
-        -> (output [T, B, D*H], h_n [L*D, B, H], cache or None)."""
+                masks: Optional[npt.NDArray[_S]], lengths: Optional[_I64], want_cache: bool,
+                c0: Optional[npt.NDArray[_S]] = None, borrow: bool = True
+                ) -> Tuple[npt.NDArray[_S], npt.NDArray[_S], Optional[npt.NDArray[_S]], Optional[_StackCache[_S]]]:
+        """params [N], x [T, B, I], h0 [L*D, B, P], masks [L-1, T, B, D*P], lengths [B], c0 [L*D, B, H] (LSTM)
+        -> (output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H] or None, cache or None). With borrow (and no
+        lengths) the cache refers to x and the output instead of copying them."""
     def backward(self, params: npt.NDArray[_S], cache: _StackCache[_S], grad_output: Optional[npt.NDArray[_S]],
-                 grad_h_n: Optional[npt.NDArray[_S]], grads: Optional[npt.NDArray[_S]], want_dx: bool = True
-                 ) -> Tuple[Optional[npt.NDArray[_S]], npt.NDArray[_S], Optional[npt.NDArray[_S]]]:
-        """-> (grad_x [T, B, I] or None without want_dx, grad_h0 [L*D, B, H], parameter gradients [P] or None).
-        Adds into grads [P] once everything succeeded; with grads None, returns the call's own buffer instead."""
+                 grad_h_n: Optional[npt.NDArray[_S]], grads: Optional[npt.NDArray[_S]], want_dx: bool = True,
+                 grad_c_n: Optional[npt.NDArray[_S]] = None
+                 ) -> Tuple[Optional[npt.NDArray[_S]], npt.NDArray[_S], Optional[npt.NDArray[_S]],
+                            Optional[npt.NDArray[_S]]]:
+        """-> (grad_x [T, B, I] or None without want_dx, grad_h0 [L*D, B, P], grad_c0 [L*D, B, H] or None,
+        parameter gradients [N] or None). Adds into grads [N] once everything succeeded; with grads None,
+        returns the call's own buffer instead."""
 
 class _CellCache(Generic[_S]):
     """What backward needs from one cell step (opaque)."""
