@@ -7,9 +7,13 @@ each review only over its own words, and ``h_n`` is each review's state after it
 on ``h_n`` gives the probability of "positive"; the loss is binary cross-entropy; the gradient reaches the RNN as
 ``grad_h_n`` (the outputs are not used). Adam written in NumPy updates the parameters in place.
 
-Run: python examples/sentiment_classification.py
+``--cell lstm`` (or ``gru``) classifies with an ``rnnfast.LSTM`` (``GRU``) instead: the LSTM's state is the pair
+``(h_n, c_n)``, and its backward takes ``grad_c_n`` too (None here: the read-out uses h alone).
+
+Run: python examples/sentiment_classification.py [--cell rnn|lstm|gru]
 """
 
+import argparse
 import time
 
 import numpy as np
@@ -55,16 +59,24 @@ class Adam:
             p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)  # in place: p is the model's own array
 
 
+def last_states(state):
+    """h_n of an RNN or GRU, or of an LSTM's (h_n, c_n)."""
+    return state[0] if isinstance(state, tuple) else state
+
+
 def predict(rnn, head, x, lengths):
     """Logits [B] of "positive", from the last layer's state after each review's last word."""
-    _, h_n = rnn(x, lengths=lengths)  # h_n: [num_layers, B, H]
-    return h_n[-1] @ head["w"] + head["b"]
+    _, state = rnn(x, lengths=lengths)
+    return last_states(state)[-1] @ head["w"] + head["b"]  # h_n: [num_layers, B, H]
 
 
 def accuracy(rnn, head, x, lengths, labels):
     return float(np.mean((predict(rnn, head, x, lengths) > 0) == (labels > 0.5)))
 
 
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--cell", choices=("rnn", "lstm", "gru"), default="rnn", help="the recurrent layer (default rnn)")
+args = parser.parse_args()
 rnnfast.set_num_threads(1)  # small matrices: one thread is fastest
 rng = np.random.default_rng(0)
 train_x, train_len, train_y = make_reviews(2000, rng)
@@ -72,7 +84,8 @@ test_x, test_len, test_y = make_reviews(500, rng)
 print(f"train {train_x.shape[1]} reviews, test {test_x.shape[1]}, lengths {MIN_LEN}-{MAX_LEN}, "
       f"{train_y.mean():.0%} positive")
 
-rnn = rnnfast.RNN(input_size=VOCAB, hidden_size=HIDDEN, seed=0)
+rnn = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}[args.cell](VOCAB, HIDDEN, seed=0)
+print(f"model: {rnn!r}")
 head = {"w": np.zeros(HIDDEN, np.float32), "b": np.zeros(1, np.float32)}
 opt = Adam({**rnn.named_parameters(), **head}, lr=0.01)
 print(f"chance accuracy: {max(test_y.mean(), 1 - test_y.mean()):.3f}")
@@ -85,7 +98,8 @@ for epoch in range(12):
     for i in range(0, len(order), batch):
         idx = order[i:i + batch]
         x, lengths, y = np.ascontiguousarray(train_x[:, idx]), train_len[idx], train_y[idx]
-        _, h_n, cache = rnn.forward(x, lengths=lengths, return_cache=True)
+        _, state, cache = rnn.forward(x, lengths=lengths, return_cache=True)
+        h_n = last_states(state)
         h_last = h_n[-1]                                             # [B, H]
         z = h_last @ head["w"] + head["b"]                           # logits [B]
         p = 1 / (1 + np.exp(-z))
@@ -94,7 +108,7 @@ for epoch in range(12):
         grad_h_n = np.zeros_like(h_n)
         grad_h_n[-1] = np.outer(grad_z, head["w"])                   # only the last layer's state is read
         rnn.zero_grad()
-        rnn.backward(cache, grad_h_n=grad_h_n)                       # BPTT from h_n only
+        rnn.backward(cache, grad_h_n=grad_h_n)                       # BPTT from h_n only (LSTM: grad_c_n None)
         grads = {**rnn.grads, "w": h_last.T @ grad_z, "b": grad_z.sum(keepdims=True)}
         opt.step(grads)
     if epoch % 3 == 2:

@@ -5,6 +5,7 @@ No timing assertions: these tests run tiny cases in quick mode and check only th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -228,3 +229,26 @@ def test_each_timed_loop_after_a_pause_follows_one_untimed_call(monkeypatch, set
     assert per_loop > 1  # a timed loop is told apart from the untimed call by its length
     expected = ([1, per_loop] if settle > 0 else [per_loop]) * 3
     assert calls[-len(expected):] == expected
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_grid_runs_with_gated_cells_and_every_backend_agrees(cell: str) -> None:
+    """--cell runs the same grid with LSTMs / GRUs; the reference (and PyTorch, when installed) match rnnfast."""
+    backends = ["torch"] if importlib.util.find_spec("torch") is not None else []
+    results = bench.run(cases=["seed_1layer", "cell_step_H20"], threads=1, repeat=1, quick=True, backends=backends,
+                        cell=cell)
+    assert results["cell"] == cell
+    for name, case in results["cases"].items():
+        for mode, m in case["modes"].items():
+            assert not m["skipped"].get("reference", "").startswith("mismatch"), (name, mode, m["skipped"])
+            assert "reference" in m["median_s"], (name, mode, m["skipped"])
+            if backends:
+                assert "torch" in m["median_s"], (name, mode, m["skipped"])
+    gates = {"lstm": 4, "gru": 3}[cell]
+    assert results["cases"]["seed_1layer"]["flops"] == 2 * 10 * 3 * gates * 20 * (100 + 20)
+    assert "(%s cells)" % cell in bench.format_table(results)
+
+
+def test_an_unknown_cell_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="cell: expected one of"):
+        bench.run(cases=["seed_1layer"], quick=True, cell="elman")

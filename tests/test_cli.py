@@ -309,3 +309,12 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([str(executable), "info"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"rnnfast {rnnfast.__version__}\n")
+
+
+@pytest.mark.parametrize("cell,name", [("lstm", "rnnfast.LSTM"), ("gru", "rnnfast.GRU")])
+def test_demo_trains_the_cell_kind_asked_for(cell: str, name: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "rnnfast", "demo", "--cell", cell, "--epochs", "25", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0].split()[0] == name
+    assert "OK: the model's test MSE" in proc.stdout

@@ -55,7 +55,7 @@ def test_quickstart_example_is_the_readme_and_prints_the_tutorial_shapes() -> No
 
 def test_every_example_is_tested_and_listed_in_the_readme() -> None:
     tested = {"ddp_train.py", "quickstart.py", "one_layer_rnn.py", "four_layer_rnn.py", "cell_by_hand.py",
-              "two_cells_backward.py",
+              "two_cells_backward.py", "two_lstm_cells_backward.py",
               "sentiment_classification.py", "pytorch_interop.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
     for name in tested:
@@ -89,8 +89,21 @@ def test_two_cells_backward() -> None:
     assert error < 1e-6
 
 
-def test_sentiment_classification_beats_chance_clearly() -> None:
-    lines = run_example("sentiment_classification.py")
+def test_two_lstm_cells_backward() -> None:
+    lines = run_example("two_lstm_cells_backward.py")
+    assert lines[:2] == ["h2 (3, 15)", "grad_x (10, 3, 100)"]
+    assert lines[2] == ("cell1 grads {'weight_ih': (80, 100), 'weight_hh': (80, 20), 'bias_ih': (80,), "
+                        "'bias_hh': (80,)}")
+    assert lines[3] == ("cell2 grads {'weight_ih': (60, 20), 'weight_hh': (60, 15), 'bias_ih': (60,), "
+                        "'bias_hh': (60,)}")
+    error = float(re.fullmatch(r"gradient check: analytic \S+, numeric \S+, relative error (\S+)", lines[4]).group(1))
+    assert error < 1e-6
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_sentiment_classification_beats_chance_clearly(cell: str) -> None:
+    lines = run_example("sentiment_classification.py", "--cell", cell)
+    assert lines[1].startswith(f"model: {cell.upper()}(40, 24")
     values = {m.group(1): float(m.group(2)) for m in (re.fullmatch(r"(\w+ accuracy): ([0-9.]+)", line)
                                                       for line in lines) if m}
     assert 0.45 < values["chance accuracy"] < 0.6

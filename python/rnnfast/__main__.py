@@ -52,7 +52,8 @@ def _info(argv: List[str]) -> int:
     return 0
 
 
-@command("demo", "train an RNN to predict a noisy sine wave, against the repeat-last-value baseline")
+@command("demo", "train an RNN (or LSTM, GRU: --cell) to predict a noisy sine wave, against the repeat-last-value "
+                 "baseline")
 def _demo(argv: List[str]) -> int:
     from . import demo  # imported on use, like bench
 
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = "\n".join(f"  {c.name:<10} {c.help}" for c in COMMANDS.values())
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="rnnfast: fast Elman RNN forward and backpropagation through time on the CPU.",
+        description="rnnfast: fast RNN, LSTM and GRU forward and backpropagation through time on the CPU.",
         epilog=f"commands:\n{listing}\n\n'{PROG} COMMAND --help' describes a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

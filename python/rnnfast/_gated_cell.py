@@ -108,6 +108,7 @@ class _GatedCell(Module):
                     None if accumulate else self._views(np.zeros_like(self._flat)))
         grad_x, grad_h0, grad_c0, flat = self._kernel.backward(
             self._flat, cache._core, None, gh, self._grad_flat if accumulate else None, True, gc)
+        assert grad_x is not None  # asked for (want_dx)
         if not retain_cache:
             cache._core = None
             cache._consumed = True

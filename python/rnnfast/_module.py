@@ -176,13 +176,15 @@ class Module:
     def __setstate__(self, state: dict[str, Any]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the constructor's warnings were given when the model was made
-            fresh = type(self)(**state["config"], seed=0)
+            cls: Any = type(self)
+            fresh = cls(**state["config"], seed=0)
         self.__dict__.update(fresh.__dict__)
         self._flat[...] = state["params"]
         self._grad_flat[...] = state["grads"]
         self.training = bool(state["training"])
-        if state.get("rng") is not None and "_rng" in self.__dict__:
-            self._rng.bit_generator.state = state["rng"]
+        rng = self.__dict__.get("_rng")
+        if state.get("rng") is not None and rng is not None:
+            rng.bit_generator.state = state["rng"]
 
     def named_parameters(self) -> dict[str, np.ndarray]:
         """Parameters by PyTorch name, in PyTorch's order: live, writable views (an in-place update is seen by

@@ -187,7 +187,7 @@ class _Stack(Module):
             masks, core_cache, kernel = None, None, self._kernel
         else:
             # Every large array this call makes, checked before any copy or work.
-            sizes = [("output", (seq_len, batch, DP))]
+            sizes: list[tuple[str, tuple[int, ...]]] = [("output", (seq_len, batch, DP))]
             if not (seq.flags.c_contiguous and seq.flags.aligned):
                 sizes.append(("x (its contiguous copy)", seq.shape))
             if self._draws_dropout_masks():
@@ -542,6 +542,24 @@ class LSTM(_Stack):
         if cache is None:
             return output, (h_n, c_n)
         return output, (h_n, c_n), cache
+
+    @overload
+    def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
+                 grad_h_n: Optional[np.ndarray] = None, grad_c_n: Optional[np.ndarray] = None, *,
+                 input_grad: Literal[True] = True, retain_cache: bool = False
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]: ...
+
+    @overload
+    def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
+                 grad_h_n: Optional[np.ndarray] = None, grad_c_n: Optional[np.ndarray] = None, *,
+                 input_grad: Literal[False], retain_cache: bool = False
+                 ) -> tuple[None, tuple[np.ndarray, np.ndarray]]: ...
+
+    @overload
+    def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
+                 grad_h_n: Optional[np.ndarray] = None, grad_c_n: Optional[np.ndarray] = None, *,
+                 input_grad: bool = True, retain_cache: bool = False
+                 ) -> tuple[Optional[np.ndarray], tuple[np.ndarray, np.ndarray]]: ...
 
     def backward(self, cache: RNNCache, grad_output: Optional[np.ndarray] = None,
                  grad_h_n: Optional[np.ndarray] = None, grad_c_n: Optional[np.ndarray] = None, *,

@@ -7,7 +7,11 @@ Run it as ``python -m rnnfast bench`` (``--help`` lists the options) or from Pyt
 
 What is timed, per case of the grid ``CASES``:
 
-* ``inference``: ``rnn(x)`` (one ``RNNCell`` call for the ``cell_step_*`` cases); PyTorch under
+The grid runs for one cell kind (``cell``: ``rnn``, ``lstm`` or ``gru``; ``--cell`` on the command line): the
+model is ``rnnfast.RNN``, ``LSTM`` or ``GRU`` (``RNNCell``, ``LSTMCell`` or ``GRUCell`` for the ``cell_step_*``
+cases) against ``torch.nn``'s class of the same kind.
+
+* ``inference``: ``rnn(x)`` (one cell call for the ``cell_step_*`` cases); PyTorch under
   ``torch.inference_mode()``; ONNX Runtime and OpenVINO run an ONNX graph with one ``RNN`` node per layer, built
   from the same weights (``build_onnx_model``).
 * ``train``: one training step against a fixed random target with the mean squared error loss: forward keeping
@@ -26,7 +30,8 @@ is ``other_time / rnnfast_time`` (above 1: rnnfast is faster).
 
 The same run measures the machine's single-precision matrix product rate (NumPy ``float32`` 1024 x 1024 products
 at the same thread count) and reports rnnfast's inference rate as a percentage of it, counting
-``2 * T * B * H * (I_layer + H)`` floating-point operations per layer and direction.
+``2 * T * B * G * H * (I_layer + H)`` floating-point operations per layer and direction (G gates: 1, 4 for the LSTM,
+3 for the GRU). The ONNX backends time the ``rnn`` kind only.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import tempfile
 import time
 import warnings
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -102,6 +107,7 @@ class Case:
     cell: bool = False
     nonlinearity: str = "tanh"
     ragged: bool = False  # lengths drawn uniformly from 1..T (rnnfast's `lengths`, PyTorch's packed path)
+    kind: str = "rnn"     # the cell kind: "rnn", "lstm" or "gru"
 
     @property
     def directions(self) -> int:
@@ -113,13 +119,20 @@ class Case:
 
     @property
     def flops(self) -> int:
-        """Floating-point operations of one forward pass: ``2*T*B*H*(I_layer + H)`` per layer and direction."""
+        """Floating-point operations of one forward pass: ``2*T*B*G*H*(I_layer + H)`` per layer and direction."""
         total = 0
+        gates = KIND_GATES[self.kind]
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else self.directions * self.hidden_size
-            total += self.directions * 2 * self.seq_len * self.batch * self.hidden_size * (layer_input
-                                                                                           + self.hidden_size)
+            total += self.directions * 2 * self.seq_len * self.batch * gates * self.hidden_size * (
+                layer_input + self.hidden_size)
         return total
+
+
+#: The cell kinds and their gate counts.
+KIND_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+_RNNFAST_CLASSES = {"rnn": (rnnfast.RNN, rnnfast.RNNCell), "lstm": (rnnfast.LSTM, rnnfast.LSTMCell),
+                    "gru": (rnnfast.GRU, rnnfast.GRUCell)}
 
 
 def _cell_case(name: str, hidden: int) -> Case:
@@ -335,13 +348,17 @@ class _Skip(Exception):
 def _make_workload(case: Case) -> _Workload:
     seed = zlib.crc32(case.name.encode())
     rng = np.random.default_rng(seed)
+    stack_class, cell_class = _RNNFAST_CLASSES[case.kind]
+    extra: Dict[str, Any] = {"nonlinearity": case.nonlinearity} if case.kind == "rnn" else {}
     if case.cell:
-        model = rnnfast.RNNCell(case.input_size, case.hidden_size, nonlinearity=case.nonlinearity, seed=seed)
+        model = cell_class(case.input_size, case.hidden_size, seed=seed, **extra)
         x = rng.standard_normal((case.batch, case.input_size), dtype=np.float32)
         h = rng.standard_normal((case.batch, case.hidden_size), dtype=np.float32)
-        return _Workload(case, model, x, h, None)
-    model = rnnfast.RNN(case.input_size, case.hidden_size, num_layers=case.num_layers,
-                        nonlinearity=case.nonlinearity, bidirectional=case.bidirectional, seed=seed)
+        # An LSTM cell's state is the pair (h, c): c starts as another draw.
+        state = (h, rng.standard_normal(h.shape, dtype=np.float32)) if case.kind == "lstm" else h
+        return _Workload(case, model, x, state, None)
+    model = stack_class(case.input_size, case.hidden_size, num_layers=case.num_layers,
+                        bidirectional=case.bidirectional, seed=seed, **extra)
     x = rng.standard_normal((case.seq_len, case.batch, case.input_size), dtype=np.float32)
     target = rng.standard_normal((case.seq_len, case.batch, case.directions * case.hidden_size), dtype=np.float32)
     lengths = rng.integers(1, case.seq_len + 1, size=case.batch) if case.ragged else None
@@ -365,13 +382,21 @@ def _rnnfast_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
             for _ in range(n):
                 model(x, h)
 
-        return {"inference": _Job(cell_n, lambda: (model(x, h),))}
+        def cell_probe() -> Tuple[np.ndarray, ...]:
+            h_new = model(x, h)
+            return tuple(h_new) if isinstance(h_new, tuple) else (h_new,)
+
+        return {"inference": _Job(cell_n, cell_probe)}
 
     target, lengths = w.target, w.lengths
 
     def infer_n(n: int) -> None:
         for _ in range(n):
             model(x, lengths=lengths)
+
+    def infer_probe() -> Tuple[np.ndarray, ...]:
+        out, state = model(x, lengths=lengths)
+        return (out, *state) if isinstance(state, tuple) else (out, state)
 
     def step() -> None:
         model.zero_grad()
@@ -387,7 +412,7 @@ def _rnnfast_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
         step()
         return {name: g.copy() for name, g in model.grads.items()}
 
-    return {"inference": _Job(infer_n, lambda: model(x, lengths=lengths)), "train": _Job(train_n, train_probe)}
+    return {"inference": _Job(infer_n, infer_probe), "train": _Job(train_n, train_probe)}
 
 
 def _reference_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
@@ -395,29 +420,45 @@ def _reference_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
     case, x = w.case, w.x
     if case.cell:
         h = w.h
+        if case.kind == "rnn":
+            def cell() -> Tuple[np.ndarray, ...]:
+                return (reference.cell_forward(x, h, params, nonlinearity=case.nonlinearity)[0],)
+        elif case.kind == "lstm":
+            def cell() -> Tuple[np.ndarray, ...]:
+                return tuple(reference.lstm_cell_forward(x, h, params)[0])
+        else:
+            def cell() -> Tuple[np.ndarray, ...]:
+                return (reference.gru_cell_forward(x, h, params)[0],)
 
         def cell_n(n: int) -> None:
             for _ in range(n):
-                reference.cell_forward(x, h, params, nonlinearity=case.nonlinearity)
+                cell()
 
-        return {"inference": _Job(cell_n, lambda: (reference.cell_forward(x, h, params, case.nonlinearity)[0],))}
+        return {"inference": _Job(cell_n, cell)}
 
-    kwargs = dict(num_layers=case.num_layers, nonlinearity=case.nonlinearity, bias=True,
-                  bidirectional=case.bidirectional, lengths=w.lengths)
+    kwargs: Dict[str, Any] = dict(num_layers=case.num_layers, bias=True, bidirectional=case.bidirectional,
+                                  lengths=w.lengths)
+    kinds: Dict[str, Any] = {"rnn": (reference.rnn_forward, reference.rnn_backward),
+                             "lstm": (reference.lstm_forward, reference.lstm_backward),
+                             "gru": (reference.gru_forward, reference.gru_backward)}
+    forward, backward = kinds[case.kind]
+    if case.kind == "rnn":
+        kwargs["nonlinearity"] = case.nonlinearity
     target = w.target
 
-    def infer() -> Tuple[np.ndarray, np.ndarray]:
-        out, h_n, _ = reference.rnn_forward(x, params, **kwargs)
-        return out, h_n
+    def infer() -> Tuple[np.ndarray, ...]:
+        out, state, _ = forward(x, params, **kwargs)
+        return (out, *state) if isinstance(state, tuple) else (out, state)
 
     def infer_n(n: int) -> None:
         for _ in range(n):
             infer()
 
     def step() -> Dict[str, np.ndarray]:
-        out, _, cache = reference.rnn_forward(x, params, **kwargs)
+        out, _, cache = forward(x, params, **kwargs)
         _, grad = _mse_grad(out, target)
-        return reference.rnn_backward(cache, grad)[2]
+        grads: Dict[str, np.ndarray] = backward(cache, grad)[2]
+        return grads
 
     def train_n(n: int) -> None:
         for _ in range(n):
@@ -431,25 +472,29 @@ def _torch_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
     case = w.case
     state = {name: torch.from_numpy(value) for name, value in w.model.state_dict().items()}
     x = torch.from_numpy(w.x)
+    extra: Dict[str, Any] = {"nonlinearity": case.nonlinearity} if case.kind == "rnn" else {}
+    stack_class, cell_class = {"rnn": (torch.nn.RNN, torch.nn.RNNCell), "lstm": (torch.nn.LSTM, torch.nn.LSTMCell),
+                               "gru": (torch.nn.GRU, torch.nn.GRUCell)}[case.kind]
     if case.cell:
-        cell = torch.nn.RNNCell(case.input_size, case.hidden_size, nonlinearity=case.nonlinearity)
+        cell = cell_class(case.input_size, case.hidden_size, **extra)
         cell.load_state_dict(state)
-        h = torch.from_numpy(w.h)
+        h = tuple(torch.from_numpy(a) for a in w.h) if isinstance(w.h, tuple) else torch.from_numpy(w.h)
 
         def cell_n(n: int) -> None:
             with torch.inference_mode():
                 for _ in range(n):
                     cell(x, h)
 
-        def cell_probe() -> Tuple[np.ndarray]:
+        def cell_probe() -> Tuple[np.ndarray, ...]:
             with torch.inference_mode():
-                return (cell(x, h).numpy().copy(),)
+                h_new = cell(x, h)
+                return tuple(t.numpy().copy() for t in (h_new if isinstance(h_new, tuple) else (h_new,)))
 
         return {"inference": _Job(cell_n, cell_probe)}
 
     functional = importlib.import_module("torch.nn.functional")
-    rnn = torch.nn.RNN(case.input_size, case.hidden_size, num_layers=case.num_layers,
-                       nonlinearity=case.nonlinearity, bidirectional=case.bidirectional)
+    rnn = stack_class(case.input_size, case.hidden_size, num_layers=case.num_layers,
+                      bidirectional=case.bidirectional, **extra)
     rnn.load_state_dict(state)
     target = torch.from_numpy(w.target)
     utils = importlib.import_module("torch.nn.utils.rnn")
@@ -468,10 +513,11 @@ def _torch_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
             for _ in range(n):
                 run(x)
 
-    def infer_probe() -> Tuple[np.ndarray, np.ndarray]:
+    def infer_probe() -> Tuple[np.ndarray, ...]:
         with torch.inference_mode():
-            out, h_n = run(x)
-            return out.numpy().copy(), h_n.numpy().copy()
+            out, state = run(x)
+            states = state if isinstance(state, tuple) else (state,)
+            return (out.numpy().copy(), *(t.numpy().copy() for t in states))
 
     def step() -> None:
         rnn.zero_grad(set_to_none=False)  # kept and zeroed, as rnnfast's are: the same memory in both
@@ -551,6 +597,8 @@ def build_onnx_model(rnn: "rnnfast.RNN", seq_len: Optional[int] = None, batch: O
 
 
 def _onnx_model_for(w: _Workload, env: Dict[str, Any]) -> Any:
+    if w.case.kind != "rnn":
+        raise _Skip("the ONNX graphs are built for the rnn kind only")
     if w.case.cell:
         raise _Skip("RNN cases only")
     if w.case.ragged:
@@ -731,10 +779,10 @@ def _resident_bytes(field: str) -> int:
     raise OSError(f"/proc/self/status has no {field}")
 
 
-def _memory_child(case_name: str, backend: str, threads: int) -> None:
+def _memory_child(case_name: str, backend: str, threads: int, kind: str = "rnn") -> None:
     """Run in a fresh process: two warm-up training steps, then one measured; print the peak resident memory
     above the resident memory at its start, in bytes, as JSON."""
-    case = CASES[case_name]
+    case = replace(CASES[case_name], kind=kind)
     env: Dict[str, Any] = {"threads": threads}
     rnnfast.set_num_threads(threads)
     if backend == "torch":
@@ -756,13 +804,15 @@ def measure_train_memory(case: Union[str, Case], backend: str, threads: int = 2)
     when the step started (model, inputs and gradient buffers), measured in a fresh process; None where it cannot
     be measured (not Linux, or ``backend``'s package missing)."""
     name = case.name if isinstance(case, Case) else case
+    kind = case.kind if isinstance(case, Case) else "rnn"
     if name not in CASES or CASES[name].cell:
         raise ValueError(f"case: expected the name of a sequence case in CASES, got {name!r}")
     if backend not in _MEMORY_BACKENDS:
         raise ValueError(f"backend: expected one of {list(_MEMORY_BACKENDS)}, got {backend!r}")
     if not sys.platform.startswith("linux"):
         return None
-    code = f"from rnnfast.bench import _memory_child; _memory_child({name!r}, {backend!r}, {int(threads)})"
+    code = (f"from rnnfast.bench import _memory_child; "
+            f"_memory_child({name!r}, {backend!r}, {int(threads)}, {kind!r})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **_MEMORY_ENV}, timeout=600)
     if proc.returncode != 0:
@@ -772,7 +822,8 @@ def measure_train_memory(case: Union[str, Case], backend: str, threads: int = 2)
 
 def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5, quick: bool = False,
         reference: bool = True, backends: Optional[Sequence[str]] = None,
-        progress: Optional[Callable[[str], None]] = None, memory: bool = False) -> Dict[str, Any]:
+        progress: Optional[Callable[[str], None]] = None, memory: bool = False, cell: str = "rnn"
+        ) -> Dict[str, Any]:
     """Run the benchmark and return its results (the dict that ``--json`` writes).
 
     Parameters
@@ -786,6 +837,7 @@ def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5
     progress : called with a line of text as each case starts
     memory : also measure each training case's peak memory per step, rnnfast's and PyTorch's (when it runs),
         with ``measure_train_memory``
+    cell : the cell kind of every case: "rnn", "lstm" or "gru"
 
     Results: ``{"cases": {name: {..., "flops", "modes": {"inference"|"train": {"median_s": {backend: seconds per
     call}, "speedup": {backend: backend_time / rnnfast_time}, "samples_s", "calls_per_sample", "skipped":
@@ -793,7 +845,9 @@ def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5
     inference also has ``"rnnfast_gflops"`` and ``"percent_of_gemm"``; with ``memory``, training cases have
     ``"train_peak_bytes": {backend: bytes or None}``.
     """
-    selected = select_cases(cases)
+    if cell not in KIND_GATES:
+        raise ValueError(f"cell: expected one of {', '.join(map(repr, KIND_GATES))}, got {cell!r}")
+    selected = [replace(case, kind=cell) for case in select_cases(cases)]
     threads = rnnfast._checks.positive_int("threads", threads)
     repeat = rnnfast._checks.positive_int("repeat", repeat)
     if quick:
@@ -872,6 +926,7 @@ def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5
 
     return {
         "schema": 1,
+        "cell": cell,
         "threads": threads,
         "repeat": repeat,
         "quick": bool(quick),
@@ -941,7 +996,8 @@ def format_table(results: Dict[str, Any]) -> str:
 
     machine, gemm = results["machine"], results["gemm"]
     out = [
-        f"rnnfast {results['versions']['rnnfast']} benchmark: {machine['cpu_model']}, {results['threads']} thread(s), "
+        f"rnnfast {results['versions']['rnnfast']} benchmark ({results.get('cell', 'rnn')} cells): "
+        f"{machine['cpu_model']}, {results['threads']} thread(s), "
         f"median of {results['repeat']} repetition(s){' (quick)' if results['quick'] else ''}",
         f"GEMM rate (NumPy float32 {gemm['size']}x{gemm['size']}): {gemm['gflops']:.1f} GFLOP/s",
         "",
@@ -1026,6 +1082,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         help=f"optional backends to try, among {', '.join(_OPTIONAL_BACKENDS)} (default: all)")
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="skip the (slow) NumPy reference")
+    parser.add_argument("--cell", choices=tuple(KIND_GATES), default="rnn",
+                        help="the cell kind of every case: rnnfast.RNN, LSTM or GRU against torch.nn's (default rnn)")
     parser.add_argument("--memory", action="store_true",
                         help="also measure the training step's peak memory, rnnfast's and PyTorch's (Linux)")
     parser.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
@@ -1056,7 +1114,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         print(message, file=sys.stderr, flush=True)
 
     results = run(cases=[c.name for c in cases], threads=args.threads, repeat=args.repeat, quick=args.quick,
-                  reference=args.reference, backends=backends, progress=progress, memory=args.memory)
+                  reference=args.reference, backends=backends, progress=progress, memory=args.memory,
+                  cell=args.cell)
     print(format_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

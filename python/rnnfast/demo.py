@@ -12,8 +12,8 @@ What it does, all seeded:
   deviation ``noise``); the first ``train_fraction`` of it trains, the rest tests. ``make_windows`` cuts a part into
   overlapping windows of ``window`` steps: each window is one sequence, and the target of step t is the value at
   step t + 1.
-* **Model.** An ``rnnfast.RNN`` (one feature in, ``hidden`` features of state) and a linear read-out written in
-  NumPy, ``prediction = output @ W + b``, applied at every step.
+* **Model.** An ``rnnfast.RNN`` (or ``LSTM`` / ``GRU`` with ``cell=``; one feature in, ``hidden`` features of
+  state) and a linear read-out written in NumPy, ``prediction = output @ W + b``, applied at every step.
 * **Training.** Mean squared error over every step of a window but the first ``warmup`` (the state is still
   filling up there); backpropagation through time with ``rnn.forward(..., return_cache=True)`` and
   ``rnn.backward``; gradients clipped to a global norm of ``clip``; Adam (or plain SGD) updating the arrays of
@@ -37,13 +37,15 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from . import _checks, _core
-from ._rnn import RNN
+from ._rnn import GRU, LSTM, RNN
 
 __all__ = ["Adam", "SGD", "clip_grad_norm", "format_report", "main", "make_series", "make_windows", "naive_mse", "run",
            "write_plot"]
 
 PERIODS = (40.0, 13.0)
 AMPLITUDES = (1.0, 0.5)
+# The recurrent layer of each --cell choice.
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 # The demo succeeds when the model's test MSE is below this fraction of the naive forecast's.
 SUCCESS_RATIO = 0.5
 
@@ -119,10 +121,10 @@ class SGD:
 
 
 class _Model:
-    """The RNN and its NumPy linear read-out."""
+    """The recurrent layer (RNN, LSTM or GRU) and its NumPy linear read-out."""
 
-    def __init__(self, hidden: int, seed: int) -> None:
-        self.rnn = RNN(input_size=1, hidden_size=hidden, seed=seed)
+    def __init__(self, hidden: int, seed: int, cell: str = "rnn") -> None:
+        self.rnn: Any = CELLS[cell](input_size=1, hidden_size=hidden, seed=seed)
         bound = 1.0 / math.sqrt(hidden)
         rng = np.random.default_rng(seed + 1)
         self.head = {"head.weight": rng.uniform(-bound, bound, (hidden, 1)).astype(np.float32),
@@ -175,8 +177,8 @@ def _progress_bar(total: int, enabled: bool) -> Any:
 def run(epochs: int = 40, hidden: int = 32, seed: int = 0, *, window: int = 40, warmup: int = 10,
         series_length: int = 2000, train_fraction: float = 0.75, noise: float = 0.1, batch_size: int = 32,
         optimizer: str = "adam", lr: Optional[float] = None, clip: float = 1.0, threads: Optional[int] = None,
-        progress: bool = True, plot: Optional[str] = None, log: Optional[Callable[[str], None]] = None
-        ) -> Dict[str, Any]:
+        progress: bool = True, plot: Optional[str] = None, log: Optional[Callable[[str], None]] = None,
+        cell: str = "rnn") -> Dict[str, Any]:
     """Train on the first part of the generated series and evaluate on both parts.
 
     Parameters
@@ -194,6 +196,7 @@ def run(epochs: int = 40, hidden: int = 32, seed: int = 0, *, window: int = 40, 
     plot : write a PNG of prediction vs truth on the test part to this path (needs matplotlib; ImportError if
         missing).
     log : called with one line per epoch when there is no progress bar (None: silent).
+    cell : "rnn", "lstm" or "gru": the recurrent layer (rnnfast.RNN, LSTM or GRU).
 
     Returns
     -------
@@ -205,6 +208,8 @@ def run(epochs: int = 40, hidden: int = 32, seed: int = 0, *, window: int = 40, 
     epochs = _checks.positive_int("epochs", epochs)
     window = _checks.positive_int("window", window)
     batch_size = _checks.positive_int("batch_size", batch_size)
+    if cell not in CELLS:
+        raise ValueError(f"cell: expected one of {', '.join(map(repr, CELLS))}, got {cell!r}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {optimizer!r}")
     if not 0 <= warmup < window:
@@ -214,21 +219,21 @@ def run(epochs: int = 40, hidden: int = 32, seed: int = 0, *, window: int = 40, 
     _core.set_num_threads(threads)
     try:
         return _run(epochs, hidden, seed, window, warmup, series_length, train_fraction, noise, batch_size,
-                    optimizer, lr, clip, progress, plot, log)
+                    optimizer, lr, clip, progress, plot, log, cell)
     finally:
         _core.set_num_threads(previous_threads)
 
 
 def _run(epochs: int, hidden: int, seed: int, window: int, warmup: int, series_length: int, train_fraction: float,
          noise: float, batch_size: int, optimizer: str, lr: Optional[float], clip: float, progress: bool,
-         plot: Optional[str], log: Optional[Callable[[str], None]]) -> Dict[str, Any]:
+         plot: Optional[str], log: Optional[Callable[[str], None]], cell: str) -> Dict[str, Any]:
     series = make_series(series_length, noise, seed)
     split = int(series_length * train_fraction)
     train, test = series[:split], series[split - window:]  # test windows may look back into the train part
     inputs, targets = make_windows(train, window)
     count = inputs.shape[1]
 
-    model = _Model(hidden, seed)
+    model = _Model(hidden, seed, cell)
     params = model.params()
     opt: Any
     if optimizer == "adam":
@@ -273,18 +278,19 @@ def _run(epochs: int, hidden: int, seed: int, window: int, warmup: int, series_l
         "losses": losses,
         "seconds": seconds,
         "plot": None,
-        "epochs": epochs, "hidden": hidden, "seed": seed, "window": window, "optimizer": optimizer,
+        "epochs": epochs, "hidden": hidden, "seed": seed, "window": window, "optimizer": optimizer, "cell": cell,
         "threads": _core.get_num_threads(),
     }
     if plot is not None:
         write_plot(test[window:], test_pred, test[window - 1:-1], plot,
-                   title=f"Next-value prediction on the test part: MSE {test_mse:.4f} (naive {naive_test:.4f})")
+                   title=f"Next-value prediction on the test part: MSE {test_mse:.4f} (naive {naive_test:.4f})",
+                   label=f"rnnfast.{CELLS[cell].__name__}")
         result["plot"] = plot
     return result
 
 
 def write_plot(truth: np.ndarray, prediction: np.ndarray, naive: np.ndarray, path: str, steps: int = 200,
-               title: str = "Next-value prediction on the test part") -> None:
+               title: str = "Next-value prediction on the test part", label: str = "rnnfast.RNN") -> None:
     """PNG of the first ``steps`` values: truth, the model's prediction and the naive forecast (needs matplotlib)."""
     import matplotlib
 
@@ -295,7 +301,7 @@ def write_plot(truth: np.ndarray, prediction: np.ndarray, naive: np.ndarray, pat
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(truth[:n], color="black", lw=1, label="truth (noisy)")
     ax.plot(naive[:n], color="tab:gray", lw=1, ls=":", label="naive: repeat last value")
-    ax.plot(prediction[:n], color="tab:red", lw=1.5, label="rnnfast.RNN prediction")
+    ax.plot(prediction[:n], color="tab:red", lw=1.5, label=f"{label} prediction")
     ax.set_xlabel("test step")
     ax.set_ylabel("value")
     ax.set_title(title)
@@ -307,8 +313,9 @@ def write_plot(truth: np.ndarray, prediction: np.ndarray, naive: np.ndarray, pat
 
 def format_report(metrics: Dict[str, Any]) -> str:
     """The lines ``rnnfast demo`` prints after training."""
+    model = f"rnnfast.{CELLS[metrics.get('cell', 'rnn')].__name__}"
     lines = [
-        f"{'':12}{'rnnfast.RNN':>14}{'naive (repeat last)':>22}{'ratio':>8}",
+        f"{'':12}{model:>14}{'naive (repeat last)':>22}{'ratio':>8}",
         f"{'train MSE':12}{metrics['train_mse']:>14.5f}{metrics['naive_train_mse']:>22.5f}"
         f"{metrics['train_mse'] / metrics['naive_train_mse']:>8.2f}",
         f"{'test MSE':12}{metrics['test_mse']:>14.5f}{metrics['naive_test_mse']:>22.5f}{metrics['test_ratio']:>8.2f}",
@@ -326,7 +333,7 @@ def format_report(metrics: Dict[str, Any]) -> str:
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog or "python -m rnnfast demo",
-        description="Train an rnnfast.RNN and a NumPy linear read-out to predict the next value of a generated, "
+        description="Train an rnnfast.RNN (or LSTM, GRU) and a NumPy linear read-out to predict the next value of a generated, "
                     "noisy sine wave (MSE loss, backpropagation through time, gradient clipping, Adam or SGD), "
                     "then compare its train and test MSE with the naive forecast that repeats the last value. "
                     f"Exit status 1 when the test MSE is not below {SUCCESS_RATIO}x the naive one.")
@@ -335,6 +342,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=_checks.cli_int(0), default=0,
                         help="seeds the data, the initialization and the shuffling (default 0)")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="default adam")
+    parser.add_argument("--cell", choices=tuple(CELLS), default="rnn",
+                        help="the recurrent layer: rnnfast.RNN, LSTM or GRU (default rnn)")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of prediction vs truth on the test part "
                                                        "(needs matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar; print only the results")
@@ -350,10 +359,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
               file=sys.stderr)
         plot = None
     if not args.quiet:
-        print(f"training rnnfast.RNN(1, {args.hidden}) on a noisy sine wave: {args.epochs} epochs, "
+        print(f"training rnnfast.{CELLS[args.cell].__name__}(1, {args.hidden}) on a noisy sine wave: {args.epochs} epochs, "
               f"{args.optimizer}, seed {args.seed}", file=sys.stderr)
     metrics = run(epochs=args.epochs, hidden=args.hidden, seed=args.seed, optimizer=args.optimizer,
-                  progress=not args.quiet, plot=plot)
+                  progress=not args.quiet, plot=plot, cell=args.cell)
     print(format_report(metrics))
     if metrics["plot"] is not None:
         print(f"plot written to {metrics['plot']}")

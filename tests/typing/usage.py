@@ -54,6 +54,31 @@ def cells() -> np.ndarray:
     return grad_x
 
 
+def gated() -> Tuple[np.ndarray, np.ndarray]:
+    lstm = rnnfast.LSTM(4, 8, num_layers=2, bias=True, batch_first=False, dropout=0.0, bidirectional=True,
+                        proj_size=3, dtype="float32", seed=0)
+    x = np.ones((5, 2, 4), np.float32)
+    out, (h_n, c_n) = lstm(x)
+    out, (h_n, c_n) = lstm(x, (h_n, c_n), [5, 3])
+    out, (h_n, c_n), cache = lstm.forward(x, return_cache=True)
+    grad_x, (grad_h0, grad_c0) = lstm.backward(cache, np.ones_like(out), None, np.ones_like(c_n))
+    gru = rnnfast.GRU(4, 8, num_layers=1, seed=0)
+    g_out, g_h_n = gru(x)
+    g_out, g_h_n, g_cache = gru.forward(x, return_cache=True)
+    g_x, g_h0 = gru.backward(g_cache, np.ones_like(g_out), input_grad=True)
+    lstm_cell = rnnfast.LSTMCell(4, 8, seed=0)
+    h, c = lstm_cell(x[0])
+    h, c, cell_cache = lstm_cell.forward(x[0], (h, c), return_cache=True)
+    caches: List[rnnfast.GatedCellCache] = [cell_cache]
+    cx, (ch, cc) = lstm_cell.backward(caches[0], np.ones_like(h))
+    gru_cell = rnnfast.GRUCell(4, 8, seed=0)
+    gh: np.ndarray = gru_cell(x[0], gru_cell(x[0]))
+    gh, gcache = gru_cell.forward(x[0], gh, return_cache=True)
+    gx, gh = gru_cell.backward(gcache, np.ones_like(gh))
+    assert grad_x.shape == x.shape and grad_c0.shape == (4, 2, 8) and g_h0.shape == g_h_n.shape and cx.shape == gx.shape
+    return out, h_n
+
+
 def state(model: rnnfast.RNN) -> rnnfast.RNN:
     saved: Dict[str, np.ndarray] = model.state_dict()
     model.load_state_dict(saved)
@@ -86,6 +111,7 @@ if __name__ == "__main__":
     x = np.zeros((4, 1, 2), np.float32)
     training_step(rnn, x, np.zeros((4, 1, 3), np.float32))
     cells()
+    gated()
     state(rnn)
     configuration()
     demo_metrics()
