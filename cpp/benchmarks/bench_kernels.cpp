@@ -1,5 +1,6 @@
 // Unit benchmarks of the kernels (Google Benchmark): layer forward, layer backward, stack forward/backward and
-// one cell step, over the speed grid, float32, each reporting a GFLOP/s counter.
+// one cell step, over the speed grid, float32, each reporting a GFLOP/s counter; the gated_* ones run the stack
+// grid with LSTM and GRU cells.
 //
 //   ./rnnfast_benchmarks --benchmark_filter=layer_forward
 #include <benchmark/benchmark.h>
@@ -103,12 +104,14 @@ void cell_forward(benchmark::State& state) {
     set_flops(state, 2.0 * B * H * (I + H));
 }
 
-// A whole stacked model, forward then forward + backward: Args T, B, I, H, L, bidirectional.
+// A whole stacked model, forward then forward + backward: Args T, B, I, H, L, bidirectional (and for the
+// gated_* benchmarks the cell kind: 1 LSTM, 2 GRU).
 struct StackFixture {
     rnnfast::StackConfig cfg;
     std::vector<float> params;
-    Matrix x, out, h_n;
-    explicit StackFixture(const benchmark::State& state) {
+    Matrix x, out, h_n, c_n;
+    explicit StackFixture(const benchmark::State& state, rnnfast::CellKind kind = rnnfast::CellKind::rnn) {
+        cfg.cell = kind;
         cfg.input_size = state.range(2);
         cfg.hidden_size = state.range(3);
         cfg.num_layers = state.range(4);
@@ -121,11 +124,12 @@ struct StackFixture {
         x = random_matrix(TB, cfg.input_size, gen);
         out.resize(TB, cfg.output_size());
         h_n.resize(cfg.num_layers * cfg.directions() * state.range(1), cfg.hidden_size);
+        c_n.resize(cfg.has_cell_state() ? h_n.rows() : 0, cfg.hidden_size);
     }
     double flops(Index T, Index B) const {
         double total = 0;
         for (Index l = 0; l < cfg.num_layers; ++l)
-            total += cfg.directions() * layer_flops(T, B, cfg.layer_input_size(l), cfg.hidden_size);
+            total += cfg.directions() * cfg.gates() * layer_flops(T, B, cfg.layer_input_size(l), cfg.hidden_size);
         return total;
     }
 };
@@ -187,6 +191,39 @@ void stack_train_step_borrowing(benchmark::State& state) {
     set_flops(state, 3.0 * f.flops(state.range(0), state.range(1)));
 }
 
+// LSTM and GRU on the same driver: Args T, B, I, H, L, bidirectional, kind (1 LSTM, 2 GRU).
+rnnfast::CellKind kind_arg(const benchmark::State& state) {
+    return state.range(6) == 1 ? rnnfast::CellKind::lstm : rnnfast::CellKind::gru;
+}
+
+void gated_stack_forward(benchmark::State& state) {
+    StackFixture f(state, kind_arg(state));
+    const Matrix none(0, f.cfg.hidden_size), no_masks(0, f.cfg.output_size());
+    for (auto _ : state) {
+        rnnfast::stack_forward<float>(f.cfg, f.params.data(), f.x, state.range(0), {}, none, none, no_masks, f.out,
+                                      f.h_n, f.c_n, nullptr);
+        benchmark::DoNotOptimize(f.out.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, f.flops(state.range(0), state.range(1)));
+}
+
+void gated_stack_train_step(benchmark::State& state) {
+    StackFixture f(state, kind_arg(state));
+    const Matrix none(0, f.cfg.hidden_size), no_masks(0, f.cfg.output_size());
+    std::vector<float> grads(f.params.size(), 0.0f);
+    Matrix dx(f.x.rows(), f.x.cols()), dh0(f.h_n.rows(), f.h_n.cols()), dc0(f.c_n.rows(), f.c_n.cols());
+    rnnfast::StackCache<float> cache;
+    for (auto _ : state) {
+        rnnfast::stack_forward<float>(f.cfg, f.params.data(), f.x, state.range(0), {}, none, none, no_masks, f.out,
+                                      f.h_n, f.c_n, &cache);
+        rnnfast::stack_backward<float>(f.cfg, f.params.data(), cache, f.out, none, none, dx, dh0, dc0, grads.data());
+        benchmark::DoNotOptimize(dx.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, 3.0 * f.flops(state.range(0), state.range(1)));
+}
+
 // The speed grid: T, B, I, H (+ L, bidirectional for the stack).
 void layer_grid(benchmark::internal::Benchmark* b) {
     b->ArgNames({"T", "B", "I", "H"});
@@ -207,6 +244,18 @@ void stack_grid(benchmark::internal::Benchmark* b) {
     for (const std::vector<int64_t>& c : kStackCases) b->Args(c);
 }
 
+void gated_grid(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"T", "B", "I", "H", "L", "bidi", "kind"});
+    for (std::vector<int64_t> c : kStackCases) {
+        if (c[4] == 4) continue;  // the four-layer seed case is the Elman grid's
+        for (int64_t kind : {1, 2}) {
+            c.push_back(kind);
+            b->Args(c);
+            c.pop_back();
+        }
+    }
+}
+
 void borrowing_grid(benchmark::internal::Benchmark* b) {
     b->ArgNames({"T", "B", "I", "H", "L", "bidi", "sums"});
     for (std::vector<int64_t> c : kStackCases) {
@@ -223,6 +272,8 @@ BENCHMARK(layer_backward)->Apply(layer_grid);
 BENCHMARK(stack_forward)->Apply(stack_grid);
 BENCHMARK(stack_train_step)->Apply(stack_grid);
 BENCHMARK(stack_train_step_borrowing)->Apply(borrowing_grid);
+BENCHMARK(gated_stack_forward)->Apply(gated_grid);
+BENCHMARK(gated_stack_train_step)->Apply(gated_grid);
 BENCHMARK(cell_forward)->ArgNames({"B", "I", "H"})->Args({1, 20, 20})->Args({1, 128, 128});
 
 }  // namespace
