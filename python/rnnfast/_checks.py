@@ -57,6 +57,10 @@ def state_pair(hx: Any) -> tuple[Any, Any]:
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
         raise TypeError(f"hx: expected None or a pair (h0, c0) of arrays, got {type(hx).__name__}"
                         + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+    if hx[0] is None or hx[1] is None:  # as PyTorch: both states or neither
+        raise TypeError("hx: expected a pair (h0, c0) of arrays, got None for "
+                        + ("both" if hx[0] is None and hx[1] is None else "h0" if hx[0] is None else "c0")
+                        + "; pass hx=None for zero states")
     return hx[0], hx[1]
 
 
