@@ -1,16 +1,19 @@
-"""rnnfast.torch: ``torch.nn.RNN`` and ``torch.nn.RNNCell`` whose forward and backward run rnnfast's kernels.
+"""rnnfast.torch: ``torch.nn.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` and ``GRUCell`` whose forward and
+backward run rnnfast's kernels.
 
 Change one import and keep the rest of a PyTorch program -- optimizer, checkpoints, gradient clipping, hooks,
 ``DistributedDataParallel``::
 
-    from rnnfast.torch import RNN            # instead of: from torch.nn import RNN
-    rnn = RNN(input_size=1, hidden_size=32, num_layers=2, batch_first=True)
+    from rnnfast.torch import LSTM           # instead of: from torch.nn import LSTM
+    lstm = LSTM(input_size=1, hidden_size=32, num_layers=2, batch_first=True)
 
-or swap every ``nn.RNN`` / ``nn.RNNCell`` of an existing model, weights included: ``model = rnnfast.torch.convert(model)``.
+or swap every ``nn.RNN`` / ``LSTM`` / ``GRU`` / ``RNNCell`` / ``LSTMCell`` / ``GRUCell`` of an existing model,
+weights included: ``model = rnnfast.torch.convert(model)``.
 
-``RNN`` and ``RNNCell`` subclass ``torch.nn.RNN`` / ``torch.nn.RNNCell``: same constructor, parameters (names,
-shapes, order, initialization), ``state_dict``, ``repr`` and forward signature; only ``forward`` is replaced. The
-fast path covers CPU tensors of dtype float32 / float64 (input, state and weights of one dtype); anything else
+Each class subclasses ``torch.nn``'s class of the same name: same constructor (``proj_size`` of ``LSTM``
+included), parameters (names, shapes, order, initialization), ``state_dict``, ``repr`` and forward signature and
+results (``LSTM``: ``(output, (h_n, c_n))``; ``LSTMCell``: ``(h', c')``); only ``forward`` is replaced. The fast
+path covers CPU tensors of dtype float32 / float64 (input, states and weights of one dtype); anything else
 (another device or dtype, autocast, tracing or compiling) runs PyTorch's own implementation, which also raises
 PyTorch's own errors for bad arguments.
 
@@ -19,22 +22,24 @@ storage of the module's ``Parameter`` s (each parameter is a view into it), so a
 ``load_state_dict`` writes straight into the buffer the kernels read and no copy is made on forward. Where that
 sharing is not possible (weights replaced by ``torch.func.functional_call`` or a parametrization, parameters moved
 to shared memory) the values are copied into a separate buffer on each forward and backward instead. Forward and
-backward go through a ``torch.autograd.Function``: backward runs rnnfast's BPTT into gradient buffers of its own
-call (so backwards through one module in several threads at once stay independent) and hands the parameter
-gradients to autograd, which accumulates them into ``.grad`` and runs any hooks. Modifying a parameter in place
-between forward and backward raises PyTorch's usual version-counter error.
+backward go through one ``torch.autograd.Function`` for the stacks (an LSTM's ``c0`` an input and ``c_n`` an
+output too) and one for the cells: backward runs rnnfast's BPTT into gradient buffers of its own call (so
+backwards through one module in several threads at once stay independent) and hands the gradients of the input,
+states and parameters to autograd, which accumulates them into ``.grad`` and runs any hooks. Modifying a parameter
+in place between forward and backward raises PyTorch's usual version-counter error.
 
 Double backward works: a backward that builds a graph (``create_graph=True``, for a gradient penalty or a
-Hessian-vector product, say) recomputes the forward with PyTorch's own ops from the saved input, state and
-weights and differentiates that, so second derivatives are PyTorch's; so does a backward of batched gradients
-(``is_grads_batched``, gradcheck's ``check_batched_grad``). Inside ``torch.func`` transforms (``grad``, ``vmap``,
-``jacrev``, ... over the module or ``functional_call``) forward runs PyTorch's implementation. Only the ordinary
-first-order backward runs on the kernels.
+Hessian-vector product, say) recomputes the forward with PyTorch's own ops (``_VF.rnn_tanh``, ``lstm``, ``gru``,
+``lstm_cell``, ..., as ``torch.nn`` calls them) from the saved input, states and weights and differentiates that,
+so second derivatives are PyTorch's; so does a backward of batched gradients (``is_grads_batched``, gradcheck's
+``check_batched_grad``). Inside ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, ... over the module or
+``functional_call``) forward runs PyTorch's implementation. Only the ordinary first-order backward runs on the
+kernels.
 
-Dropout (``dropout > 0``, ``num_layers > 1``, training mode) applies ``torch.nn.functional.dropout`` between the
-layers, with the same shapes and in the same order as PyTorch's CPU implementation, so the masks are drawn from
-PyTorch's random generator and equal PyTorch's for the same seed; in that mode the layers run one at a time
-(from their own rnnfast buffers, refreshed by copy).
+Dropout of a stack (``dropout > 0``, ``num_layers > 1``, training mode) applies ``torch.nn.functional.dropout``
+between the layers, with the same shapes and in the same order as PyTorch's CPU implementation, so the masks are
+drawn from PyTorch's random generator and equal PyTorch's for the same seed; in that mode the layers run one at a
+time (from their own rnnfast buffers, refreshed by copy).
 
 PackedSequence input is unpacked to a padded batch that runs with rnnfast's ``lengths`` (padded steps cost no
 compute) and the output is packed again with the input's ``batch_sizes`` and ordering, as PyTorch returns it.
@@ -67,9 +72,18 @@ from torch import _VF
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._cell import RNNCell as _FastCell
+from ._gated_cell import GRUCell as _FastGRUCell
+from ._gated_cell import LSTMCell as _FastLSTMCell
+from ._gated_cell import _GatedCell as _FastGatedCell
+from ._rnn import GRU as _FastGRU
+from ._rnn import LSTM as _FastLSTM
 from ._rnn import RNN as _FastRNN
+from ._rnn import _Stack as _FastStack
 
-__all__ = ["RNN", "RNNCell", "benchmark", "convert", "format_benchmark"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "benchmark", "convert", "format_benchmark"]
+
+_FastCellModel = Union[_FastCell, _FastGatedCell]
+_FastModel = Union[_FastStack, _FastCell, _FastGatedCell]
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 _TORCH_DTYPES = {np.float32: torch.float32, np.float64: torch.float64}
@@ -112,7 +126,7 @@ class _Runner:
 
     __slots__ = ("model", "names", "views", "backs_params", "_layout")
 
-    def __init__(self, model: Union[_FastRNN, _FastCell], names: Sequence[str]) -> None:
+    def __init__(self, model: _FastModel, names: Sequence[str]) -> None:
         self.model = model
         self.names = list(names)  # the model's name of each weight
         params = model.named_parameters()
@@ -211,92 +225,143 @@ def _fast_context_ok() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Kernels of every kind behind one set of calls
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _kind(model: Any) -> str:
+    """The cell kind of an rnnfast model: "rnn", "lstm" or "gru" (the Elman cell has no ``_CELL``)."""
+    return getattr(model, "_CELL", "rnn")
+
+
+def _opt_np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else _np(t)
+
+
+def _opt_tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+    return None if a is None else _tensor(a)
+
+
+def _cell_step(model: _FastCellModel, x: np.ndarray, h: Optional[np.ndarray], c: Optional[np.ndarray],
+               return_cache: bool) -> Tuple[np.ndarray, Optional[np.ndarray], Any]:
+    """One step of any cell kind: (h_new, c_new or None, cache or None)."""
+    if isinstance(model, _FastCell):
+        if return_cache:
+            h_new, cache = model.forward(x, h, return_cache=True)
+            return h_new, None, cache
+        return model.forward(x, h), None, None
+    return model._step(x, h, c, "hx[0]" if model._CELL == "lstm" else "h", return_cache)
+
+
+def _cell_step_backward(model: _FastCellModel, cache: Any, grad_h: Optional[np.ndarray],
+                        grad_c: Optional[np.ndarray]
+                        ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Dict[str, np.ndarray]]:
+    """The gradients of one step of any cell kind into a buffer of this call's own (``grads`` is not touched):
+    (grad_x, grad_h, grad_c or None, parameter grads). The cache stays usable for another backward."""
+    if isinstance(model, _FastCell):
+        assert grad_h is not None
+        gx, gh, grads = model._backward(cache, grad_h, True, False)
+        gc = None
+    else:
+        gx, gh, gc, grads = model._step_backward(cache, grad_h, grad_c, True, False)
+    assert grads is not None
+    return gx, gh, gc, grads
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # autograd Functions
 # ---------------------------------------------------------------------------------------------------------------------
 
 class _StackFunction(torch.autograd.Function):
-    """x ``[T, B, I]``, h0 ``[L*D, B, H]`` or None, lengths (int64 array ``[B]``) or None, then the weights in
-    the runner's order -> (output ``[T, B, D*H]``, h_n ``[L*D, B, H]``)."""
+    """x ``[T, B, I]``, h0 ``[L*D, B, P]`` or None, c0 ``[L*D, B, H]`` or None (LSTM only), lengths (int64 array
+    ``[B]``) or None, then the weights in the runner's order -> (output ``[T, B, D*P]``, h_n), and c_n for an
+    LSTM."""
 
     @staticmethod
-    def forward(ctx: Any, runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor],
-                lengths: Optional[np.ndarray], *weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx: Any, runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
+                lengths: Optional[np.ndarray], *weights: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         runner.load(weights)
         model = runner.model
-        assert isinstance(model, _FastRNN)
-        out, h_n, cache = model.forward(_np(x), None if h0 is None else _np(h0), lengths, return_cache=True)
+        assert isinstance(model, _FastStack)
+        out, h_n, c_n, cache = model._run(_np(x), _opt_np(h0), _opt_np(c0), lengths, True)
         ctx.runner = runner
         ctx.cache = cache
         ctx.lengths = lengths
-        _keep_inputs(ctx, x, h0)
+        _keep_inputs(ctx, x, h0, c0)
         ctx.save_for_backward(*weights)  # no copy; lets autograd refuse weights modified in place before backward
         ctx.set_materialize_grads(False)
-        return _tensor(out), _tensor(h_n)
+        if c_n is None:
+            return _tensor(out), _tensor(h_n)
+        return _tensor(out), _tensor(h_n), _tensor(c_n)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Optional[torch.Tensor], grad_h_n: Optional[torch.Tensor]
-                 ) -> Tuple[Optional[torch.Tensor], ...]:
+    def backward(ctx: Any, grad_output: Optional[torch.Tensor], grad_h_n: Optional[torch.Tensor],
+                 grad_c_n: Optional[torch.Tensor] = None) -> Tuple[Optional[torch.Tensor], ...]:
         weights = ctx.saved_tensors
-        if grad_output is None and grad_h_n is None:
-            return (None,) * (4 + len(weights))
+        if grad_output is None and grad_h_n is None and grad_c_n is None:
+            return (None,) * (5 + len(weights))
         runner: _Runner = ctx.runner
         model = runner.model
-        assert isinstance(model, _FastRNN)
+        assert isinstance(model, _FastStack)
         needs = ctx.needs_input_grad
-        if _differentiable_backward_needed(grad_output, grad_h_n):
-            x, h0 = _kept_inputs(ctx)
-            g = _torch_vjp(lambda: _torch_stack(model, x, h0, ctx.lengths, weights), (grad_output, grad_h_n),
-                           (x, h0, *weights), (needs[1], needs[2], *needs[4:]))
-            return (None, g[0], g[1], None, *g[2:])
+        if _differentiable_backward_needed(grad_output, grad_h_n, grad_c_n):
+            x, h0, c0 = _kept_inputs(ctx)
+            g = _torch_vjp(lambda: _torch_stack(model, x, h0, c0, ctx.lengths, weights),
+                           (grad_output, grad_h_n, grad_c_n), (x, h0, c0, *weights), (*needs[1:4], *needs[5:]))
+            return (None, g[0], g[1], g[2], None, *g[3:])
         runner.load(weights)  # a scratch buffer may hold other values since this forward
         # The gradients come back in a buffer of this call's own (the model's `grads` is not touched), so backwards
         # through one module in several threads at once do not mix; the cache stays usable for another backward
         # (autograd itself refuses one through a freed graph).
-        gx, gh0, grads = model._backward(ctx.cache, None if grad_output is None else _np(grad_output),
-                                         None if grad_h_n is None else _np(grad_h_n), needs[1], True, False)
+        gx, gh0, gc0, grads = model._run_backward(ctx.cache, _opt_np(grad_output), _opt_np(grad_h_n),
+                                                  _opt_np(grad_c_n), needs[1], True, False)
         assert grads is not None
-        weight_grads = [_tensor(grads[name]) if needs[4 + i] else None for i, name in enumerate(runner.names)]
-        return (None, _tensor(gx) if gx is not None else None,
-                _tensor(gh0) if ctx.has_state and needs[2] else None, None, *weight_grads)
+        weight_grads = [_tensor(grads[name]) if needs[5 + i] else None for i, name in enumerate(runner.names)]
+        has_h, has_c = ctx.has_state
+        return (None, _opt_tensor(gx), _tensor(gh0) if has_h and needs[2] else None,
+                _opt_tensor(gc0) if has_c and needs[3] else None, None, *weight_grads)
 
 
 class _CellFunction(torch.autograd.Function):
-    """x ``[B, I]``, h ``[B, H]`` or None, then the weights -> h_new ``[B, H]``."""
+    """x ``[B, I]``, h ``[B, H]`` or None, c ``[B, H]`` or None (LSTMCell only), then the weights -> h_new
+    ``[B, H]``, or (h_new, c_new) for an LSTMCell."""
 
     @staticmethod
-    def forward(ctx: Any, runner: _Runner, x: torch.Tensor, h: Optional[torch.Tensor], *weights: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(ctx: Any, runner: _Runner, x: torch.Tensor, h: Optional[torch.Tensor], c: Optional[torch.Tensor],
+                *weights: torch.Tensor) -> Any:
         runner.load(weights)
         model = runner.model
-        assert isinstance(model, _FastCell)
-        h_new, cache = model.forward(_np(x), None if h is None else _np(h), return_cache=True)
+        assert isinstance(model, (_FastCell, _FastGatedCell))
+        h_new, c_new, cache = _cell_step(model, _np(x), _opt_np(h), _opt_np(c), True)
         ctx.runner = runner
         ctx.cache = cache
-        _keep_inputs(ctx, x, h)
+        _keep_inputs(ctx, x, h, c)
         ctx.save_for_backward(*weights)
         ctx.set_materialize_grads(False)
-        return _tensor(h_new)
+        if c_new is None:
+            return _tensor(h_new)
+        return _tensor(h_new), _tensor(c_new)
 
     @staticmethod
-    def backward(ctx: Any, grad_h_new: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+    def backward(ctx: Any, grad_h_new: Optional[torch.Tensor], grad_c_new: Optional[torch.Tensor] = None
+                 ) -> Tuple[Optional[torch.Tensor], ...]:
         weights = ctx.saved_tensors
-        if grad_h_new is None:
-            return (None,) * (3 + len(weights))
+        if grad_h_new is None and grad_c_new is None:
+            return (None,) * (4 + len(weights))
         runner: _Runner = ctx.runner
         model = runner.model
-        assert isinstance(model, _FastCell)
+        assert isinstance(model, (_FastCell, _FastGatedCell))
         needs = ctx.needs_input_grad
-        if _differentiable_backward_needed(grad_h_new):
-            x, h = _kept_inputs(ctx)
-            g = _torch_vjp(lambda: (_torch_cell(model, x, h, weights),), (grad_h_new,), (x, h, *weights),
-                           needs[1:])
+        if _differentiable_backward_needed(grad_h_new, grad_c_new):
+            x, h, c = _kept_inputs(ctx)
+            g = _torch_vjp(lambda: _torch_cell(model, x, h, c, weights), (grad_h_new, grad_c_new),
+                           (x, h, c, *weights), needs[1:])
             return (None, *g)
         runner.load(weights)
-        gx, gh, grads = model._backward(ctx.cache, _np(grad_h_new), True, False)  # see _StackFunction.backward
-        assert grads is not None
-        weight_grads = [_tensor(grads[name]) if needs[3 + i] else None for i, name in enumerate(runner.names)]
-        return (None, _tensor(gx) if needs[1] else None, _tensor(gh) if ctx.has_state and needs[2] else None,
-                *weight_grads)
+        gx, gh, gc, grads = _cell_step_backward(model, ctx.cache, _opt_np(grad_h_new), _opt_np(grad_c_new))
+        weight_grads = [_tensor(grads[name]) if needs[4 + i] else None for i, name in enumerate(runner.names)]
+        has_h, has_c = ctx.has_state
+        return (None, _tensor(gx) if needs[1] else None, _tensor(gh) if has_h and needs[2] else None,
+                _opt_tensor(gc) if has_c and needs[3] else None, *weight_grads)
 
 
 # --- PyTorch's differentiable implementation, for the backwards the kernels cannot do ---
@@ -309,24 +374,24 @@ def _differentiable_backward_needed(*grads: Optional[torch.Tensor]) -> bool:
             or (_transforms_active is not None and _transforms_active()))
 
 
-def _keep_inputs(ctx: Any, x: torch.Tensor, h: Optional[torch.Tensor]) -> None:
-    """Keep the input and state for a backward on PyTorch's implementation, with their versions. Not through
+def _keep_inputs(ctx: Any, x: torch.Tensor, h: Optional[torch.Tensor], c: Optional[torch.Tensor]) -> None:
+    """Keep the input and states for a backward on PyTorch's implementation, with their versions. Not through
     ``save_for_backward``: the kernels' own check reports an input modified in place (ValueError naming it),
-    as for NumPy users, and a state is copied by the forward, so a later change of it does no harm there."""
-    ctx.has_state = h is not None
-    ctx.inputs = (x, h)
-    ctx.versions = (x._version, None if h is None else h._version)
+    as for NumPy users, and the states are copied by the forward, so a later change of them does no harm there."""
+    ctx.has_state = (h is not None, c is not None)
+    ctx.inputs = (x, h, c)
+    ctx.versions = tuple(None if t is None else t._version for t in (x, h, c))
 
 
-def _kept_inputs(ctx: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The input and state ``_keep_inputs`` kept; ValueError when one was modified in place since."""
-    x: torch.Tensor = ctx.inputs[0]
-    h: Optional[torch.Tensor] = ctx.inputs[1]
-    for name, t, version in zip(("x", "hx"), (x, h), ctx.versions):
+def _kept_inputs(ctx: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The input and states ``_keep_inputs`` kept; ValueError when one was modified in place since."""
+    x, h, c = ctx.inputs
+    names = ("x", "hx[0]", "hx[1]") if c is not None else ("x", "hx", "")
+    for name, t, version in zip(names, ctx.inputs, ctx.versions):
         if t is not None and t._version != version:
             raise ValueError(f"{name}: it was modified in place after the forward; backward needs the values "
                              "forward saw (modify a copy)")
-    return x, h
+    return x, h, c
 
 
 def _torch_vjp(forward: Any, grads: Sequence[Optional[torch.Tensor]], inputs: Sequence[Optional[torch.Tensor]],
@@ -346,48 +411,98 @@ def _torch_vjp(forward: Any, grads: Sequence[Optional[torch.Tensor]], inputs: Se
     return result
 
 
-def _torch_stack(model: _FastRNN, x: torch.Tensor, h0: Optional[torch.Tensor], lengths: Optional[np.ndarray],
-                 weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``model``'s time-major forward on PyTorch's implementation (``_VF.rnn_tanh`` / ``rnn_relu``, as
-    ``torch.nn.RNN`` calls them), with rnnfast's ``lengths`` run as PyTorch runs a PackedSequence."""
+def _torch_stack(model: _FastStack, x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
+                 lengths: Optional[np.ndarray], weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """``model``'s time-major forward on PyTorch's implementation (``_VF.rnn_tanh`` / ``rnn_relu`` / ``lstm`` /
+    ``gru``, as ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` call them), with rnnfast's ``lengths`` run as PyTorch runs a
+    PackedSequence: (output, h_n), and c_n for an LSTM."""
+    kind = _kind(model)
     D = 2 if model.bidirectional else 1
+    count = model.num_layers * D
     if h0 is None:
-        h0 = x.new_zeros(model.num_layers * D, x.size(1), model.hidden_size)
-    run = _VF.rnn_tanh if model.nonlinearity == "tanh" else _VF.rnn_relu
+        h0 = x.new_zeros(count, x.size(1), model._state_size)  # P: proj_size or H
+    if kind == "lstm" and c0 is None:
+        c0 = x.new_zeros(count, x.size(1), model.hidden_size)
+    run: Any
+    if kind == "lstm":
+        run = _VF.lstm
+    elif kind == "gru":
+        run = _VF.gru
+    else:
+        run = _VF.rnn_tanh if model.nonlinearity == "tanh" else _VF.rnn_relu
+    flat = list(weights)
+    config = (model.bias, model.num_layers, 0.0, False, model.bidirectional)
     if lengths is None:
-        out, h_n = run(x, h0, list(weights), model.bias, model.num_layers, 0.0, False, model.bidirectional, False)
-        return out, h_n
+        result = run(x, [h0, c0] if kind == "lstm" else h0, flat, *config, False)
+        return tuple(result)
     packed = pack_padded_sequence(x, torch.from_numpy(lengths), enforce_sorted=False)
     order, unorder = packed.sorted_indices, packed.unsorted_indices
     assert order is not None and unorder is not None  # enforce_sorted=False sets them
-    data, h_n = run(packed.data, packed.batch_sizes, h0.index_select(1, order), list(weights), model.bias,
-                    model.num_layers, 0.0, False, model.bidirectional)
+    hx: Any = h0.index_select(1, order)
+    if kind == "lstm":
+        assert c0 is not None
+        hx = [hx, c0.index_select(1, order)]
+    data, *states = run(packed.data, packed.batch_sizes, hx, flat, *config)
     out, _ = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, unorder), total_length=x.size(0))
-    return out, h_n.index_select(1, unorder)
+    return (out, *(s.index_select(1, unorder) for s in states))
 
 
-def _torch_cell(model: _FastCell, x: torch.Tensor, h: Optional[torch.Tensor], weights: Sequence[torch.Tensor]
-                ) -> torch.Tensor:
-    """``model``'s step on PyTorch's implementation (``_VF.rnn_tanh_cell`` / ``rnn_relu_cell``)."""
+def _torch_cell(model: _FastCellModel, x: torch.Tensor, h: Optional[torch.Tensor], c: Optional[torch.Tensor],
+                weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """``model``'s step on PyTorch's implementation (``_VF.rnn_tanh_cell`` / ``rnn_relu_cell`` / ``lstm_cell`` /
+    ``gru_cell``): (h_new,), or (h_new, c_new) for an LSTMCell."""
+    kind = _kind(model)
     if h is None:
         h = x.new_zeros(x.size(0), model.hidden_size)
-    step = _VF.rnn_tanh_cell if model.nonlinearity == "tanh" else _VF.rnn_relu_cell
     w_ih, w_hh, *biases = weights
     b_ih, b_hh = biases if biases else (None, None)
-    return step(x, h, w_ih, w_hh, b_ih, b_hh)
+    if kind == "lstm":
+        if c is None:
+            c = x.new_zeros(x.size(0), model.hidden_size)
+        return tuple(_VF.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh))
+    if kind == "gru":
+        return (_VF.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh),)
+    step = _VF.rnn_tanh_cell if model.nonlinearity == "tanh" else _VF.rnn_relu_cell
+    return (step(x, h, w_ih, w_hh, b_ih, b_hh),)
 
 
-def _run_stack(runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor], lengths: Optional[np.ndarray],
-               weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Time-major forward through the runner: through autograd when a gradient is wanted, else inference only."""
-    if _needs_grad(x, h0, *weights):
-        out, h_n = _StackFunction.apply(runner, x, h0, lengths, *weights)
-        return out, h_n
+def _run_stack(runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
+               lengths: Optional[np.ndarray], weights: Sequence[torch.Tensor]
+               ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Time-major forward through the runner: through autograd when a gradient is wanted, else inference only.
+    (output, h_n, c_n or None)."""
+    if _needs_grad(x, h0, c0, *weights):
+        out, h_n, *c_n = _StackFunction.apply(runner, x, h0, c0, lengths, *weights)
+        return out, h_n, (c_n[0] if c_n else None)
     runner.load(weights)
     model = runner.model
-    assert isinstance(model, _FastRNN)
-    out_np, h_n_np = model.forward(_np(x), None if h0 is None else _np(h0), lengths)
-    return _tensor(out_np), _tensor(h_n_np)
+    assert isinstance(model, _FastStack)
+    out_np, h_n_np, c_n_np, _ = model._run(_np(x), _opt_np(h0), _opt_np(c0), lengths, False)
+    return _tensor(out_np), _tensor(h_n_np), _opt_tensor(c_n_np)
+
+
+def _run_cell(runner: _Runner, x: torch.Tensor, h: Optional[torch.Tensor], c: Optional[torch.Tensor],
+              weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One step through the runner: (h_new, c_new or None)."""
+    if _needs_grad(x, h, c, *weights):
+        result = _CellFunction.apply(runner, x, h, c, *weights)
+        if isinstance(result, torch.Tensor):
+            return result, None
+        return result[0], result[1]
+    runner.load(weights)
+    h_new, c_new, _ = _cell_step(runner.model, _np(x), _opt_np(h), _opt_np(c), False)  # type: ignore[arg-type]
+    return _tensor(h_new), _opt_tensor(c_new)
+
+
+def _state_pair(hx: Any) -> Optional[Tuple[Any, Any]]:
+    """An LSTM state ``(h, c)`` as a pair when it is a tuple or list of two items, else None."""
+    if isinstance(hx, (tuple, list)) and len(hx) == 2:
+        return hx[0], hx[1]
+    return None
+
+
+def _has_shape(t: Any, shape: Tuple[int, ...]) -> bool:
+    return isinstance(t, torch.Tensor) and tuple(t.shape) == shape
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -395,21 +510,35 @@ def _run_stack(runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor], len
 # ---------------------------------------------------------------------------------------------------------------------
 
 class _Shared:
-    """What RNN and RNNCell have in common: the rnnfast runners and the parameter-buffer sharing."""
+    """What every module here has in common: the rnnfast runners, the parameter-buffer sharing, and the forward
+    of a stack (``_rnnfast_stack_forward``) or of a cell (``_rnnfast_cell_forward``) for any cell kind."""
 
     _rnnfast_runners: Dict[Any, _Runner]
+    _rnnfast_kind = "rnn"  # the cell kind: "rnn", "lstm" or "gru"
+    _rnnfast_is_stack = True  # a stack (torch.nn.RNNBase) rather than a cell
 
     def _rnnfast_names(self) -> List[str]:
-        raise NotImplementedError
+        """The names of the weights, in the order of the rnnfast model's (and of ``_flat_weights``)."""
+        this: Any = self
+        if self._rnnfast_is_stack:
+            return list(this._flat_weights_names)
+        return ["weight_ih", "weight_hh", "bias_ih", "bias_hh"] if this.bias else ["weight_ih", "weight_hh"]
 
-    def _rnnfast_new_model(self, key: Any, dtype: Any) -> Tuple[Union[_FastRNN, _FastCell], List[str]]:
+    def _rnnfast_new_model(self, key: Any, dtype: Any) -> Tuple[_FastModel, List[str]]:
         """The rnnfast model for ``key`` and the name of each of its parameters, in ``_rnnfast_names`` order
         (or that of the key's slice of them)."""
-        raise NotImplementedError
+        if self._rnnfast_is_stack:
+            return self._rnnfast_stack_model(key, dtype)
+        return self._rnnfast_cell_model(dtype)
 
     def _rnnfast_supported(self) -> bool:
         """Whether rnnfast can build this configuration (else PyTorch's implementation always runs)."""
-        return True
+        if self._rnnfast_is_stack:
+            return True  # torch.nn.RNNBase refuses what rnnfast cannot build
+        # torch.nn's cells also take zero sizes (and RNNCell any nonlinearity until forward refuses it).
+        this: Any = self
+        return this.input_size > 0 and this.hidden_size > 0 and (
+            self._rnnfast_kind != "rnn" or this.nonlinearity in ("tanh", "relu"))
 
     def _rnnfast_weights(self) -> List[torch.Tensor]:
         """The weights as the module holds them now: its parameters, or what replaced them (``functional_call``,
@@ -490,6 +619,188 @@ class _Shared:
         super()._load_from_state_dict(*args, **kwargs)  # type: ignore[misc]
         self._rnnfast_share()  # a no-op unless assign=True replaced the parameters
 
+    # --- stacks: torch.nn.RNN / LSTM / GRU ---
+
+    def _rnnfast_stack_model(self, key: Any, dtype: Any) -> Tuple[_FastStack, List[str]]:
+        """``_rnnfast_new_model`` of a stack: the full model ("all", "scratch") or layer ``key`` alone."""
+        this: Any = self
+        kind = self._rnnfast_kind
+        # bool(): torch.nn.RNN takes any truthy bidirectional (and RNNCell any bias); rnnfast wants bools.
+        common: Dict[str, Any] = dict(bias=bool(this.bias), bidirectional=bool(this.bidirectional), dtype=dtype,
+                                      seed=0)
+        if kind == "rnn":
+            common["nonlinearity"] = this.nonlinearity
+        elif kind == "lstm":
+            common["proj_size"] = this.proj_size
+        cls = {"rnn": _FastRNN, "lstm": _FastLSTM, "gru": _FastGRU}[kind]
+        if key in ("all", "scratch"):
+            return cls(this.input_size, this.hidden_size, this.num_layers, **common), self._rnnfast_names()
+        # One layer (the dropout path): its parameters are the full model's names of layer ``key`` with l0.
+        directions = 2 if this.bidirectional else 1
+        layer_input = this.input_size if key == 0 else directions * (this.proj_size or this.hidden_size)
+        model = cls(layer_input, this.hidden_size, 1, **common)
+        return model, [name.replace(f"_l{key}", "_l0") for name in self._layer_names(key)]
+
+    def _layer_names(self, layer: int) -> List[str]:
+        names = self._rnnfast_names()
+        per_layer = len(names) // self.num_layers  # type: ignore[attr-defined]
+        return names[layer * per_layer:(layer + 1) * per_layer]
+
+    def _rnnfast_stack_forward(self, input: Any, hx: Any) -> Any:  # noqa: A002 - torch's name
+        this: Any = self
+        weights = self._rnnfast_weights()
+        lstm = self._rnnfast_kind == "lstm"
+        packed = isinstance(input, PackedSequence)
+        runner = None
+        if _fast_context_ok() and self._rnnfast_stack_shapes_ok(input, hx):
+            states = [None] if hx is None else (list(hx) if lstm else [hx])
+            runner = self._rnnfast_full_runner(weights, _fast_dtype([input.data if packed else input, *states]))
+        if runner is None:
+            return super().forward(input, hx)  # type: ignore[misc]  # PyTorch's implementation (and its errors)
+        h0, c0 = (None, None) if hx is None else ((hx[0], hx[1]) if lstm else (hx, None))
+        lengths: Optional[torch.Tensor] = None
+        unbatched = False
+        if packed:
+            x, lengths = pad_packed_sequence(input)  # [T, B, I] in the caller's batch order; lengths int64 [B]
+        else:
+            unbatched = input.dim() == 2
+            if unbatched:
+                x = input.unsqueeze(1)
+                h0 = None if h0 is None else h0.unsqueeze(1)
+                c0 = None if c0 is None else c0.unsqueeze(1)
+            else:
+                x = input.transpose(0, 1) if this.batch_first else input
+        lengths_np = None if lengths is None else np.ascontiguousarray(lengths.numpy(), dtype=np.int64)
+
+        if this.training and this.dropout > 0 and this.num_layers > 1:
+            out, h_n, c_n = self._forward_with_dropout(input if packed else None, x, h0, c0, lengths, lengths_np,
+                                                       weights)
+        else:
+            out, h_n, c_n = _run_stack(runner, x, h0, c0, lengths_np, weights)
+
+        output: Any = out
+        if packed:
+            assert lengths is not None
+            output = PackedSequence(_pack_like(out, lengths, input), input.batch_sizes, input.sorted_indices,
+                                    input.unsorted_indices)
+        elif unbatched:
+            output = out.squeeze(1)
+            h_n = h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        elif this.batch_first:
+            output = out.transpose(0, 1)
+        return (output, (h_n, c_n)) if lstm else (output, h_n)
+
+    def _forward_with_dropout(self, packed: Optional[PackedSequence], x: torch.Tensor, h0: Optional[torch.Tensor],
+                              c0: Optional[torch.Tensor], lengths: Optional[torch.Tensor],
+                              lengths_np: Optional[np.ndarray], weights: Sequence[torch.Tensor]
+                              ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Layer by layer with ``F.dropout`` between the layers, applied as PyTorch's CPU implementation does: on
+        the time-major ``[T, B, D*P]`` output, or on the packed data for a PackedSequence."""
+        this: Any = self
+        D = 2 if this.bidirectional else 1
+        names = self._rnnfast_names()
+        index = {name: i for i, name in enumerate(names)}
+        layer_input, h_states, c_states = x, [], []
+        for layer in range(this.num_layers):
+            layer_weights = [weights[index[name]] for name in self._layer_names(layer)]
+            part = slice(layer * D, (layer + 1) * D)
+            out, h_n, c_n = _run_stack(self._rnnfast_runner(layer, x.dtype), layer_input,
+                                       None if h0 is None else h0[part], None if c0 is None else c0[part],
+                                       lengths_np, layer_weights)
+            h_states.append(h_n)
+            if c_n is not None:
+                c_states.append(c_n)
+            if layer < this.num_layers - 1:
+                if packed is None:
+                    out = torch.nn.functional.dropout(out, this.dropout, True)
+                else:
+                    assert lengths is not None
+                    data = torch.nn.functional.dropout(_pack_like(out, lengths, packed), this.dropout, True)
+                    out = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                                                             packed.unsorted_indices))[0]
+            layer_input = out
+        return layer_input, torch.cat(h_states, 0), (torch.cat(c_states, 0) if c_states else None)
+
+    def _rnnfast_stack_shapes_ok(self, input: Any, hx: Any) -> bool:
+        """Whether the arguments are ones the fast path runs; anything else goes to PyTorch's forward."""
+        this: Any = self
+        count = this.num_layers * (2 if this.bidirectional else 1)
+        P = this.proj_size if self._rnnfast_kind == "lstm" and this.proj_size > 0 else this.hidden_size
+        if isinstance(input, PackedSequence):
+            data, batch_sizes = input.data, input.batch_sizes
+            if data.dim() != 2 or data.size(-1) != this.input_size or batch_sizes.numel() == 0:
+                return False
+            batched: Tuple[int, ...] = (int(batch_sizes[0]),)
+        else:
+            if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3) or input.size(-1) != this.input_size:
+                return False
+            if input.dim() == 2:
+                seq_len, batched = input.size(0), ()
+            else:
+                seq_len, batch = ((input.size(1), input.size(0)) if this.batch_first
+                                  else (input.size(0), input.size(1)))
+                if batch == 0:
+                    return False
+                batched = (batch,)
+            if seq_len == 0:
+                return False
+        if hx is None:
+            return True
+        if self._rnnfast_kind != "lstm":
+            return _has_shape(hx, (count, *batched, P))
+        pair = _state_pair(hx)
+        return (pair is not None and _has_shape(pair[0], (count, *batched, P))
+                and _has_shape(pair[1], (count, *batched, this.hidden_size)))
+
+    # --- cells: torch.nn.RNNCell / LSTMCell / GRUCell ---
+
+    def _rnnfast_cell_model(self, dtype: Any) -> Tuple[_FastCellModel, List[str]]:
+        this: Any = self
+        model: _FastCellModel
+        if self._rnnfast_kind == "rnn":
+            model = _FastCell(this.input_size, this.hidden_size, bias=bool(this.bias),
+                              nonlinearity=this.nonlinearity, dtype=dtype, seed=0)
+        else:
+            cls = _FastLSTMCell if self._rnnfast_kind == "lstm" else _FastGRUCell
+            model = cls(this.input_size, this.hidden_size, bias=bool(this.bias), dtype=dtype, seed=0)
+        return model, self._rnnfast_names()
+
+    def _rnnfast_cell_forward(self, input: Any, hx: Any) -> Any:  # noqa: A002
+        weights = self._rnnfast_weights()
+        lstm = self._rnnfast_kind == "lstm"
+        runner = None
+        if _fast_context_ok() and self._rnnfast_cell_shapes_ok(input, hx):
+            states = [None] if hx is None else (list(hx) if lstm else [hx])
+            runner = self._rnnfast_full_runner(weights, _fast_dtype([input, *states]))
+        if runner is None:
+            return super().forward(input, hx)  # type: ignore[misc]
+        h, c = (None, None) if hx is None else ((hx[0], hx[1]) if lstm else (hx, None))
+        unbatched = input.dim() == 1
+        if unbatched:
+            input = input.unsqueeze(0)
+            h = None if h is None else h.unsqueeze(0)
+            c = None if c is None else c.unsqueeze(0)
+        h_new, c_new = _run_cell(runner, input, h, c, weights)
+        if unbatched:
+            h_new = h_new.squeeze(0)
+            c_new = None if c_new is None else c_new.squeeze(0)
+        return (h_new, c_new) if lstm else h_new
+
+    def _rnnfast_cell_shapes_ok(self, input: Any, hx: Any) -> bool:
+        this: Any = self
+        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2) or input.size(-1) != this.input_size:
+            return False
+        if input.dim() == 2 and input.size(0) == 0:
+            return False
+        shape = (this.hidden_size,) if input.dim() == 1 else (input.size(0), this.hidden_size)
+        if hx is None:
+            return True
+        if self._rnnfast_kind != "lstm":
+            return _has_shape(hx, shape)
+        pair = _state_pair(hx)
+        return pair is not None and _has_shape(pair[0], shape) and _has_shape(pair[1], shape)
+
 
 class RNN(_Shared, torch.nn.RNN):
     """``torch.nn.RNN`` with rnnfast's CPU kernels: same constructor, parameters, ``state_dict`` and forward.
@@ -497,6 +808,8 @@ class RNN(_Shared, torch.nn.RNN):
     ``forward(input, hx=None) -> (output, h_n)``, ``input`` a tensor ``[T, B, I]`` (``[B, T, I]`` with
     ``batch_first``, unbatched ``[T, I]``) or a ``PackedSequence``, as ``torch.nn.RNN``. See the module docstring.
     """
+
+    _rnnfast_kind = "rnn"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -506,110 +819,50 @@ class RNN(_Shared, torch.nn.RNN):
                          dtype=dtype)
         self._rnnfast_share()
 
-    def _rnnfast_names(self) -> List[str]:
-        return list(self._flat_weights_names)
+    def forward(self, input: Any, hx: Optional[torch.Tensor] = None) -> Any:  # noqa: A002 - torch's name
+        return self._rnnfast_stack_forward(input, hx)
 
-    def _rnnfast_new_model(self, key: Any, dtype: Any) -> Tuple[_FastRNN, List[str]]:
-        # bool(): torch.nn.RNN takes any truthy bidirectional (and RNNCell any bias); rnnfast wants bools.
-        common = dict(nonlinearity=self.nonlinearity, bias=bool(self.bias), bidirectional=bool(self.bidirectional),
-                      dtype=dtype, seed=0)
-        if key in ("all", "scratch"):
-            model = _FastRNN(self.input_size, self.hidden_size, self.num_layers, **common)  # type: ignore[arg-type]
-            return model, self._rnnfast_names()
-        # One layer (the dropout path): its parameters are the full model's names of layer ``key`` with l0.
-        directions = 2 if self.bidirectional else 1
-        layer_input = self.input_size if key == 0 else directions * self.hidden_size
-        model = _FastRNN(layer_input, self.hidden_size, 1, **common)  # type: ignore[arg-type]
-        return model, [name.replace(f"_l{key}", "_l0") for name in self._layer_names(key)]
 
-    def _layer_names(self, layer: int) -> List[str]:
-        names = self._rnnfast_names()
-        per_layer = len(names) // self.num_layers
-        return names[layer * per_layer:(layer + 1) * per_layer]
+class LSTM(_Shared, torch.nn.LSTM):
+    """``torch.nn.LSTM`` with rnnfast's CPU kernels: same constructor (``proj_size`` included), parameters,
+    ``state_dict`` and forward.
+
+    ``forward(input, hx=None) -> (output, (h_n, c_n))``, ``input`` a tensor ``[T, B, I]`` (``[B, T, I]`` with
+    ``batch_first``, unbatched ``[T, I]``) or a ``PackedSequence``, ``hx`` a pair ``(h0 [L*D, B, P], c0 [L*D, B,
+    H])`` or None, as ``torch.nn.LSTM``. See the module docstring.
+    """
+
+    _rnnfast_kind = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, proj_size=proj_size, device=device,
+                         dtype=dtype)
+        self._rnnfast_share()
+
+    def forward(self, input: Any, hx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Any:  # noqa: A002
+        return self._rnnfast_stack_forward(input, hx)
+
+
+class GRU(_Shared, torch.nn.GRU):
+    """``torch.nn.GRU`` with rnnfast's CPU kernels: same constructor, parameters, ``state_dict`` and forward.
+
+    ``forward(input, hx=None) -> (output, h_n)`` as ``torch.nn.GRU`` (and ``RNN``). See the module docstring.
+    """
+
+    _rnnfast_kind = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                         dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype)
+        self._rnnfast_share()
 
     def forward(self, input: Any, hx: Optional[torch.Tensor] = None) -> Any:  # noqa: A002 - torch's name
-        weights = self._rnnfast_weights()
-        packed = isinstance(input, PackedSequence)
-        data = input.data if packed else input
-        runner = None
-        if _fast_context_ok() and self._rnnfast_shapes_ok(input, hx):
-            runner = self._rnnfast_full_runner(weights, _fast_dtype([data, hx]))
-        if runner is None:
-            return super().forward(input, hx)  # PyTorch's implementation (and its errors)
-        lengths: Optional[torch.Tensor] = None
-        unbatched = False
-        if packed:
-            x, lengths = pad_packed_sequence(input)  # [T, B, I] in the caller's batch order; lengths int64 [B]
-            h0 = hx
-        else:
-            unbatched = input.dim() == 2
-            if unbatched:
-                x = input.unsqueeze(1)
-                h0 = None if hx is None else hx.unsqueeze(1)
-            else:
-                x = input.transpose(0, 1) if self.batch_first else input
-                h0 = hx
-        lengths_np = None if lengths is None else np.ascontiguousarray(lengths.numpy(), dtype=np.int64)
-
-        if self.training and self.dropout > 0 and self.num_layers > 1:
-            out, h_n = self._forward_with_dropout(input if packed else None, x, h0, lengths, lengths_np, weights)
-        else:
-            out, h_n = _run_stack(runner, x, h0, lengths_np, weights)
-
-        if packed:
-            assert lengths is not None
-            return PackedSequence(_pack_like(out, lengths, input), input.batch_sizes, input.sorted_indices,
-                                  input.unsorted_indices), h_n
-        if unbatched:
-            return out.squeeze(1), h_n.squeeze(1)
-        return (out.transpose(0, 1) if self.batch_first else out), h_n
-
-    def _forward_with_dropout(self, packed: Optional[PackedSequence], x: torch.Tensor, h0: Optional[torch.Tensor],
-                              lengths: Optional[torch.Tensor], lengths_np: Optional[np.ndarray],
-                              weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Layer by layer with ``F.dropout`` between the layers, applied as PyTorch's CPU implementation does: on
-        the time-major ``[T, B, D*H]`` output, or on the packed data for a PackedSequence."""
-        D = 2 if self.bidirectional else 1
-        names = self._rnnfast_names()
-        index = {name: i for i, name in enumerate(names)}
-        layer_input, states = x, []
-        for layer in range(self.num_layers):
-            layer_weights = [weights[index[name]] for name in self._layer_names(layer)]
-            layer_h0 = None if h0 is None else h0[layer * D:(layer + 1) * D]
-            out, h_n = _run_stack(self._rnnfast_runner(layer, x.dtype), layer_input, layer_h0, lengths_np,
-                                  layer_weights)
-            states.append(h_n)
-            if layer < self.num_layers - 1:
-                if packed is None:
-                    out = torch.nn.functional.dropout(out, self.dropout, True)
-                else:
-                    assert lengths is not None
-                    data = torch.nn.functional.dropout(_pack_like(out, lengths, packed), self.dropout, True)
-                    out = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
-                                                             packed.unsorted_indices))[0]
-            layer_input = out
-        return layer_input, torch.cat(states, 0)
-
-    def _rnnfast_shapes_ok(self, input: Any, hx: Optional[torch.Tensor]) -> bool:
-        """Whether the arguments are ones the fast path runs; anything else goes to PyTorch's forward."""
-        D = 2 if self.bidirectional else 1
-        if isinstance(input, PackedSequence):
-            data, batch_sizes = input.data, input.batch_sizes
-            if data.dim() != 2 or data.size(-1) != self.input_size or batch_sizes.numel() == 0:
-                return False
-            batch = int(batch_sizes[0])
-            return hx is None or tuple(hx.shape) == (self.num_layers * D, batch, self.hidden_size)
-        if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3) or input.size(-1) != self.input_size:
-            return False
-        if input.dim() == 2:
-            seq_len, batch = input.size(0), 1
-            state_shape: Tuple[int, ...] = (self.num_layers * D, self.hidden_size)
-        else:
-            seq_len, batch = (input.size(1), input.size(0)) if self.batch_first else (input.size(0), input.size(1))
-            state_shape = (self.num_layers * D, batch, self.hidden_size)
-        if seq_len == 0 or batch == 0:
-            return False
-        return hx is None or tuple(hx.shape) == state_shape
+        return self._rnnfast_stack_forward(input, hx)
 
 
 def _pack_like(padded: torch.Tensor, lengths: torch.Tensor, like: PackedSequence) -> torch.Tensor:
@@ -626,56 +879,77 @@ class RNNCell(_Shared, torch.nn.RNNCell):
     ``forward(input, hx=None) -> h'``, ``input`` ``[B, I]`` or unbatched ``[I]``, ``hx`` ``[B, H]`` / ``[H]``.
     """
 
+    _rnnfast_kind = "rnn"
+    _rnnfast_is_stack = False
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, device=device, dtype=dtype)
         self._rnnfast_share()
 
-    def _rnnfast_names(self) -> List[str]:
-        return ["weight_ih", "weight_hh", "bias_ih", "bias_hh"] if self.bias else ["weight_ih", "weight_hh"]
+    def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: A002
+        return self._rnnfast_cell_forward(input, hx)  # type: ignore[no-any-return]
 
-    def _rnnfast_supported(self) -> bool:
-        # torch.nn.RNNCell also takes zero sizes, and any nonlinearity until forward refuses it.
-        return self.input_size > 0 and self.hidden_size > 0 and self.nonlinearity in ("tanh", "relu")
 
-    def _rnnfast_new_model(self, key: Any, dtype: Any) -> Tuple[_FastCell, List[str]]:
-        model = _FastCell(self.input_size, self.hidden_size, bias=bool(self.bias), nonlinearity=self.nonlinearity,
-                          dtype=dtype, seed=0)
-        return model, self._rnnfast_names()
+class LSTMCell(_Shared, torch.nn.LSTMCell):
+    """``torch.nn.LSTMCell`` with rnnfast's CPU kernels: same constructor, parameters, ``state_dict`` and forward.
+
+    ``forward(input, hx=None) -> (h', c')``, ``input`` ``[B, I]`` or unbatched ``[I]``, ``hx`` a pair ``(h, c)``
+    of ``[B, H]`` / ``[H]`` or None.
+    """
+
+    _rnnfast_kind = "lstm"
+    _rnnfast_is_stack = False
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Any = None
+                 ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
+        self._rnnfast_share()
+
+    def forward(self, input: torch.Tensor, hx: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # noqa: A002
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self._rnnfast_cell_forward(input, hx)  # type: ignore[no-any-return]
+
+
+class GRUCell(_Shared, torch.nn.GRUCell):
+    """``torch.nn.GRUCell`` with rnnfast's CPU kernels: same constructor, parameters, ``state_dict`` and forward.
+
+    ``forward(input, hx=None) -> h'``, ``input`` ``[B, I]`` or unbatched ``[I]``, ``hx`` ``[B, H]`` / ``[H]``.
+    """
+
+    _rnnfast_kind = "gru"
+    _rnnfast_is_stack = False
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None, dtype: Any = None
+                 ) -> None:
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
+        self._rnnfast_share()
 
     def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None) -> torch.Tensor:  # noqa: A002
-        weights = self._rnnfast_weights()
-        runner = None
-        if _fast_context_ok() and self._rnnfast_shapes_ok(input, hx):
-            runner = self._rnnfast_full_runner(weights, _fast_dtype([input, hx]))
-        if runner is None:
-            return super().forward(input, hx)
-        unbatched = input.dim() == 1
-        x = input.unsqueeze(0) if unbatched else input
-        h = None if hx is None else (hx.unsqueeze(0) if unbatched else hx)
-        if _needs_grad(x, h, *weights):
-            h_new = _CellFunction.apply(runner, x, h, *weights)
-        else:
-            runner.load(weights)
-            h_new = _tensor(runner.model.forward(_np(x), None if h is None else _np(h)))  # type: ignore[arg-type]
-        return h_new.squeeze(0) if unbatched else h_new
-
-    def _rnnfast_shapes_ok(self, input: Any, hx: Optional[torch.Tensor]) -> bool:
-        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2) or input.size(-1) != self.input_size:
-            return False
-        if input.dim() == 2 and input.size(0) == 0:
-            return False
-        state_shape = (self.hidden_size,) if input.dim() == 1 else (input.size(0), self.hidden_size)
-        return hx is None or tuple(hx.shape) == state_shape
+        return self._rnnfast_cell_forward(input, hx)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # convert
 # ---------------------------------------------------------------------------------------------------------------------
 
+# torch.nn's class -> rnnfast.torch's, and the constructor arguments taken from the old module.
+_STACK_ARGS = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
+_CELL_ARGS = ("input_size", "hidden_size", "bias")
+_SWAPS: Dict[type, Tuple[type, Tuple[str, ...]]] = {
+    torch.nn.RNN: (RNN, _STACK_ARGS + ("nonlinearity",)),
+    torch.nn.LSTM: (LSTM, _STACK_ARGS + ("proj_size",)),
+    torch.nn.GRU: (GRU, _STACK_ARGS),
+    torch.nn.RNNCell: (RNNCell, _CELL_ARGS + ("nonlinearity",)),
+    torch.nn.LSTMCell: (LSTMCell, _CELL_ARGS),
+    torch.nn.GRUCell: (GRUCell, _CELL_ARGS),
+}
+
+
 def convert(module: torch.nn.Module) -> torch.nn.Module:
-    """Swap every ``torch.nn.RNN`` / ``torch.nn.RNNCell`` in ``module`` (the module itself included) for
-    ``rnnfast.torch.RNN`` / ``RNNCell``; return the module, or its replacement when it is itself one.
+    """Swap every ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` / ``RNNCell`` / ``LSTMCell`` / ``GRUCell`` in ``module``
+    (the module itself included) for rnnfast.torch's class of the same name; return the module, or its replacement
+    when it is itself one.
 
     Children are replaced in place in their parents. The new modules take over the old ones' very ``Parameter``
     objects (so the weights, an optimizer made before the swap, and parameter hooks all carry over), their training
@@ -689,10 +963,9 @@ def _convert(module: torch.nn.Module, memo: Dict[int, torch.nn.Module]) -> torch
     if id(module) in memo:
         return memo[id(module)]
     new: torch.nn.Module
-    if type(module) is torch.nn.RNN:
-        new = _swap(module, RNN)
-    elif type(module) is torch.nn.RNNCell:
-        new = _swap(module, RNNCell)
+    swap = _SWAPS.get(type(module))
+    if swap is not None:
+        new = _swap(module, *swap)
     else:
         new = module
         for name, child in list(module.named_children()):
@@ -703,21 +976,20 @@ def _convert(module: torch.nn.Module, memo: Dict[int, torch.nn.Module]) -> torch
     return new
 
 
-def _swap(old: Any, cls: type) -> torch.nn.Module:
+def _swap(old: Any, cls: type, arg_names: Sequence[str]) -> torch.nn.Module:
     weights = list(old.parameters(recurse=False))
     dtype = weights[0].dtype if weights else None
+    kwargs = {name: getattr(old, name) for name in arg_names}
+    if "dropout" in kwargs:
+        kwargs["dropout"] = float(kwargs["dropout"])
     new: Any
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PyTorch's dropout warning, given already when `old` was made
         # On the meta device: no memory, no random numbers; the old parameters are then taken over.
-        if cls is RNN:
-            new = RNN(old.input_size, old.hidden_size, old.num_layers, old.nonlinearity, old.bias, old.batch_first,
-                      float(old.dropout), old.bidirectional, device="meta", dtype=dtype)
-        else:
-            new = RNNCell(old.input_size, old.hidden_size, old.bias, old.nonlinearity, device="meta", dtype=dtype)
+        new = cls(**kwargs, device="meta", dtype=dtype)
     for name, param in old.named_parameters(recurse=False):
         setattr(new, name, param)
-    if isinstance(new, torch.nn.RNN):
+    if isinstance(new, torch.nn.RNNBase):
         new._init_flat_weights()
     new.train(old.training)
     for attr in _HOOK_ATTRIBUTES:
