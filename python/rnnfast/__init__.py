@@ -1,8 +1,9 @@
-"""rnnfast: fast vanilla (Elman) RNN forward and backpropagation through time on the CPU.
+"""rnnfast: fast RNN, LSTM and GRU forward and backpropagation through time on the CPU.
 
-``RNN`` and ``RNNCell`` follow ``torch.nn.RNN`` / ``torch.nn.RNNCell``: same shapes, parameter names and
-initialization, and their ``state_dict`` moves both ways. ``rnnfast.reference`` is a plain NumPy implementation
-of the same semantics, the oracle of the test suite.
+``RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` and ``GRUCell`` follow ``torch.nn``'s classes of the same names:
+same shapes, parameter names and initialization, and their ``state_dict`` moves both ways. ``rnnfast.reference`` is
+a plain NumPy implementation of the same semantics, the oracle of the test suite; ``rnnfast.torch`` has the drop-in
+``torch.nn`` modules.
 """
 
 from __future__ import annotations
