@@ -190,6 +190,9 @@ def test_caches_do_not_pickle_or_copy() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# Under AddressSanitizer the child can hang in ASan's own allocator when another thread of the parent was allocating
+# at the fork (it saw one such hang in ~40 forks); the unsanitized passes of the suite run these.
+@pytest.mark.skipif(SANITIZED, reason="ASan's allocator is not fork-safe while other threads allocate")
 @pytest.mark.parametrize("during", ["forward", "backward", "set_num_threads"])
 def test_fork_while_another_thread_is_inside_rnnfast(during: str) -> None:
     # The child must be able to run forward and backward on the same model: no lock copied in a locked state.
