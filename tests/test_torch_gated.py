@@ -9,7 +9,6 @@ import io
 import itertools
 import pickle
 import re
-import threading
 import warnings
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import rnnfast.torch as rt  # noqa: E402  (needs torch)
+from conftest import run_threads  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence  # noqa: E402
 
 T, B, I, H, P = 5, 3, 4, 5, 3
@@ -704,25 +704,6 @@ def test_convert_swaps_every_kind_keeping_parameters_mode_and_hooks() -> None:
 # Backwards through one module in 4 threads at once; a training loop
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _run_threads(count, work):
-    barrier = threading.Barrier(count)
-    errors = []
-
-    def target(k):
-        try:
-            work(k, barrier)
-        except BaseException as exc:  # reported below; abort so the other threads do not wait forever
-            errors.append(exc)
-            barrier.abort()
-
-    threads = [threading.Thread(target=target, args=(k,)) for k in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "threads hung"
-    if errors:
-        raise errors[0]
 
 
 @pytest.mark.parametrize("kind,args,kwargs", MODULES)
@@ -754,7 +735,7 @@ def test_concurrent_backwards_through_one_module_add_up_every_loss(kind, args, k
             barrier.wait()  # so do the backwards
             loss.backward()
 
-    _run_threads(threads, work)
+    run_threads(threads, work)
     _assert_same(_param_grads(fast), _param_grads(ref), F64, "parameters")
     _assert_same([x.grad for row in fast_x for x in row], [x.grad for row in ref_x for x in row], F64, "inputs")
 

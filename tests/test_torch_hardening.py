@@ -7,7 +7,6 @@ import copy
 import io
 import pickle
 import re
-import threading
 import warnings
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import rnnfast.torch as rt  # noqa: E402  (needs torch)
+from conftest import run_threads  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
 T, B, I, H = 4, 2, 3, 4
@@ -51,25 +51,6 @@ def _param_grads(module):
 # 1. Backwards through one shared module in several threads at once (Hogwild)
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _run_threads(count, work):
-    barrier = threading.Barrier(count)
-    errors = []
-
-    def target(k):
-        try:
-            work(k, barrier)
-        except BaseException as exc:  # reported below; abort so the other threads do not wait forever
-            errors.append(exc)
-            barrier.abort()
-
-    threads = [threading.Thread(target=target, args=(k,)) for k in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "threads hung"
-    if errors:
-        raise errors[0]
 
 
 def _stack_loss(module, x):
@@ -94,7 +75,7 @@ def test_concurrent_backwards_through_one_rnn_add_up_every_loss(layers, bidi) ->
             barrier.wait()  # so do the backwards
             loss.backward()
 
-    _run_threads(threads, work)
+    run_threads(threads, work)
     _assert_close(_param_grads(fast), _param_grads(ref), "parameters")
     _assert_close([x.grad for row in fast_x for x in row], [x.grad for row in ref_x for x in row], "inputs")
 
@@ -121,7 +102,7 @@ def test_concurrent_backwards_through_one_cell_add_up_every_loss() -> None:
             barrier.wait()
             loss.backward()
 
-    _run_threads(threads, work)
+    run_threads(threads, work)
     _assert_close(_param_grads(fast), _param_grads(ref), "parameters")
 
 

@@ -68,10 +68,13 @@ inline py::error_already_set memory_error(const char* name, std::initializer_lis
 }
 
 // Bytes of physical memory, or 0 when unknown: a larger allocation could only succeed by overcommitting, and the
-// process would be killed while filling it.
+// process would be killed while filling it. Read once (sysconf makes a system call; every call allocates).
 inline double physical_memory() {
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+    static const double bytes = [] {
+        const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+    }();
+    return bytes;
 }
 
 // A new C-contiguous array on 64-byte aligned memory. Eigen peels unaligned heads off vectorized loops, so the

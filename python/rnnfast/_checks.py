@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import operator
 import os
@@ -17,30 +18,28 @@ _MAX_SIZE = 2**63 - 1
 NONLINEARITIES = ("tanh", "relu")
 
 
-def positive_int(name: str, value: Any) -> int:
+def integer(name: str, value: Any, minimum: int) -> int:
+    """An int >= ``minimum`` (0 or 1) and below 2**63; bools and floats are refused."""
+    what = "a positive integer" if minimum == 1 else "a non-negative integer"
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a positive integer, got {value!r}")
+        raise TypeError(f"{name}: expected {what}, got {value!r}")
     try:
         n = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name}: expected a positive integer, got {value!r} of type {type(value).__name__}") from None
-    if n <= 0:
-        raise ValueError(f"{name}: expected a positive integer, got {n}")
+        raise TypeError(f"{name}: expected {what}, got {value!r} of type {type(value).__name__}") from None
+    if n < minimum:
+        raise ValueError(f"{name}: expected {what}, got {n}")
     if n > _MAX_SIZE:
-        raise ValueError(f"{name}: expected a positive integer below 2**63, got {n}")
+        raise ValueError(f"{name}: expected {what} below 2**63, got {n}")
     return n
+
+
+def positive_int(name: str, value: Any) -> int:
+    return integer(name, value, 1)
 
 
 def non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a non-negative integer, got {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected a non-negative integer, got {value!r} of type {type(value).__name__}") from None
-    if n < 0:
-        raise ValueError(f"{name}: expected a non-negative integer, got {n}")
-    return n
+    return integer(name, value, 0)
 
 
 def proj_size(value: int, hidden_size: int) -> int:
@@ -129,8 +128,9 @@ def array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     return value
 
 
+@functools.lru_cache(maxsize=None)
 def physical_memory() -> int:
-    """Bytes of physical memory, or 0 where unknown."""
+    """Bytes of physical memory, or 0 where unknown (read once: every forward checks against it)."""
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
+
+from . import _checks
 
 _M = TypeVar("_M", bound="Module")
 
@@ -55,9 +56,8 @@ def _check_fits_in_memory(count: int, dtype: np.dtype) -> None:
     """Refuse parameter buffers larger than the machine's memory up front: with overcommit, the allocation itself
     could succeed and the process be killed later while filling it."""
     needed = 2 * count * dtype.itemsize  # parameters and gradients
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not available on this platform
+    physical = _checks.physical_memory()
+    if physical <= 0:  # unknown on this platform
         return
     if needed > physical:
         raise MemoryError(

@@ -281,14 +281,6 @@ class _Stack(Module):
             grad_input = grad_input.transpose(1, 0, 2)
         return grad_input, grad_h0, grad_c0, None if flat is None else self._views(flat)
 
-    def _backward(self, cache: RNNCache, grad_output: Optional[np.ndarray], grad_h_n: Optional[np.ndarray],
-                  input_grad: bool, retain_cache: bool, accumulate: bool
-                  ) -> tuple[Optional[np.ndarray], np.ndarray, Optional[dict[str, np.ndarray]]]:
-        """``_run_backward`` without a cell state (RNN, GRU): (grad_input, grad_h0, grads or None)."""
-        grad_input, grad_h0, _, grads = self._run_backward(cache, grad_output, grad_h_n, None, input_grad,
-                                                           retain_cache, accumulate)
-        return grad_input, grad_h0, grads
-
     def _dropout_masks(self, seq_len: int, batch: int) -> np.ndarray:
         """``[L-1, T, B, D*P]`` masks: 0 with probability p, else 1/(1-p) (inverted dropout, as in PyTorch)."""
         shape = (self.num_layers - 1, seq_len, batch, self._directions * self._state_size)
@@ -305,15 +297,10 @@ class _SingleState(_Stack):
     def __call__(self, x: np.ndarray, h0: Optional[np.ndarray] = None, lengths: Optional[Any] = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Forward without a cache: same as ``forward(x, h0, lengths)`` (dropout applies in training mode)."""
-        # _fast_call's test, written out: this is the hottest call of the smallest models.
-        if h0 is None and lengths is None and type(x) is np.ndarray and x.dtype is self.dtype and x.ndim == 3:
-            shape = x.shape
-            flags = x.flags
-            if (shape[2] == self.input_size and shape[0] > 0 and shape[1] > 0 and flags.c_contiguous
-                    and flags.aligned and not self.batch_first and not self._draws_dropout_masks()):
-                output, h_n, _, _ = self._kernel_for(shape[0], shape[1]).forward(self._flat, x, None, None, None,
-                                                                                 False)
-                return output, h_n
+        if h0 is None and lengths is None:
+            fast = self._fast_call(x)
+            if fast is not None:
+                return fast[0], fast[1]
         return self.forward(x, h0, lengths)
 
     @overload
@@ -413,7 +400,8 @@ class _SingleState(_Stack):
         """
         input_grad = _checks.boolean("input_grad", input_grad)
         retain_cache = _checks.boolean("retain_cache", retain_cache)
-        grad_input, grad_h0, _ = self._backward(cache, grad_output, grad_h_n, input_grad, retain_cache, True)
+        grad_input, grad_h0, _, _ = self._run_backward(cache, grad_output, grad_h_n, None, input_grad, retain_cache,
+                                                       True)
         return grad_input, grad_h0
 
 
