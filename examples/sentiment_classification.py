@@ -5,7 +5,8 @@ long; a review is positive when it has more positive than negative words. Each w
 RNN's input weights learn one embedding per word. The batches mix lengths: ``rnn.forward(x, lengths=...)`` runs
 each review only over its own words, and ``h_n`` is each review's state after its last word. A logistic read-out
 on ``h_n`` gives the probability of "positive"; the loss is binary cross-entropy; the gradient reaches the RNN as
-``grad_h_n`` (the outputs are not used). Adam written in NumPy updates the parameters in place.
+``grad_h_n`` (the outputs are not used). ``rnnfast.optim.Adam`` updates the model's parameters and the read-out's
+arrays in place.
 
 ``--cell lstm`` (or ``gru``) classifies with an ``rnnfast.LSTM`` (``GRU``) instead: the LSTM's state is the pair
 ``(h_n, c_n)``, and its backward takes ``grad_c_n`` too (None here: the read-out uses h alone).
@@ -43,22 +44,6 @@ def make_reviews(count, rng):
     return x, lengths, labels
 
 
-class Adam:
-    def __init__(self, params, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
-        self.params, self.lr, self.b1, self.b2, self.eps, self.t = params, lr, b1, b2, eps, 0
-        self.m = {k: np.zeros_like(v) for k, v in params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in params.items()}
-
-    def step(self, grads):
-        self.t += 1
-        for k, p in self.params.items():
-            self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * grads[k]
-            self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * grads[k] ** 2
-            m_hat = self.m[k] / (1 - self.b1 ** self.t)
-            v_hat = self.v[k] / (1 - self.b2 ** self.t)
-            p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)  # in place: p is the model's own array
-
-
 def last_states(state):
     """h_n of an RNN or GRU, or of an LSTM's (h_n, c_n)."""
     return state[0] if isinstance(state, tuple) else state
@@ -87,7 +72,10 @@ print(f"train {train_x.shape[1]} reviews, test {test_x.shape[1]}, lengths {MIN_L
 rnn = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}[args.cell](VOCAB, HIDDEN, seed=0)
 print(f"model: {rnn!r}")
 head = {"w": np.zeros(HIDDEN, np.float32), "b": np.zeros(1, np.float32)}
-opt = Adam({**rnn.named_parameters(), **head}, lr=0.01)
+head_grads = {name: np.zeros_like(p) for name, p in head.items()}
+# The model (all its parameters, with the gradients backward adds into rnn.grads) and the read-out's (param, grad)
+# pairs: step() updates them all in place.
+opt = rnnfast.optim.Adam([rnn, *((head[name], head_grads[name]) for name in head)], lr=0.01)
 print(f"chance accuracy: {max(test_y.mean(), 1 - test_y.mean()):.3f}")
 
 start = time.perf_counter()
@@ -107,10 +95,11 @@ for epoch in range(12):
         grad_z = (p - y) / len(y)                                    # d(loss)/d(z)
         grad_h_n = np.zeros_like(h_n)
         grad_h_n[-1] = np.outer(grad_z, head["w"])                   # only the last layer's state is read
-        rnn.zero_grad()
+        opt.zero_grad()                                              # rnn.grads and head_grads
         rnn.backward(cache, grad_h_n=grad_h_n)                       # BPTT from h_n only (LSTM: grad_c_n None)
-        grads = {**rnn.grads, "w": h_last.T @ grad_z, "b": grad_z.sum(keepdims=True)}
-        opt.step(grads)
+        head_grads["w"][...] = h_last.T @ grad_z
+        head_grads["b"][...] = grad_z.sum(keepdims=True)
+        opt.step()
     if epoch % 3 == 2:
         print(f"epoch {epoch + 1:2d}  loss {np.mean(losses):.4f}  "
               f"test accuracy {accuracy(rnn, head, test_x, test_len, test_y):.3f}")

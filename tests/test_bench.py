@@ -5,6 +5,7 @@ No timing assertions: these tests run tiny cases in quick mode and check only th
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -145,26 +146,31 @@ def test_cli_errors(capsys) -> None:
     assert "--no-reference" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("nonlinearity,bias", [("tanh", True), ("relu", False)])
-def test_onnx_graph_matches_rnnfast(nonlinearity: str, bias: bool) -> None:
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_onnx_graph_matches_rnnfast(kind: str) -> None:
+    # The ONNX backends run rnnfast.onnx's graph of the case's model, T and B fixed to the case's.
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    rnn = rnnfast.RNN(6, 5, num_layers=2, nonlinearity=nonlinearity, bias=bias, bidirectional=True, seed=3)
-    model = bench.build_onnx_model(rnn)  # symbolic T and B
-    onnx.checker.check_model(model)
+    case = dataclasses.replace(bench.CASES["seed_4layer"], kind=kind)
+    w = bench._make_workload(case)
+    model = bench._onnx_model_for(w, {})
+    onnx.checker.check_model(model, full_check=True)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [case.seq_len, case.batch, case.input_size]
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    for seq_len, batch in [(7, 3), (2, 1)]:
-        x = rng.standard_normal((seq_len, batch, 6), dtype=np.float32)
-        output, h_n = session.run(["output", "h_n"], {"input": x})
-        expected_output, expected_h_n = rnn(x)
-        assert output.shape == (seq_len, batch, 10) and h_n.shape == (4, batch, 5)
-        np.testing.assert_allclose(output, expected_output, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(h_n, expected_h_n, rtol=1e-4, atol=1e-5)
+    names = ["output", "h_n", "c_n"] if kind == "lstm" else ["output", "h_n"]
+    got = session.run(names, {"input": w.x})
+    output, state = w.model(w.x)
+    expected = [output, *state] if kind == "lstm" else [output, state]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+    for name in ("ragged_T200_B64_H128", "cell_step_H20"):
+        with pytest.raises(bench._Skip):
+            bench._onnx_model_for(bench._make_workload(dataclasses.replace(bench.CASES[name], kind=kind)), {})
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak memory is read from /proc (Linux)")

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 
+#include "activations.hpp"
 #include "rnnfast/types.hpp"
 
 namespace rnnfast::detail {
@@ -74,19 +75,19 @@ ConstBlockMap<T> block(const T* p, Index rows, Index cols, Index ld) {
     return ConstBlockMap<T>(p, rows, cols, Eigen::OuterStride<>(ld));
 }
 
-// v <- tanh(v) over n contiguous values. Eigen finishes a span with scalar tanh, which costs several times a
-// packet's; for a few rows of a small layer (20 states: one 16-wide packet and 4 scalars) the scalars would
-// dominate, so the tail goes through one packet-sized buffer instead.
+// v <- tanh(v) over n contiguous values. A span's tail would go through whole packets one scalar at a time; for a
+// few rows of a small layer (20 states: one 16-wide packet and 4 scalars) those would dominate, so the tail goes
+// through one packet-sized buffer instead.
 template <class T>
 void tanh_span(T* v, Index n) {
     constexpr Index P = Eigen::internal::packet_traits<T>::size;
     const Index head = n / P * P;
     Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> body(v, head);
-    body = body.tanh();
+    body = body.unaryExpr(TanhOp<T>());
     if (head < n) {
         Eigen::Array<T, P, 1> tail = Eigen::Array<T, P, 1>::Zero();
         std::copy(v + head, v + n, tail.data());
-        tail = tail.tanh();
+        tail = tail.unaryExpr(TanhOp<T>());
         std::copy(tail.data(), tail.data() + (n - head), v + head);
     }
 }
@@ -158,17 +159,17 @@ struct LstmCell {
         const Index m = b.m, w = b.w, H = b.H;
         BlockMap<T> i = block(b.gates, m, w, b.gates_ld), f = block(b.gates + H, m, w, b.gates_ld);
         BlockMap<T> g = block(b.gates + 2 * H, m, w, b.gates_ld), o = block(b.gates + 3 * H, m, w, b.gates_ld);
-        i = i.logistic();
-        f = f.logistic();
-        g = g.tanh();
-        o = o.logistic();
+        i = i.unaryExpr(LogisticOp<T>());
+        f = f.unaryExpr(LogisticOp<T>());
+        g = g.unaryExpr(TanhOp<T>());
+        o = o.unaryExpr(LogisticOp<T>());
         BlockMap<T> c = block(b.aux, m, w, b.aux_ld);
         if (b.c_prev != nullptr) {
             c = f * block(b.c_prev, m, w, b.c_prev_ld) + i * g;
         } else {
             c = i * g;
         }
-        block(b.h, m, w, b.h_ld) = o * c.tanh();
+        block(b.h, m, w, b.h_ld) = o * c.unaryExpr(TanhOp<T>());
     }
 
     template <class T>
@@ -176,7 +177,7 @@ struct LstmCell {
         const Index m = b.m, w = b.w, H = b.H;
         ConstBlockMap<T> i = block(b.gates, m, w, b.gates_ld), f = block(b.gates + H, m, w, b.gates_ld);
         ConstBlockMap<T> g = block(b.gates + 2 * H, m, w, b.gates_ld), o = block(b.gates + 3 * H, m, w, b.gates_ld);
-        const Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> tc = block(b.aux, m, w, b.aux_ld).tanh();
+        const Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> tc = block(b.aux, m, w, b.aux_ld).unaryExpr(TanhOp<T>());
         BlockMap<T> dh = block(b.dh, m, w, b.dh_ld), dc = block(b.dc, m, w, b.dc_ld);
         dc += dh * o * (T(1) - tc.square());
         block(b.dz + 3 * H, m, w, b.dz_ld) = dh * tc * o * (T(1) - o);
@@ -206,11 +207,11 @@ struct GruCell {
         const Index m = b.m, w = b.w, H = b.H;
         BlockMap<T> r = block(b.gates, m, w, b.gates_ld), z = block(b.gates + H, m, w, b.gates_ld);
         BlockMap<T> n = block(b.gates + 2 * H, m, w, b.gates_ld);
-        r = (r + block(b.hidden, m, w, b.hidden_ld)).logistic();
-        z = (z + block(b.hidden + H, m, w, b.hidden_ld)).logistic();
+        r = (r + block(b.hidden, m, w, b.hidden_ld)).unaryExpr(LogisticOp<T>());
+        z = (z + block(b.hidden + H, m, w, b.hidden_ld)).unaryExpr(LogisticOp<T>());
         BlockMap<T> hn = block(b.aux, m, w, b.aux_ld);
         hn = block(b.hidden + 2 * H, m, w, b.hidden_ld);
-        n = (n + r * hn).tanh();
+        n = (n + r * hn).unaryExpr(TanhOp<T>());
         if (b.h_prev != nullptr) {
             block(b.h, m, w, b.h_ld) = (T(1) - z) * n + z * block(b.h_prev, m, w, b.h_prev_ld);
         } else {

@@ -26,13 +26,19 @@ namespace rnnfast::detail {
 
 // A [rows, depth] matrix A, packed. multiply_add computes res [n, rows] += x [n, depth] * A^T for row-major res
 // and x, i.e. res^T += A * x^T in Eigen's column-major terms.
+//
+// A may be made of `segments` blocks of `rows` rows each, taken `segment_step` rows apart in the source and
+// written `res_segment_step` columns apart in res: the same units of every gate of a cell, whose products share
+// one packing of x.
 template <class T>
 class PackedWeights {
 public:
     // A(i, k) = data[i * stride + k] (RowMajor: rows of a weight matrix) or data[k * stride + i] (ColMajor:
-    // columns of one). `max_n` bounds the row count n of the products, for the blocking and workspace sizes.
+    // columns of one); segment g's row i is A(g * segment_step + i, k). `max_n` bounds the row count n of the
+    // products, for the blocking and workspace sizes.
     template <int Order>
-    void pack(const T* data, Index stride, Index rows, Index depth, Index max_n) {
+    void pack(const T* data, Index stride, Index rows, Index depth, Index max_n, Index segments = 1,
+              Index segment_step = 0) {
         using Traits = Eigen::internal::gebp_traits<T, T>;
         using Mapper = Eigen::internal::const_blas_data_mapper<T, Index, Order>;
         Eigen::internal::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress,
@@ -40,29 +46,37 @@ public:
             pack_lhs;
         rows_ = rows;
         depth_ = depth;
+        segments_ = segments;
         kc_ = depth;
         mc_ = rows;
         Index nc = std::max<Index>(max_n, 1);
         Eigen::internal::computeProductBlockingSizes<T, T>(kc_, mc_, nc, Index(1));
         kc_ = std::max<Index>(kc_, 1);
         mc_ = std::max<Index>(mc_, 1);
-        packed_.resize(static_cast<size_t>(rows * depth));
+        Index size = 0;
+        for (Index k2 = 0; k2 < depth; k2 += kc_) {
+            for (Index i2 = 0; i2 < rows; i2 += mc_) size += block_size(std::min(kc_, depth - k2), std::min(mc_, rows - i2));
+        }
+        packed_.resize(static_cast<size_t>(segments * size));
         block_b_.resize(static_cast<size_t>(kc_ * std::max<Index>(max_n, 1)));
         const Mapper a(data, stride);
-        // Blocks in the order multiply_add reads them: depth blocks outside, row blocks inside.
+        // Blocks in the order multiply_add reads them: depth blocks outside, segments and row blocks inside.
         T* out = packed_.data();
         for (Index k2 = 0; k2 < depth; k2 += kc_) {
             const Index kc = std::min(kc_, depth - k2);
-            for (Index i2 = 0; i2 < rows; i2 += mc_) {
-                const Index mc = std::min(mc_, rows - i2);
-                pack_lhs(out, a.getSubMapper(i2, k2), kc, mc);
-                out += kc * mc;
+            for (Index g = 0; g < segments; ++g) {
+                for (Index i2 = 0; i2 < rows; i2 += mc_) {
+                    const Index mc = std::min(mc_, rows - i2);
+                    pack_lhs(out, a.getSubMapper(g * segment_step + i2, k2), kc, mc);
+                    out += block_size(kc, mc);
+                }
             }
         }
     }
 
-    // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T, n <= max_n.
-    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride) {
+    // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T, n <= max_n; segment g's
+    // columns start at res + g * res_segment_step.
+    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step = 0) {
         using Traits = Eigen::internal::gebp_traits<T, T>;
         using RhsMapper = Eigen::internal::const_blas_data_mapper<T, Index, Eigen::ColMajor>;
         using ResMapper = Eigen::internal::blas_data_mapper<T, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
@@ -75,39 +89,82 @@ public:
         for (Index k2 = 0; k2 < depth_; k2 += kc_) {
             const Index kc = std::min(kc_, depth_ - k2);
             pack_rhs(block_b_.data(), xt.getSubMapper(k2, 0), kc, n);
-            for (Index i2 = 0; i2 < rows_; i2 += mc_) {
-                const Index mc = std::min(mc_, rows_ - i2);
-                gebp(out.getSubMapper(i2, 0), a, block_b_.data(), mc, kc, n, T(1));
-                a += kc * mc;
+            for (Index g = 0; g < segments_; ++g) {
+                for (Index i2 = 0; i2 < rows_; i2 += mc_) {
+                    const Index mc = std::min(mc_, rows_ - i2);
+                    gebp(out.getSubMapper(g * res_segment_step + i2, 0), a, block_b_.data(), mc, kc, n, T(1));
+                    a += block_size(kc, mc);
+                }
             }
         }
     }
 
 private:
-    Index rows_ = 0, depth_ = 0, kc_ = 1, mc_ = 1;
+    // A packed block's length, rounded up so that the next one starts aligned (the kernel loads its panels with
+    // aligned loads).
+    static Index block_size(Index kc, Index mc) {
+        constexpr Index align = EIGEN_MAX_ALIGN_BYTES / sizeof(T) > 0 ? EIGEN_MAX_ALIGN_BYTES / sizeof(T) : 1;
+        return (kc * mc + align - 1) / align * align;
+    }
+
+    Index rows_ = 0, depth_ = 0, segments_ = 1, kc_ = 1, mc_ = 1;
     std::vector<T, Eigen::aligned_allocator<T>> packed_;
     std::vector<T, Eigen::aligned_allocator<T>> block_b_;
 };
 
 // The same A laid out for steps of a few rows, where a GEMM's packing of x and its register blocking (built for
-// many rows) cost more than the arithmetic: A^T is stored as [depth, ld] row-major with ld the row count rounded
-// up to whole SIMD packets, and each row of res accumulates depth broadcast-multiply-adds of A^T's rows. No packing
-// per call, no workspace.
+// many rows) cost more than the arithmetic: A^T is stored as [depth, ld] row-major, each segment's columns
+// rounded up to whole SIMD packets, and each row of res accumulates depth broadcast-multiply-adds of A^T's rows.
+// No packing per call, no workspace.
 template <class T>
 class BroadcastWeights {
     using Packet = typename Eigen::internal::packet_traits<T>::type;
     static constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
 
 public:
-    // A(i, k) as in PackedWeights::pack.
+    // A(i, k) and its segments as in PackedWeights::pack.
     template <int Order>
-    void pack(const T* data, Index stride, Index rows, Index depth) {
+    void pack(const T* data, Index stride, Index rows, Index depth, Index segments = 1, Index segment_step = 0) {
         rows_ = rows;
         depth_ = depth;
-        ld_ = (rows + P - 1) / P * P;
+        segment_ld_ = (rows + P - 1) / P * P;
+        ld_ = segments * segment_ld_;
         at_.assign(static_cast<size_t>(depth * ld_), T(0));  // padding columns stay zero
+        for (Index g = 0; g < segments; ++g) {
+            const T* src = data + g * segment_step * (Order == Eigen::RowMajor ? stride : 1);
+            transpose_into<Order>(src, stride, at_.data() + g * segment_ld_);
+        }
+    }
+
+    // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T; segment g's columns
+    // start at res + g * res_segment_step.
+    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step = 0) const {
+        if (rows_ == 0 || depth_ == 0) return;
+        const Out out{res, res_stride, res_segment_step};
+        Index r = 0;
+        for (; r + 4 <= n; r += 4) row_group<4, 2>(x + r * x_stride, x_stride, out.rows_from(r));
+        switch (n - r) {
+            case 3: row_group<3, 3>(x + r * x_stride, x_stride, out.rows_from(r)); break;
+            case 2: row_group<2, 4>(x + r * x_stride, x_stride, out.rows_from(r)); break;
+            case 1: row_group<1, 8>(x + r * x_stride, x_stride, out.rows_from(r)); break;
+            default: break;
+        }
+    }
+
+private:
+    // Where results go: row r of res at data + r * stride, segment g's columns from g * segment_step.
+    struct Out {
+        T* data;
+        Index stride, segment_step;
+        Out rows_from(Index r) const { return {data + r * stride, stride, segment_step}; }
+    };
+
+    // One segment's A^T into columns [0, rows_) of `out` (row stride ld_).
+    template <int Order>
+    void transpose_into(const T* data, Index stride, T* out) {
+        const Index rows = rows_, depth = depth_;
         if (Order == Eigen::ColMajor) {  // A^T's rows are rows of the source: copies
-            for (Index k = 0; k < depth; ++k) std::copy(data + k * stride, data + k * stride + rows, at_.data() + k * ld_);
+            for (Index k = 0; k < depth; ++k) std::copy(data + k * stride, data + k * stride + rows, out + k * ld_);
             return;
         }
         // A transpose: P x P blocks through registers (a transposing loop element by element would stride through
@@ -119,54 +176,40 @@ public:
                 PacketBlock<Packet, static_cast<int>(P)> block;
                 for (Index q = 0; q < P; ++q) block.packet[q] = ploadu<Packet>(data + (i0 + q) * stride + k0);
                 ptranspose(block);
-                for (Index q = 0; q < P; ++q) pstore(at_.data() + (k0 + q) * ld_ + i0, block.packet[q]);
+                for (Index q = 0; q < P; ++q) pstoreu(out + (k0 + q) * ld_ + i0, block.packet[q]);
             }
             for (Index i = i0; i < i0 + P; ++i) {
-                for (Index k = depth_p; k < depth; ++k) at_[static_cast<size_t>(k * ld_ + i)] = data[i * stride + k];
+                for (Index k = depth_p; k < depth; ++k) out[k * ld_ + i] = data[i * stride + k];
             }
         }
         for (Index i = rows_p; i < rows; ++i) {
-            for (Index k = 0; k < depth; ++k) at_[static_cast<size_t>(k * ld_ + i)] = data[i * stride + k];
+            for (Index k = 0; k < depth; ++k) out[k * ld_ + i] = data[i * stride + k];
         }
     }
 
-    // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T.
-    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride) const {
-        if (rows_ == 0 || depth_ == 0) return;
-        Index r = 0;
-        for (; r + 4 <= n; r += 4) row_group<4, 2>(x + r * x_stride, x_stride, res + r * res_stride, res_stride);
-        switch (n - r) {
-            case 3: row_group<3, 3>(x + r * x_stride, x_stride, res + r * res_stride, res_stride); break;
-            case 2: row_group<2, 4>(x + r * x_stride, x_stride, res + r * res_stride, res_stride); break;
-            case 1: row_group<1, 8>(x + r * x_stride, x_stride, res + r * res_stride, res_stride); break;
-            default: break;
-        }
-    }
-
-private:
     // R rows of res, all columns, in blocks of up to NP packets (R * NP accumulators stay in registers).
     template <int R, int NP>
-    void row_group(const T* x, Index x_stride, T* res, Index res_stride) const {
+    void row_group(const T* x, Index x_stride, const Out& out) const {
         const Index packets = ld_ / P;
         Index j = 0;
-        for (; j + NP <= packets; j += NP) tile<R, NP>(x, x_stride, res, res_stride, j * P);
-        dispatch_tail<R, NP - 1>(packets - j, x, x_stride, res, res_stride, j * P);
+        for (; j + NP <= packets; j += NP) tile<R, NP>(x, x_stride, out, j * P);
+        dispatch_tail<R, NP - 1>(packets - j, x, x_stride, out, j * P);
     }
 
     template <int R, int NP>
-    void dispatch_tail(Index left, const T* x, Index x_stride, T* res, Index res_stride, Index c) const {
+    void dispatch_tail(Index left, const T* x, Index x_stride, const Out& out, Index c) const {
         if constexpr (NP > 0) {
             if (left == NP) {
-                tile<R, NP>(x, x_stride, res, res_stride, c);
+                tile<R, NP>(x, x_stride, out, c);
             } else {
-                dispatch_tail<R, NP - 1>(left, x, x_stride, res, res_stride, c);
+                dispatch_tail<R, NP - 1>(left, x, x_stride, out, c);
             }
         }
     }
 
-    // res rows [0, R), columns [c, c + NP * P) (clipped to rows_) += x rows [0, R) * A^T's columns.
+    // res rows [0, R), the columns of A^T's packets [c, c + NP * P) (padding left out) += x rows [0, R) * A^T.
     template <int R, int NP>
-    void tile(const T* x, Index x_stride, T* res, Index res_stride, Index c) const {
+    void tile(const T* x, Index x_stride, const Out& out, Index c) const {
         using namespace Eigen::internal;
         Packet acc[R][NP];
         for (int r = 0; r < R; ++r)
@@ -180,22 +223,25 @@ private:
                 for (int j = 0; j < NP; ++j) acc[r][j] = pmadd(xk, wk[j], acc[r][j]);
             }
         }
-        for (int r = 0; r < R; ++r) {
-            T* out = res + r * res_stride;
-            for (int j = 0; j < NP; ++j) {
-                const Index col = c + j * P;
-                if (col + P <= rows_) {
-                    pstoreu(out + col, padd(ploadu<Packet>(out + col), acc[r][j]));
-                } else {  // the last, partial packet of a row
+        for (int j = 0; j < NP; ++j) {
+            // Packets never straddle segments: each segment's width is whole packets.
+            const Index col = c + j * P, segment = col / segment_ld_, unit = col - segment * segment_ld_;
+            if (unit >= rows_) continue;
+            const Index offset = segment * out.segment_step + unit;
+            for (int r = 0; r < R; ++r) {
+                T* dst = out.data + r * out.stride + offset;
+                if (unit + P <= rows_) {
+                    pstoreu(dst, padd(ploadu<Packet>(dst), acc[r][j]));
+                } else {  // the last, partial packet of a segment
                     alignas(sizeof(Packet)) T part[P];
                     pstoreu(part, acc[r][j]);
-                    for (Index q = 0; col + q < rows_; ++q) out[col + q] += part[q];
+                    for (Index q = 0; unit + q < rows_; ++q) dst[q] += part[q];
                 }
             }
         }
     }
 
-    Index rows_ = 0, depth_ = 0, ld_ = 0;
+    Index rows_ = 0, depth_ = 0, ld_ = 0, segment_ld_ = 0;
     std::vector<T, Eigen::aligned_allocator<T>> at_;
 };
 
@@ -208,46 +254,55 @@ template <class T>
 class StepWeights {
 public:
     static constexpr Index kMinPackedRows = 8;
-    static constexpr Index kMaxBroadcastVectorSize = 64 * 64;
+    static constexpr Index kMaxBroadcastVectorSize = 256 * 64;
     static constexpr Index kMinBroadcastVectorSteps = 16;
 
-    // A(i, k) as in PackedWeights::pack; steps of up to `max_n` rows, `steps` of them in the call.
+    // A(i, k) and its segments as in PackedWeights::pack; steps of up to `max_n` rows, `steps` of them in the call.
     template <int Order>
-    void pack(const T* data, Index stride, Index rows, Index depth, Index max_n, Index steps) {
+    void pack(const T* data, Index stride, Index rows, Index depth, Index max_n, Index steps, Index segments = 1,
+              Index segment_step = 0) {
         source_ = data;
         stride_ = stride;
         rows_ = rows;
         depth_ = depth;
+        segments_ = segments;
+        segment_step_ = segment_step;
         row_major_ = Order == Eigen::RowMajor;
         max_n_ = max_n;
+        const Index size = segments * rows * depth;
         if (max_n >= kMinPackedRows) {
             layout_ = Layout::gemm;
-            packed_.template pack<Order>(data, stride, rows, depth, max_n);
-        } else if (max_n == 1 && (rows * depth > kMaxBroadcastVectorSize || steps < kMinBroadcastVectorSteps)) {
+            packed_.template pack<Order>(data, stride, rows, depth, max_n, segments, segment_step);
+        } else if (max_n == 1 && (size > kMaxBroadcastVectorSize || steps < kMinBroadcastVectorSteps)) {
             layout_ = Layout::in_place;
         } else {
             layout_ = Layout::broadcast;
-            broadcast_.template pack<Order>(data, stride, rows, depth);
+            broadcast_.template pack<Order>(data, stride, rows, depth, segments, segment_step);
         }
     }
 
-    // Whether it holds the `rows` rows starting at `data` for steps of up to max_n rows.
-    bool holds(const T* data, Index rows, Index max_n) const {
-        return layout_ != Layout::none && source_ == data && rows_ == rows && max_n <= max_n_;
+    // Whether it holds `segments` segments of `rows` rows starting at `data` for steps of up to max_n rows.
+    bool holds(const T* data, Index rows, Index max_n, Index segments = 1) const {
+        return layout_ != Layout::none && source_ == data && rows_ == rows && segments_ == segments && max_n <= max_n_;
     }
 
-    // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T.
-    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride) {
+    // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T; segment g's columns
+    // start at res + g * res_segment_step.
+    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step = 0) {
         switch (layout_) {
-            case Layout::gemm: packed_.multiply_add(x, x_stride, n, res, res_stride); break;
-            case Layout::broadcast: broadcast_.multiply_add(x, x_stride, n, res, res_stride); break;
+            case Layout::gemm: packed_.multiply_add(x, x_stride, n, res, res_stride, res_segment_step); break;
+            case Layout::broadcast: broadcast_.multiply_add(x, x_stride, n, res, res_stride, res_segment_step); break;
             case Layout::in_place: {
                 const ConstMatrixMap<T> xs(x, n, depth_, Eigen::OuterStride<>(x_stride));
-                MatrixMap<T> out(res, n, rows_, Eigen::OuterStride<>(res_stride));
-                if (row_major_) {
-                    out.noalias() += xs * ConstMatrixMap<T>(source_, rows_, depth_, Eigen::OuterStride<>(stride_)).transpose();
-                } else {
-                    out.noalias() += xs * ConstMatrixMap<T>(source_, depth_, rows_, Eigen::OuterStride<>(stride_));
+                for (Index g = 0; g < segments_; ++g) {
+                    MatrixMap<T> out(res + g * res_segment_step, n, rows_, Eigen::OuterStride<>(res_stride));
+                    if (row_major_) {
+                        const T* a = source_ + g * segment_step_ * stride_;
+                        out.noalias() += xs * ConstMatrixMap<T>(a, rows_, depth_, Eigen::OuterStride<>(stride_)).transpose();
+                    } else {
+                        const T* a = source_ + g * segment_step_;
+                        out.noalias() += xs * ConstMatrixMap<T>(a, depth_, rows_, Eigen::OuterStride<>(stride_));
+                    }
                 }
                 break;
             }
@@ -259,7 +314,7 @@ private:
     enum class Layout { none, gemm, broadcast, in_place };
     Layout layout_ = Layout::none;
     const T* source_ = nullptr;
-    Index stride_ = 0, rows_ = 0, depth_ = 0, max_n_ = 0;
+    Index stride_ = 0, rows_ = 0, depth_ = 0, segments_ = 1, segment_step_ = 0, max_n_ = 0;
     bool row_major_ = true;
     PackedWeights<T> packed_;
     BroadcastWeights<T> broadcast_;

@@ -188,14 +188,18 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     parallel(threads, [&](int k, int parts) {
         Index first = 0, last = 0, c0_ = 0, width = 0;
         split.tile(steps, H, k, parts, first, last, c0_, width);
-        // The rows of W_hh for this thread's units, one block per gate. On failure (packing allocates) the thread
-        // still meets its partners at every step, doing nothing.
-        std::array<StepWeights<T>, G> w_band;
+        // The rows of W_hh for this thread's units: all of W_hh, or the band's rows of each gate as segments of
+        // one product. On failure (packing allocates) the thread still meets its partners at every step, doing
+        // nothing.
+        StepWeights<T> w_band;
         const bool ready = error.run([&] {
             if (last <= first || width <= 0) return;
-            for (int g = 0; g < G; ++g) {
-                w_band[g].template pack<Eigen::RowMajor>(wt.w_hh.data() + (g * H + c0_) * wt.w_hh.outerStride(),
-                                                         wt.w_hh.outerStride(), width, P, last - first, T_);
+            const Index stride = wt.w_hh.outerStride();
+            if (width == H) {
+                w_band.template pack<Eigen::RowMajor>(wt.w_hh.data(), stride, G * H, P, last - first, T_);
+            } else {
+                w_band.template pack<Eigen::RowMajor>(wt.w_hh.data() + c0_ * stride, stride, width, P, last - first,
+                                                      T_, G, H);
             }
         });
         const Index ld = hs.outerStride(), zld = z.outerStride();
@@ -231,11 +235,9 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                         }
                     }
                     if (h_src != nullptr) {
-                        for (int g = 0; g < G; ++g) {
-                            T* target = Cell::kSeparateHidden ? hid + g * H : zrow + g * H;
-                            const Index target_ld = Cell::kSeparateHidden ? hidden.outerStride() : zld;
-                            w_band[g].multiply_add(h_src, h_src_ld, m, target, target_ld);
-                        }
+                        T* target = Cell::kSeparateHidden ? hid : zrow;
+                        const Index target_ld = Cell::kSeparateHidden ? hidden.outerStride() : zld;
+                        w_band.multiply_add(h_src, h_src_ld, m, target, target_ld, H);
                     }
                     ForwardBlock<T> fb;
                     fb.m = m;
@@ -455,7 +457,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
             // dW_hr pairs each step's dL/dh with o * tanh(c), recomputed from the saved gates and c.
             for (Index r = 0; r < chunk_rows; ++r) {
                 unprojected.row(r) = (saved.row(base + r).segment(3 * H, H).array() *
-                                      aux.row(base + r).array().tanh()).matrix();
+                                      aux.row(base + r).array().unaryExpr(TanhOp<T>())).matrix();
             }
             grads.w_hr.noalias() += dh_chunk.topRows(chunk_rows).transpose() * unprojected.topRows(chunk_rows);
         }

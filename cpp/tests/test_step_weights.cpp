@@ -51,6 +51,7 @@ void check_layouts(Index rows, Index depth, Index n, Index max_n, Index steps) {
     step.multiply_add(x.data(), x.cols(), n, got.data(), got.cols());
     EXPECT_TRUE(step.holds(store.data(), rows, max_n));
     EXPECT_FALSE(step.holds(store.data(), rows, max_n + 1));
+    EXPECT_FALSE(step.holds(store.data(), rows, max_n, 2));
 
     rnnfast::detail::BroadcastWeights<T> broadcast;
     broadcast.template pack<Order>(store.data(), store.cols(), rows, depth);
@@ -83,7 +84,53 @@ void check_all() {
     }
 }
 
+// A made of `segments` blocks of `rows` rows, `gap` rows apart in the storage (the same units of every gate),
+// written `gap` columns apart in res: each block's product lands in its columns, the gaps stay untouched.
+template <class T, int Order>
+void check_segments(Index rows, Index depth, Index n, Index segments, Index gap) {
+    std::mt19937 gen(static_cast<unsigned>(rows * 1000 + depth * 10 + n + segments));
+    const Index total = segments * gap;  // storage rows: every segment plus its gap
+    const Matrix<T> a_all = random_matrix<T>(total, depth, gen);
+    const Matrix<T> store = Order == Eigen::RowMajor ? Matrix<T>(a_all) : Matrix<T>(a_all.transpose());
+    const Matrix<T> x = random_matrix<T>(n, depth, gen);
+    const Matrix<T> res0 = random_matrix<T>(n, total, gen);
+    Matrix<T> expected = res0;
+    for (Index g = 0; g < segments; ++g) {
+        expected.middleCols(g * gap, rows) += x * a_all.middleRows(g * gap, rows).transpose();
+    }
+    const double tol = std::is_same<T, float>::value ? 1e-4 : 1e-12;
+    for (Index max_n : {n, Index(12)}) {
+        for (Index steps : {Index(1), Index(100)}) {
+            rnnfast::detail::StepWeights<T> step;
+            step.template pack<Order>(store.data(), store.cols(), rows, depth, max_n, steps, segments, gap);
+            EXPECT_TRUE(step.holds(store.data(), rows, max_n, segments));
+            Matrix<T> got = res0;
+            step.multiply_add(x.data(), x.cols(), n, got.data(), got.cols(), gap);
+            EXPECT_LE((got - expected).cwiseAbs().maxCoeff(), tol * depth)
+                << "rows " << rows << " depth " << depth << " n " << n << " segments " << segments << " max_n " << max_n;
+        }
+    }
+}
+
+template <class T>
+void check_all_segments() {
+    for (Index rows : {1, 5, 16, 20, 33}) {
+        for (Index depth : {3, 20}) {
+            for (Index n : {1, 3, 4, 9}) {
+                for (Index segments : {2, 3, 4}) {
+                    check_segments<T, Eigen::RowMajor>(rows, depth, n, segments, rows + 7);
+                    check_segments<T, Eigen::ColMajor>(rows, depth, n, segments, rows + 7);
+                }
+            }
+        }
+    }
+}
+
 TEST(StepWeights, FloatMatchesEigenProduct) { check_all<float>(); }
+
+TEST(StepWeights, SegmentsFloat) { check_all_segments<float>(); }
+
+TEST(StepWeights, SegmentsDouble) { check_all_segments<double>(); }
 
 TEST(StepWeights, DoubleMatchesEigenProduct) { check_all<double>(); }
 

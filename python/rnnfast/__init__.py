@@ -2,7 +2,8 @@
 
 ``RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` and ``GRUCell`` follow ``torch.nn``'s classes of the same names:
 same shapes, parameter names and initialization, and their ``state_dict`` moves both ways. ``rnnfast.reference`` is
-a plain NumPy implementation of the same semantics, the oracle of the test suite; ``rnnfast.torch`` has the drop-in
+a plain NumPy implementation of the same semantics, the oracle of the test suite; ``rnnfast.optim`` has
+``torch.optim``'s SGD, Adam and AdamW and gradient clipping for these models; ``rnnfast.torch`` has the drop-in
 ``torch.nn`` modules.
 """
 
@@ -16,13 +17,14 @@ from . import _checks, _core, _threadpoolctl
 from ._cell import RNNCell, RNNCellCache
 from ._gated_cell import GatedCellCache, GRUCell, LSTMCell
 from ._rnn import GRU, LSTM, RNN, RNNCache
+from . import optim  # NumPy only (never imports torch)
 
 _threadpoolctl.register()
 
 __version__: str = _core.__version__
 
-__all__ = ["GRU", "GRUCell", "GatedCellCache", "LSTM", "LSTMCell", "RNN", "RNNCache", "RNNCell", "RNNCellCache", "__version__", "get_num_threads", "set_num_threads",
-           "show_config"]
+__all__ = ["GRU", "GRUCell", "GatedCellCache", "LSTM", "LSTMCell", "RNN", "RNNCache", "RNNCell", "RNNCellCache", "__version__", "get_num_threads", "optim",
+           "set_num_threads", "show_config"]
 
 
 def set_num_threads(n: int) -> None:

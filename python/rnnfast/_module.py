@@ -188,8 +188,17 @@ class Module:
 
     def named_parameters(self) -> dict[str, np.ndarray]:
         """Parameters by PyTorch name, in PyTorch's order: live, writable views (an in-place update is seen by
-        the next forward)."""
+        the next forward).
+
+        A dict, not PyTorch's iterator of pairs: iterate with ``for name, p in model.named_parameters().items():``
+        (``for name, p in model.named_parameters():`` unpacks the names and fails).
+        """
         return dict(self._params)
+
+    def parameters(self) -> list[np.ndarray]:
+        """The parameter arrays in ``named_parameters()`` order: the same live, writable views. A list (PyTorch's
+        ``parameters()`` is an iterator; a list iterates the same way, and more than once)."""
+        return list(self._params.values())
 
     @property
     def grads(self) -> dict[str, np.ndarray]:

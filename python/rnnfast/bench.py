@@ -12,8 +12,8 @@ model is ``rnnfast.RNN``, ``LSTM`` or ``GRU`` (``RNNCell``, ``LSTMCell`` or ``GR
 cases) against ``torch.nn``'s class of the same kind.
 
 * ``inference``: ``rnn(x)`` (one cell call for the ``cell_step_*`` cases); PyTorch under
-  ``torch.inference_mode()``; ONNX Runtime and OpenVINO run an ONNX graph with one ``RNN`` node per layer, built
-  from the same weights (``build_onnx_model``).
+  ``torch.inference_mode()``; ONNX Runtime and OpenVINO run the model's ONNX graph (``rnnfast.onnx.to_onnx``,
+  with T and B fixed to the case's: one ``RNN``, ``LSTM`` or ``GRU`` node per layer, the same weights).
 * ``train``: one training step against a fixed random target with the mean squared error loss: forward keeping
   what backward needs, the loss gradient ``2 * (output - target) / output.size``, backpropagation through time.
   PyTorch's step is ``zero_grad``, forward, ``F.mse_loss``, ``backward``. (RNN cases only; no ONNX backends.)
@@ -31,7 +31,7 @@ is ``other_time / rnnfast_time`` (above 1: rnnfast is faster).
 The same run measures the machine's single-precision matrix product rate (NumPy ``float32`` 1024 x 1024 products
 at the same thread count) and reports rnnfast's inference rate as a percentage of it, counting
 ``2 * T * B * G * H * (I_layer + H)`` floating-point operations per layer and direction (G gates: 1, 4 for the LSTM,
-3 for the GRU). The ONNX backends time the ``rnn`` kind only.
+3 for the GRU). The ONNX backends time every kind, on full-length batches (not the ``ragged`` cases).
 """
 
 from __future__ import annotations
@@ -59,8 +59,7 @@ import numpy as np
 import rnnfast
 from rnnfast import reference
 
-__all__ = ["CASES", "BACKENDS", "Case", "build_onnx_model", "format_table", "main", "run", "select_cases",
-           "write_plot"]
+__all__ = ["CASES", "BACKENDS", "Case", "format_table", "main", "run", "select_cases", "write_plot"]
 
 # Target length of one timed loop of calls; a repetition of a slow backend is a single call.
 MIN_LOOP_SECONDS = 0.02
@@ -535,75 +534,20 @@ def _torch_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
     return {"inference": _Job(infer_n, infer_probe), "train": _Job(train_n, train_probe)}
 
 
-def build_onnx_model(rnn: "rnnfast.RNN", seq_len: Optional[int] = None, batch: Optional[int] = None,
-                     opset: int = 14) -> Any:
-    """An ONNX model computing ``rnn(x)`` (time-major ``x``, h0 = zeros) with rnnfast's weights; needs ``onnx``.
-
-    One ONNX ``RNN`` node per layer (W ``[D, H, I]``, R ``[D, H, H]``, B ``[D, 2H]`` = bias_ih then bias_hh). The
-    node's Y is ``[T, D, B, H]``: a Transpose (0, 2, 1, 3) and a Reshape make it ``[T, B, D*H]``, the next layer's
-    input and, after the last layer, the output ``"output"``. The second output ``"h_n"`` ``[L*D, B, H]``
-    concatenates the nodes' Y_h. ``seq_len`` / ``batch`` fix the input's dimensions; None leaves them symbolic.
-    """
-    onnx = importlib.import_module("onnx")
-    helper, numpy_helper, TensorProto = onnx.helper, onnx.numpy_helper, onnx.TensorProto
-    if not isinstance(rnn, rnnfast.RNN):
-        raise TypeError(f"rnn: expected an rnnfast.RNN, got {type(rnn).__name__}")
-    if rnn.batch_first:
-        raise ValueError("rnn: build_onnx_model expects a time-major model (batch_first=False)")
-    hidden, layers, dirs = rnn.hidden_size, rnn.num_layers, (2 if rnn.bidirectional else 1)
-    dtype = np.dtype(rnn.dtype)
-    elem_type = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
-    state = rnn.state_dict()
-    suffixes = ("", "_reverse")[:dirs]
-    activation = {"tanh": "Tanh", "relu": "Relu"}[rnn.nonlinearity]
-    direction = "bidirectional" if rnn.bidirectional else "forward"
-
-    nodes, initializers = [], [numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), "merge_directions")]
-    layer_input, states = "input", []
-    for layer in range(layers):
-        w = np.stack([state[f"weight_ih_l{layer}{s}"] for s in suffixes])
-        r = np.stack([state[f"weight_hh_l{layer}{s}"] for s in suffixes])
-        initializers += [numpy_helper.from_array(w.astype(dtype), f"W_l{layer}"),
-                         numpy_helper.from_array(r.astype(dtype), f"R_l{layer}")]
-        inputs = [layer_input, f"W_l{layer}", f"R_l{layer}"]
-        if rnn.bias:
-            b = np.stack([np.concatenate([state[f"bias_ih_l{layer}{s}"], state[f"bias_hh_l{layer}{s}"]])
-                          for s in suffixes])
-            initializers.append(numpy_helper.from_array(b.astype(dtype), f"B_l{layer}"))
-            inputs.append(f"B_l{layer}")
-        nodes.append(helper.make_node("RNN", inputs, [f"Y_l{layer}", f"Y_h_l{layer}"], name=f"rnn_l{layer}",
-                                      hidden_size=hidden, direction=direction, activations=[activation] * dirs))
-        nodes.append(helper.make_node("Transpose", [f"Y_l{layer}"], [f"Y_t_l{layer}"], perm=[0, 2, 1, 3]))
-        layer_output = "output" if layer == layers - 1 else f"out_l{layer}"
-        nodes.append(helper.make_node("Reshape", [f"Y_t_l{layer}", "merge_directions"], [layer_output]))
-        states.append(f"Y_h_l{layer}")
-        layer_input = layer_output
-    if layers == 1:
-        nodes.append(helper.make_node("Identity", states, ["h_n"]))
-    else:
-        nodes.append(helper.make_node("Concat", states, ["h_n"], axis=0))
-
-    t_dim = seq_len if seq_len is not None else "T"
-    b_dim = batch if batch is not None else "B"
-    graph = helper.make_graph(
-        nodes, "rnnfast_rnn",
-        [helper.make_tensor_value_info("input", elem_type, [t_dim, b_dim, rnn.input_size])],
-        [helper.make_tensor_value_info("output", elem_type, [t_dim, b_dim, dirs * hidden]),
-         helper.make_tensor_value_info("h_n", elem_type, [layers * dirs, b_dim, hidden])],
-        initializer=initializers)
-    model = helper.make_model(graph, producer_name="rnnfast", opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8  # old enough for every runtime that supports opset 14
-    return model
-
-
 def _onnx_model_for(w: _Workload, env: Dict[str, Any]) -> Any:
-    if w.case.kind != "rnn":
-        raise _Skip("the ONNX graphs are built for the rnn kind only")
+    """The ONNX graph of the case's model (``rnnfast.onnx.to_onnx``), its T and B fixed to the case's."""
     if w.case.cell:
-        raise _Skip("RNN cases only")
+        raise _Skip("RNN, LSTM and GRU cases only")
     if w.case.ragged:
-        raise _Skip("full-length batches only (the graph has no sequence_lens)")
-    return build_onnx_model(w.model, seq_len=w.case.seq_len, batch=w.case.batch)
+        raise _Skip("full-length batches only (the graph has no lengths input)")
+    from rnnfast import onnx as rnnfast_onnx
+
+    return rnnfast_onnx.to_onnx(w.model, seq_len=w.case.seq_len, batch=w.case.batch)
+
+
+def _onnx_output_names(w: _Workload) -> List[str]:
+    """The graph's outputs, in the order rnnfast's probe returns them."""
+    return ["output", "h_n", "c_n"] if w.case.kind == "lstm" else ["output", "h_n"]
 
 
 def _onnxruntime_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
@@ -620,7 +564,7 @@ def _onnxruntime_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feeds = {"input": w.x}
-    names = ["output", "h_n"]
+    names = _onnx_output_names(w)
 
     def infer_n(n: int) -> None:
         for _ in range(n):
@@ -645,15 +589,15 @@ def _openvino_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
     compiled = core.compile_model(ov_model, "CPU", config)
     request = compiled.create_infer_request()
     feeds = {0: w.x}
-    out_port, state_port = compiled.output("output"), compiled.output("h_n")
+    ports = [compiled.output(name) for name in _onnx_output_names(w)]
 
     def infer_n(n: int) -> None:
         for _ in range(n):
             request.infer(feeds, share_inputs=True)
 
-    def probe() -> Tuple[np.ndarray, np.ndarray]:
+    def probe() -> Tuple[np.ndarray, ...]:
         result = request.infer(feeds, share_inputs=True)
-        return np.array(result[out_port]), np.array(result[state_port])
+        return tuple(np.array(result[port]) for port in ports)
 
     return {"inference": _Job(infer_n, probe)}
 

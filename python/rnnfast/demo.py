@@ -16,8 +16,9 @@ What it does, all seeded:
   state) and a linear read-out written in NumPy, ``prediction = output @ W + b``, applied at every step.
 * **Training.** Mean squared error over every step of a window but the first ``warmup`` (the state is still
   filling up there); backpropagation through time with ``rnn.forward(..., return_cache=True)`` and
-  ``rnn.backward``; gradients clipped to a global norm of ``clip``; Adam (or plain SGD) updating the arrays of
-  ``rnn.named_parameters()`` in place. A progress bar shows the loss.
+  ``rnn.backward``; gradients clipped to a global norm of ``clip`` (``rnnfast.optim.clip_grad_norm_``);
+  ``rnnfast.optim.Adam`` (or ``SGD``) updating the model's parameters and the read-out's arrays in place. A
+  progress bar shows the loss.
 * **Evaluation.** Each value of a part (after its first ``window`` steps) is predicted from the window of the
   ``window`` values before it, and compared with the naive forecast that repeats the last value. The model cannot
   predict the noise, so its error stays above ``noise ** 2``; the naive forecast's is about ``2 * noise ** 2``
@@ -36,7 +37,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import _checks, _core
+from . import _checks, _core, optim
 from ._rnn import GRU, LSTM, RNN
 
 __all__ = ["Adam", "SGD", "clip_grad_norm", "format_report", "main", "make_series", "make_windows", "naive_mse", "run",
@@ -75,53 +76,45 @@ def naive_mse(series: np.ndarray, window: int) -> float:
 
 
 def clip_grad_norm(grads: Iterable[np.ndarray], max_norm: float) -> float:
-    """Scale the gradients in place so that their global L2 norm is at most ``max_norm``; return the norm before."""
-    grads = list(grads)
-    norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads))
-    if norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for g in grads:
-            g *= scale
-    return norm
+    """Scale the gradient arrays in place so that their global L2 norm is at most ``max_norm``; return the norm
+    before. Kept for earlier callers: ``rnnfast.optim.clip_grad_norm_`` (models and (param, grad) pairs) is what
+    the demo uses."""
+    return optim._clip_norm(list(grads), max_norm, 2.0, False)
 
 
-class Adam:
-    """Adam on a dict of parameter arrays, updated in place (the arrays are the model's live views)."""
+class _GivenGradients:
+    """An ``rnnfast.optim`` optimizer over a dict of parameter arrays whose gradients come with each step."""
+
+    def __init__(self, params: Dict[str, np.ndarray], make: Callable[[List[Any]], optim.Optimizer]) -> None:
+        self.params = params
+        self._grads = {name: np.zeros_like(p) for name, p in params.items()}
+        self._opt = make([(p, self._grads[name]) for name, p in params.items()])
+
+    def step(self, grads: Dict[str, np.ndarray]) -> None:
+        for name, g in self._grads.items():
+            g[...] = grads[name]
+        self._opt.step()
+
+
+class Adam(_GivenGradients):
+    """Adam on a dict of parameter arrays, updated in place, with the gradients passed to each ``step(grads)``.
+    Kept for earlier callers: ``rnnfast.optim.Adam``, which reads the gradients itself, is what the demo uses."""
 
     def __init__(self, params: Dict[str, np.ndarray], lr: float = 1e-2, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
-        self.m = {k: np.zeros_like(v) for k, v in params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in params.items()}
-        self.t = 0
-
-    def step(self, grads: Dict[str, np.ndarray]) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        for name, p in self.params.items():
-            g = grads[name]
-            m, v = self.m[name], self.v[name]
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * g * g
-            p -= (self.lr / c1) * m / (np.sqrt(v / c2) + self.eps)
+        super().__init__(params, lambda pairs: optim.Adam(pairs, lr=lr, betas=betas, eps=eps))
 
 
-class SGD:
-    """Plain gradient descent on a dict of parameter arrays, updated in place."""
+class SGD(_GivenGradients):
+    """Plain gradient descent on a dict of parameter arrays, updated in place, with the gradients passed to each
+    ``step(grads)``. Kept for earlier callers: the demo uses ``rnnfast.optim.SGD``."""
 
     def __init__(self, params: Dict[str, np.ndarray], lr: float = 0.1) -> None:
-        self.params, self.lr = params, lr
-
-    def step(self, grads: Dict[str, np.ndarray]) -> None:
-        for name, p in self.params.items():
-            p -= self.lr * grads[name]
+        super().__init__(params, lambda pairs: optim.SGD(pairs, lr=lr))
 
 
 class _Model:
-    """The recurrent layer (RNN, LSTM or GRU) and its NumPy linear read-out."""
+    """The recurrent layer (RNN, LSTM or GRU) and its NumPy linear read-out, with the read-out's gradients."""
 
     def __init__(self, hidden: int, seed: int, cell: str = "rnn") -> None:
         self.rnn: Any = CELLS[cell](input_size=1, hidden_size=hidden, seed=seed)
@@ -129,17 +122,19 @@ class _Model:
         rng = np.random.default_rng(seed + 1)
         self.head = {"head.weight": rng.uniform(-bound, bound, (hidden, 1)).astype(np.float32),
                      "head.bias": np.zeros(1, np.float32)}
+        self.head_grads = {name: np.zeros_like(p) for name, p in self.head.items()}
 
-    def params(self) -> Dict[str, np.ndarray]:
-        return {**self.rnn.named_parameters(), **self.head}
+    def params(self) -> List[Any]:
+        """What rnnfast.optim takes: the recurrent model (its parameters and ``grads``) and (param, grad) pairs."""
+        return [self.rnn, *((p, self.head_grads[name]) for name, p in self.head.items())]
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         out, _ = self.rnn(inputs)
         return out @ self.head["head.weight"] + self.head["head.bias"]  # type: ignore[no-any-return]
 
-    def loss_and_grads(self, inputs: np.ndarray, targets: np.ndarray, warmup: int
-                       ) -> Tuple[float, Dict[str, np.ndarray]]:
-        """MSE over steps >= warmup, and the gradients of every parameter (BPTT for the RNN's)."""
+    def loss_and_backward(self, inputs: np.ndarray, targets: np.ndarray, warmup: int) -> float:
+        """MSE over steps >= warmup; adds the gradients of every parameter into ``rnn.grads`` (BPTT) and
+        ``head_grads`` (zero them first)."""
         out, _, cache = self.rnn.forward(inputs, return_cache=True)  # out [T, B, H]
         w, b = self.head["head.weight"], self.head["head.bias"]
         pred = out @ w + b  # [T, B, 1]
@@ -147,12 +142,10 @@ class _Model:
         loss = float(np.mean(diff ** 2))
         grad_pred = np.zeros_like(pred)
         grad_pred[warmup:] = 2 * diff / diff.size  # d(MSE)/d(pred)
-        self.rnn.zero_grad()
         self.rnn.backward(cache, grad_output=grad_pred @ w.T)  # BPTT into rnn.grads
-        grads = {name: g.copy() for name, g in self.rnn.grads.items()}
-        grads["head.weight"] = np.einsum("tbh,tbo->ho", out, grad_pred)
-        grads["head.bias"] = grad_pred.sum(axis=(0, 1))
-        return loss, grads
+        self.head_grads["head.weight"] += np.einsum("tbh,tbo->ho", out, grad_pred)
+        self.head_grads["head.bias"] += grad_pred.sum(axis=(0, 1))
+        return loss
 
 
 def _evaluate(model: _Model, series: np.ndarray, window: int) -> Tuple[np.ndarray, float]:
@@ -235,11 +228,11 @@ def _run(epochs: int, hidden: int, seed: int, window: int, warmup: int, series_l
 
     model = _Model(hidden, seed, cell)
     params = model.params()
-    opt: Any
+    opt: optim.Optimizer
     if optimizer == "adam":
-        opt = Adam(params, lr=1e-2 if lr is None else lr)
+        opt = optim.Adam(params, lr=1e-2 if lr is None else lr)
     else:
-        opt = SGD(params, lr=0.1 if lr is None else lr)
+        opt = optim.SGD(params, lr=0.1 if lr is None else lr)
     rng = np.random.default_rng(seed + 2)
     losses: List[float] = []
     bar = _progress_bar(epochs, progress)
@@ -250,9 +243,10 @@ def _run(epochs: int, hidden: int, seed: int, window: int, warmup: int, series_l
             total = 0.0
             for first in range(0, count, batch_size):
                 batch = order[first:first + batch_size]
-                loss, grads = model.loss_and_grads(np.ascontiguousarray(inputs[:, batch]), targets[:, batch], warmup)
-                clip_grad_norm(grads.values(), clip)
-                opt.step(grads)
+                opt.zero_grad()
+                loss = model.loss_and_backward(np.ascontiguousarray(inputs[:, batch]), targets[:, batch], warmup)
+                optim.clip_grad_norm_(params, clip)
+                opt.step()
                 total += loss * len(batch)
             losses.append(total / count)
             if bar is not None:

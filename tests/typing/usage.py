@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+import importlib.util
+import os
+import pathlib
+import tempfile
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -105,6 +109,18 @@ def demo_metrics() -> float:
     return ratio
 
 
+def onnx_round_trip(model: rnnfast.LSTM, directory: str) -> Union[rnnfast.RNN, rnnfast.LSTM, rnnfast.GRU]:
+    from rnnfast import onnx as rnnfast_onnx  # imports without the onnx package; its functions need it
+
+    path = os.path.join(directory, "lstm.onnx")
+    rnnfast_onnx.export(model, path, with_lengths=True, with_initial_state=True, opset=17)
+    with open(path, "rb") as f:
+        loaded = rnnfast_onnx.load(f)
+    proto: Any = rnnfast_onnx.to_onnx(model, seq_len=5, batch=2)
+    assert proto.producer_name == "rnnfast" and loaded.hidden_size == model.hidden_size
+    return rnnfast_onnx.load(pathlib.Path(path))
+
+
 if __name__ == "__main__":
     sequence_model()
     rnn = rnnfast.RNN(2, 3, seed=0)
@@ -115,4 +131,7 @@ if __name__ == "__main__":
     state(rnn)
     configuration()
     demo_metrics()
+    if importlib.util.find_spec("onnx") is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_round_trip(rnnfast.LSTM(2, 3, seed=0), tmp)
     print("usage ok")
