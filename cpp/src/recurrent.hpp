@@ -150,11 +150,24 @@ struct StepRows {
     }
 };
 
+// Rows of the gate buffer a forward without a cache needs (recurrent_forward's `gates` as a workspace): the
+// projections of as many whole steps as fit in about kForwardChunkBytes, at least one step. A forward that keeps
+// every step's gates for backward needs them all; one that does not would otherwise fault in tens of megabytes per
+// call for a large layer.
+constexpr double kForwardChunkBytes = 4 << 20;
+
+inline Index forward_workspace_rows(const StepLayout& steps, Index gate_cols, Index elem_size) {
+    const Index by_bytes = static_cast<Index>(kForwardChunkBytes / static_cast<double>(std::max<Index>(gate_cols * elem_size, 1)));
+    return std::min(steps.rows(), std::max(steps.size_or_zero(0), by_bytes));
+}
+
 // Forward of one direction of one layer.
 //   x      [R, I]     layer input, laid out by `steps`
 //   h0     [B, P]     initial state, 0 rows for zeros;  c0 [B, H] (LSTM), 0 rows for zeros
 //   hs     [R, P]     out: the state after every step (may be a column block of a wider matrix)
-//   gates  [R, G*H]   out: the activated gates (unused by cells that work in place in hs)
+//   gates  [R, G*H]   out: the activated gates (unused by cells that work in place in hs); or a workspace of fewer
+//                     rows (at least the largest step's), then the steps run in chunks that fit it, each after its
+//                     own input projection, and the gates are not kept
 //   aux    [R, H]     out: what the cell keeps beside them (LSTM c, GRU W_hn h + b_hn)
 template <class Cell, class T>
 void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0,
@@ -163,16 +176,26 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     constexpr int G = Cell::kGates;
     const Index T_ = steps.seq_len(), P = wt.w_hh.cols(), H = wt.w_hh.rows() / G;
     const bool proj = wt.w_hr.rows() != 0;
-    MatrixRef<T> z = Cell::kInPlace ? hs : gates;  // the pre-activations [R, G*H]
-    // Input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
-    interruptible_rows_product(z, x, wt.w_ih.transpose(), false);
-    if (wt.b_ih.size() != 0) {
-        if (Cell::kSeparateHidden) {
-            z.rowwise() += wt.b_ih;
-        } else {
-            z.rowwise() += wt.b_ih + wt.b_hh;
-        }
+    MatrixRef<T> z = Cell::kInPlace ? hs : gates;  // the pre-activations [R or fewer, G*H]
+    const bool chunked = !Cell::kInPlace && gates.rows() < steps.rows();
+    if (chunked && gates.rows() < steps.size_or_zero(0)) {
+        throw std::invalid_argument("gates: expected a workspace of at least " + std::to_string(steps.size(0)) +
+                                    " rows, got " + std::to_string(gates.rows()));
     }
+    // The input projection of rows [row0, row0 + n) into z's rows from 0; the recurrence then only adds
+    // h_{t-1} W_hh^T.
+    auto project = [&](Index row0, Index n) {
+        MatrixMap<T> zc(z.data(), n, z.cols(), Eigen::OuterStride<>(z.outerStride()));
+        interruptible_rows_product(zc, x.middleRows(row0, n), wt.w_ih.transpose(), false);
+        if (wt.b_ih.size() != 0) {
+            if (Cell::kSeparateHidden) {
+                zc.rowwise() += wt.b_ih;
+            } else {
+                zc.rowwise() += wt.b_ih + wt.b_hh;
+            }
+        }
+    };
+    if (!chunked) project(0, steps.rows());
     if (T_ == 0 || steps.rows() == 0) return;
     const Index B = steps.batch();
     int threads = threads_for(static_cast<double>(B) * G * H * P, kMinStepWork);
@@ -184,97 +207,114 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     const double step_work = static_cast<double>(B) * G * H * P;
     Barrier step_done;
     FirstError error;
-    StepStop stop;
-    parallel(threads, [&](int k, int parts) {
-        Index first = 0, last = 0, c0_ = 0, width = 0;
-        split.tile(steps, H, k, parts, first, last, c0_, width);
-        // The rows of W_hh for this thread's units: all of W_hh, or the band's rows of each gate as segments of
-        // one product. On failure (packing allocates) the thread still meets its partners at every step, doing
-        // nothing.
-        StepWeights<T> w_band;
-        const bool ready = error.run([&] {
-            if (last <= first || width <= 0) return;
-            const Index stride = wt.w_hh.outerStride();
-            if (width == H) {
-                w_band.template pack<Eigen::RowMajor>(wt.w_hh.data(), stride, G * H, P, last - first, T_);
-            } else {
-                w_band.template pack<Eigen::RowMajor>(wt.w_hh.data() + c0_ * stride, stride, width, P, last - first,
-                                                      T_, G, H);
-            }
-        });
-        const Index ld = hs.outerStride(), zld = z.outerStride();
-        for (Index s = 0; s < T_; ++s) {
-            if (stop.before(s, k, step_work)) break;
-            const StepRows st(steps, s, reverse, first, last);
-            if (ready && st.b > st.a && width > 0) {
-                for (int part = 0; part < 2; ++part) {
-                    const Index r0 = part == 0 ? st.a : st.cont, r1 = part == 0 ? st.cont : st.b;
-                    if (r1 <= r0) continue;
-                    const Index m = r1 - r0;
-                    // The state and cell state this block starts from (null: zeros).
-                    const T* h_src = part == 0 ? hs.data() + (st.prev_offset + r0) * ld
-                                               : (h0.rows() != 0 ? h0.data() + r0 * h0.outerStride() : nullptr);
-                    const Index h_src_ld = part == 0 ? ld : h0.outerStride();
-                    const T* c_src = nullptr;
-                    Index c_src_ld = 0;
-                    if (Cell::kAux && !Cell::kSeparateHidden) {  // LSTM's c
-                        c_src = part == 0 ? aux.data() + (st.prev_offset + r0) * aux.outerStride() + c0_
-                                          : (c0.rows() != 0 ? c0.data() + r0 * c0.outerStride() + c0_ : nullptr);
-                        c_src_ld = part == 0 ? aux.outerStride() : c0.outerStride();
-                    }
-                    T* zrow = z.data() + (st.offset + r0) * zld + c0_;
-                    T* hid = Cell::kSeparateHidden ? hidden.data() + r0 * hidden.outerStride() + c0_ : nullptr;
-                    if (Cell::kSeparateHidden) {
-                        for (int g = 0; g < G; ++g) {
-                            BlockMap<T> hb = block(hid + g * H, m, width, hidden.outerStride());
-                            if (wt.b_hh.size() != 0) {
-                                hb = wt.b_hh.segment(g * H + c0_, width).array().replicate(m, 1);
-                            } else {
-                                hb.setZero();
+    // Each thread's rows of W_hh, packed in the first chunk and kept for the others.
+    std::vector<StepWeights<T>> w_bands(static_cast<size_t>(threads));
+    // Processing order: s = 0 .. T_-1, step t = s (forward) or T_-1-s (reverse).
+    for (Index s_begin = 0, s_end = 0; s_begin < T_; s_begin = s_end) {
+        // The chunk: processing positions [s_begin, s_end), their rows starting at `base`.
+        Index rows = 0;
+        s_end = s_begin;
+        while (s_end < T_) {
+            const Index n = steps.size(reverse ? T_ - 1 - s_end : s_end);
+            if (chunked && rows + n > z.rows()) break;
+            rows += n;
+            ++s_end;
+        }
+        const Index base = chunked ? steps.offset(reverse ? T_ - s_end : s_begin) : 0;
+        if (rows == 0) break;  // the remaining steps are empty
+        if (chunked) project(base, rows);
+        StepStop stop;
+        parallel(threads, [&](int k, int parts) {
+            Index first = 0, last = 0, c0_ = 0, width = 0;
+            split.tile(steps, H, k, parts, first, last, c0_, width);
+            // The rows of W_hh for this thread's units: all of W_hh, or the band's rows of each gate as segments of
+            // one product. (A job that ran as one part, the pool being busy, has other units than the chunk
+            // before.) On failure (packing allocates) the thread still meets its partners at every step, doing
+            // nothing.
+            StepWeights<T>& w_band = w_bands[static_cast<size_t>(k)];
+            const bool ready = error.run([&] {
+                if (last <= first || width <= 0) return;
+                const Index stride = wt.w_hh.outerStride();
+                const T* data = wt.w_hh.data() + c0_ * stride;
+                const Index rows_per_segment = width == H ? G * H : width, segments = width == H ? 1 : G;
+                if (!w_band.holds(data, rows_per_segment, last - first, segments)) {
+                    w_band.template pack<Eigen::RowMajor>(data, stride, rows_per_segment, P, last - first, T_, segments, H);
+                }
+            });
+            const Index ld = hs.outerStride(), zld = z.outerStride();
+            for (Index s = s_begin; s < s_end; ++s) {
+                if (stop.before(s - s_begin, k, step_work)) break;
+                const StepRows st(steps, s, reverse, first, last);
+                if (ready && st.b > st.a && width > 0) {
+                    for (int part = 0; part < 2; ++part) {
+                        const Index r0 = part == 0 ? st.a : st.cont, r1 = part == 0 ? st.cont : st.b;
+                        if (r1 <= r0) continue;
+                        const Index m = r1 - r0;
+                        // The state and cell state this block starts from (null: zeros).
+                        const T* h_src = part == 0 ? hs.data() + (st.prev_offset + r0) * ld
+                                                   : (h0.rows() != 0 ? h0.data() + r0 * h0.outerStride() : nullptr);
+                        const Index h_src_ld = part == 0 ? ld : h0.outerStride();
+                        const T* c_src = nullptr;
+                        Index c_src_ld = 0;
+                        if (Cell::kAux && !Cell::kSeparateHidden) {  // LSTM's c
+                            c_src = part == 0 ? aux.data() + (st.prev_offset + r0) * aux.outerStride() + c0_
+                                              : (c0.rows() != 0 ? c0.data() + r0 * c0.outerStride() + c0_ : nullptr);
+                            c_src_ld = part == 0 ? aux.outerStride() : c0.outerStride();
+                        }
+                        T* zrow = z.data() + (st.offset - base + r0) * zld + c0_;
+                        T* hid = Cell::kSeparateHidden ? hidden.data() + r0 * hidden.outerStride() + c0_ : nullptr;
+                        if (Cell::kSeparateHidden) {
+                            for (int g = 0; g < G; ++g) {
+                                BlockMap<T> hb = block(hid + g * H, m, width, hidden.outerStride());
+                                if (wt.b_hh.size() != 0) {
+                                    hb = wt.b_hh.segment(g * H + c0_, width).array().replicate(m, 1);
+                                } else {
+                                    hb.setZero();
+                                }
                             }
                         }
-                    }
-                    if (h_src != nullptr) {
-                        T* target = Cell::kSeparateHidden ? hid : zrow;
-                        const Index target_ld = Cell::kSeparateHidden ? hidden.outerStride() : zld;
-                        w_band.multiply_add(h_src, h_src_ld, m, target, target_ld, H);
-                    }
-                    ForwardBlock<T> fb;
-                    fb.m = m;
-                    fb.w = width;
-                    fb.H = H;
-                    fb.act = act;
-                    fb.gates = zrow;
-                    fb.gates_ld = zld;
-                    fb.hidden = hid;
-                    fb.hidden_ld = hidden.outerStride();
-                    fb.h_prev = h_src != nullptr ? h_src + c0_ : nullptr;
-                    fb.h_prev_ld = h_src_ld;
-                    fb.c_prev = c_src;
-                    fb.c_prev_ld = c_src_ld;
-                    if (proj) {
-                        fb.h = unprojected.data() + r0 * unprojected.outerStride() + c0_;
-                        fb.h_ld = unprojected.outerStride();
-                    } else {
-                        fb.h = hs.data() + (st.offset + r0) * ld + c0_;
-                        fb.h_ld = ld;
-                    }
-                    if (Cell::kAux) {
-                        fb.aux = aux.data() + (st.offset + r0) * aux.outerStride() + c0_;
-                        fb.aux_ld = aux.outerStride();
-                    }
-                    Cell::template forward<T>(fb);
-                    if (proj) {  // by items: this thread has every unit of its rows
-                        hs.middleRows(st.offset + r0, m).noalias() =
-                            unprojected.middleRows(r0, m) * wt.w_hr.transpose();
+                        if (h_src != nullptr) {
+                            T* target = Cell::kSeparateHidden ? hid : zrow;
+                            const Index target_ld = Cell::kSeparateHidden ? hidden.outerStride() : zld;
+                            w_band.multiply_add(h_src, h_src_ld, m, target, target_ld, H);
+                        }
+                        ForwardBlock<T> fb;
+                        fb.m = m;
+                        fb.w = width;
+                        fb.H = H;
+                        fb.act = act;
+                        fb.gates = zrow;
+                        fb.gates_ld = zld;
+                        fb.hidden = hid;
+                        fb.hidden_ld = hidden.outerStride();
+                        fb.h_prev = h_src != nullptr ? h_src + c0_ : nullptr;
+                        fb.h_prev_ld = h_src_ld;
+                        fb.c_prev = c_src;
+                        fb.c_prev_ld = c_src_ld;
+                        if (proj) {
+                            fb.h = unprojected.data() + r0 * unprojected.outerStride() + c0_;
+                            fb.h_ld = unprojected.outerStride();
+                        } else {
+                            fb.h = hs.data() + (st.offset + r0) * ld + c0_;
+                            fb.h_ld = ld;
+                        }
+                        if (Cell::kAux) {
+                            fb.aux = aux.data() + (st.offset + r0) * aux.outerStride() + c0_;
+                            fb.aux_ld = aux.outerStride();
+                        }
+                        Cell::template forward<T>(fb);
+                        if (proj) {  // by items: this thread has every unit of its rows
+                            hs.middleRows(st.offset + r0, m).noalias() =
+                                unprojected.middleRows(r0, m) * wt.w_hr.transpose();
+                        }
                     }
                 }
+                if (!split.by_items) step_done.wait(parts);  // the next step reads every band of these rows
             }
-            if (!split.by_items) step_done.wait(parts);  // the next step reads every band of these rows
-        }
-    });
-    error.rethrow();
-    stop.rethrow();
+        });
+        error.rethrow();
+        stop.rethrow();
+    }
 }
 
 // BPTT of one direction of one layer. Only the recurrence is sequential; the weight, bias and input gradients are

@@ -332,14 +332,14 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
         cache->masks = masks_in;
     }
     // Workspaces, allocated once: layer outputs to alternate between (inference), the masked input, and the gates
-    // and aux of a layer when no cache keeps them.
+    // (a chunk of steps' worth) and aux of a layer when no cache keeps them.
     const bool gated = cfg.cell != CellKind::rnn;
     RowMatrix<T> ping, pong, dropped, gate_work, aux_work;
     if (cache == nullptr && (L > 1 || packed)) ping.resize(R, DP);
     if (cache == nullptr && L > 1) pong.resize(R, DP);
     if (masks_in.rows() != 0) dropped.resize(R, DP);
     if (cache == nullptr && gated) {
-        gate_work.resize(R, D * GH);
+        gate_work.resize(detail::forward_workspace_rows(steps, D * GH, sizeof(T)), D * GH);
         aux_work.resize(R, D * H);
     }
 

@@ -222,6 +222,36 @@ TEST(GatedForward, FloatAgreesWithDoubleAtEverySplit) {
     }
 }
 
+// A forward without a cache runs a large layer in chunks of steps, each after its own input projection (a few
+// megabytes of gates instead of all of them): the same outputs as the forward that keeps every step's gates, in
+// both directions, over ragged batches, with a projection and given states.
+TEST(GatedForward, WithoutCacheInChunksMatchesWithCache) {
+    for (CellKind cell : {CellKind::lstm, CellKind::gru}) {
+        for (bool ragged : {false, true}) {
+            // Two directions of 4 * 128 gates in double: 8 KiB a row, so a chunk holds 512 rows = 17 steps of 30.
+            const Index S = 40, B = 30, I = 8, H = 128, TB = S * B, proj = cell == CellKind::lstm ? 64 : 0;
+            StackConfig cfg = config_of({cell, 2, true, true, proj, ragged, false, true}, I, H);
+            std::mt19937 rng(91);
+            std::vector<double> params(static_cast<size_t>(rnnfast::param_count(cfg)));
+            for (double& p : params) p = std::uniform_real_distribution<double>(-0.1, 0.1)(rng);
+            const MatD x = random_matrix(rng, TB, I);
+            std::vector<Index> lengths;
+            if (ragged) {
+                for (Index b = 0; b < B; ++b) lengths.push_back(1 + (b * 7) % S);
+                lengths[3] = S;
+            }
+            const Index LDB = 4 * B, P = cfg.state_size();
+            const MatD h0 = random_matrix(rng, LDB, P, 0.5), c0 = random_matrix(rng, cell == CellKind::lstm ? LDB : 0, H, 0.5);
+            StackCache<double> cache;
+            const Result kept = forward(cfg, params, x, S, lengths, h0, c0, MatD(0, cfg.output_size()), &cache);
+            const Result chunked = forward(cfg, params, x, S, lengths, h0, c0, MatD(0, cfg.output_size()));
+            EXPECT_TRUE(close(chunked.output, kept.output, 1e-12));
+            EXPECT_TRUE(close(chunked.h_n, kept.h_n, 1e-12));
+            if (cell == CellKind::lstm) EXPECT_TRUE(close(chunked.c_n, kept.c_n, 1e-12));
+        }
+    }
+}
+
 TEST(GatedConfig, ProjectionOnlyForLstmAndBelowHidden) {
     StackConfig cfg;
     cfg.input_size = 3;
