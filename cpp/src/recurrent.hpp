@@ -72,16 +72,23 @@ void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool 
     }
 }
 
+// Multiply-adds of one step from which a split by bands beats one by items: each thread then streams only its
+// band of W_hh (a quarter of a large LSTM's in each of four gates at two threads, instead of all of it) and
+// multiplies it by every item, and the barrier of each step is a small part of the step.
+constexpr double kMinBandStepWork = 1 << 25;
+
 // How the recurrence is split across threads. Items are independent of each other, so when every thread gets
 // at least kMinPackedRows items, each runs its own items through all the steps and the threads never wait for
-// one another. Otherwise each thread owns a band of the state units and all meet at every step.
+// one another -- unless the step is large (kMinBandStepWork). Otherwise each thread owns a band of the state
+// units and all meet at every step.
 struct RecurrenceSplit {
     bool by_items = false;
     std::vector<Index> item_bounds;  // by_items: thread k's item rows are [item_bounds[k], item_bounds[k + 1])
 
-    RecurrenceSplit(const StepLayout& steps, int threads) {
+    // `step_work`: multiply-adds of the recurrent product of a whole step; 0 forces items where they fit.
+    RecurrenceSplit(const StepLayout& steps, int threads, double step_work = 0) {
         const Index items = steps.size_or_zero(0);
-        by_items = threads > 1 && items >= threads * kMinPackedRows;
+        by_items = threads > 1 && items >= threads * kMinPackedRows && step_work < kMinBandStepWork;
         if (!by_items) return;
         // Rows are the items sorted by decreasing length (a step holds a prefix of them): split the rows of all
         // steps evenly, an item's rows being its length.
@@ -156,9 +163,12 @@ struct StepRows {
 // call for a large layer.
 constexpr double kForwardChunkBytes = 4 << 20;
 
-inline Index forward_workspace_rows(const StepLayout& steps, Index gate_cols, Index elem_size) {
-    const Index by_bytes = static_cast<Index>(kForwardChunkBytes / static_cast<double>(std::max<Index>(gate_cols * elem_size, 1)));
-    return std::min(steps.rows(), std::max(steps.size_or_zero(0), by_bytes));
+inline Index forward_workspace_rows(const StepLayout& steps, Index gate_cols, Index input_size, Index elem_size) {
+    const double per_row = static_cast<double>(std::max<Index>(gate_cols, 1));
+    // Bounded by work too, as interruptible_rows_product's chunks: a chunk's projection is not interruptible.
+    const double rows = std::min(kForwardChunkBytes / (per_row * static_cast<double>(elem_size)),
+                                 kChunkWork / (per_row * static_cast<double>(std::max<Index>(input_size, 1))));
+    return std::min(steps.rows(), std::max(steps.size_or_zero(0), static_cast<Index>(rows)));
 }
 
 // Forward of one direction of one layer.
@@ -182,24 +192,22 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
         throw std::invalid_argument("gates: expected a workspace of at least " + std::to_string(steps.size(0)) +
                                     " rows, got " + std::to_string(gates.rows()));
     }
-    // The input projection of rows [row0, row0 + n) into z's rows from 0; the recurrence then only adds
-    // h_{t-1} W_hh^T.
-    auto project = [&](Index row0, Index n) {
-        MatrixMap<T> zc(z.data(), n, z.cols(), Eigen::OuterStride<>(z.outerStride()));
-        interruptible_rows_product(zc, x.middleRows(row0, n), wt.w_ih.transpose(), false);
-        if (wt.b_ih.size() != 0) {
-            if (Cell::kSeparateHidden) {
-                zc.rowwise() += wt.b_ih;
-            } else {
-                zc.rowwise() += wt.b_ih + wt.b_hh;
-            }
-        }
-    };
-    if (!chunked) project(0, steps.rows());
+    // The bias that the input projection starts from: b_ih, plus b_hh for cells that add the recurrent part to it.
+    RowVector<T> bias;
+    if (wt.b_ih.size() != 0) {
+        bias = wt.b_ih;
+        if (!Cell::kSeparateHidden) bias += wt.b_hh;
+    }
+    if (!chunked) {
+        // The input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
+        interruptible_rows_product(z, x, wt.w_ih.transpose(), false);
+        if (bias.size() != 0) z.rowwise() += bias;
+    }
     if (T_ == 0 || steps.rows() == 0) return;
     const Index B = steps.batch();
     int threads = threads_for(static_cast<double>(B) * G * H * P, kMinStepWork);
-    RecurrenceSplit split(steps, threads);
+    // (A projected LSTM mixes the units after the cell: items only.)
+    RecurrenceSplit split(steps, threads, proj ? 0.0 : static_cast<double>(B) * G * H * P);
     if (proj && !split.by_items && threads > 1) split = RecurrenceSplit(steps, threads = 1);
     // Per-step scratch, rows = items: the recurrent part of cells that keep it apart, and the projected LSTM's
     // o * tanh(c) before projection. Each thread touches only its rows and units.
@@ -207,8 +215,9 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     const double step_work = static_cast<double>(B) * G * H * P;
     Barrier step_done;
     FirstError error;
-    // Each thread's rows of W_hh, packed in the first chunk and kept for the others.
-    std::vector<StepWeights<T>> w_bands(static_cast<size_t>(threads));
+    // Each thread's rows of W_hh, packed in the first chunk and kept for the others; chunked: W_ih too, each
+    // thread projecting a share of every chunk's rows.
+    std::vector<StepWeights<T>> w_bands(static_cast<size_t>(threads)), w_inputs(static_cast<size_t>(chunked ? threads : 0));
     // Processing order: s = 0 .. T_-1, step t = s (forward) or T_-1-s (reverse).
     for (Index s_begin = 0, s_end = 0; s_begin < T_; s_begin = s_end) {
         // The chunk: processing positions [s_begin, s_end), their rows starting at `base`.
@@ -222,11 +231,34 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
         }
         const Index base = chunked ? steps.offset(reverse ? T_ - s_end : s_begin) : 0;
         if (rows == 0) break;  // the remaining steps are empty
-        if (chunked) project(base, rows);
         StepStop stop;
         parallel(threads, [&](int k, int parts) {
             Index first = 0, last = 0, c0_ = 0, width = 0;
             split.tile(steps, H, k, parts, first, last, c0_, width);
+            if (chunked) {
+                // This thread's share of the chunk's input projection, with W_ih packed once per call; every
+                // thread's steps read rows of every share.
+                const Index p0 = detail::split(rows, k, parts, 1), p1 = detail::split(rows, k + 1, parts, 1);
+                StepWeights<T>& w_in = w_inputs[static_cast<size_t>(k)];
+                const Index max_share = (z.rows() + parts - 1) / parts;
+                const bool packed_in = error.run([&] {
+                    if (!w_in.holds(wt.w_ih.data(), G * H, max_share)) {
+                        w_in.template pack<Eigen::RowMajor>(wt.w_ih.data(), wt.w_ih.outerStride(), G * H, wt.w_ih.cols(),
+                                                            max_share, rows);
+                    }
+                });
+                if (packed_in && p1 > p0) {
+                    MatrixMap<T> share(z.data() + p0 * z.outerStride(), p1 - p0, G * H, Eigen::OuterStride<>(z.outerStride()));
+                    if (bias.size() != 0) {
+                        share.rowwise() = bias;
+                    } else {
+                        share.setZero();
+                    }
+                    w_in.multiply_add(x.data() + (base + p0) * x.outerStride(), x.outerStride(), p1 - p0, share.data(),
+                                      share.outerStride());
+                }
+                step_done.wait(parts);
+            }
             // The rows of W_hh for this thread's units: all of W_hh, or the band's rows of each gate as segments of
             // one product. (A job that ran as one part, the pool being busy, has other units than the chunk
             // before.) On failure (packing allocates) the thread still meets its partners at every step, doing
@@ -369,7 +401,8 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
     RowMatrix<T> h_prev(steps.is_uniform() ? 0 : dz.rows(), P);
     RowMatrix<T> dh_chunk(proj ? dz.rows() : 0, P), unprojected(proj ? dz.rows() : 0, H), d_unprojected(proj ? B : 0, H);
     int threads = threads_for(static_cast<double>(B) * G * H * P, kMinStepWork);
-    RecurrenceSplit split(steps, threads);
+    // (A projected LSTM mixes the units after the cell: items only.)
+    RecurrenceSplit split(steps, threads, proj ? 0.0 : static_cast<double>(B) * G * H * P);
     if (proj && !split.by_items && threads > 1) split = RecurrenceSplit(steps, threads = 1);
     const double step_work = static_cast<double>(B) * G * H * P;
     Barrier bands_done;

@@ -339,7 +339,7 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
     if (cache == nullptr && L > 1) pong.resize(R, DP);
     if (masks_in.rows() != 0) dropped.resize(R, DP);
     if (cache == nullptr && gated) {
-        gate_work.resize(detail::forward_workspace_rows(steps, D * GH, sizeof(T)), D * GH);
+        gate_work.resize(detail::forward_workspace_rows(steps, D * GH, std::max(cfg.input_size, DP), sizeof(T)), D * GH);
         aux_work.resize(R, D * H);
     }
 
