@@ -1,11 +1,46 @@
-"""Shared helpers for the test suite."""
+"""Shared helpers for the test suite, and its closing note on the oracle tests that could not run."""
 
 from __future__ import annotations
 
+import re
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List
 
 import numpy as np
+import pytest
+
+# The packages of the [oracle] extra, which the suite checks rnnfast against: tests that need one skip without it.
+ORACLE_PACKAGES = {"torch": "PyTorch", "expecttest": "expecttest (PyTorch's module_db inputs)", "onnx": "onnx",
+                   "onnxruntime": "ONNX Runtime"}
+ORACLE_INSTALL = "pip install \".[test,oracle]\""
+
+
+def _missing_package(report: Any) -> str:
+    """The oracle package whose absence made this report skip, or "" (pytest.importorskip's reason names it)."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    match = re.search(r"could not import '([\w.]+)'|No module named '([\w.]+)'", reason)
+    package = (match.group(1) or match.group(2)).partition(".")[0] if match else ""
+    return package if package in ORACLE_PACKAGES else ""
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many oracle tests were skipped, for want of which package, and the command that runs them: a whole
+    test module skips as one (its tests are not even collected), so it is counted apart."""
+    skipped: Dict[str, List[int]] = {}  # package -> [modules, tests]
+    for report in terminalreporter.stats.get("skipped", []):
+        package = _missing_package(report)
+        if package:
+            counts = skipped.setdefault(package, [0, 0])
+            counts[0 if isinstance(report, pytest.CollectReport) else 1] += 1
+    if not skipped:
+        return
+    terminalreporter.write_sep("=", "oracle tests skipped", yellow=True)
+    for package, (modules, tests) in skipped.items():
+        what = " and ".join(part for part in (f"{modules} test module{'s' * (modules != 1)} (all of their tests)"
+                                              if modules else "", f"{tests} test{'s' * (tests != 1)}" if tests else "")
+                            if part)
+        terminalreporter.write_line(f"{what} skipped: {ORACLE_PACKAGES[package]} is not installed ({ORACLE_INSTALL} "
+                                    f"runs them)", yellow=True)
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: np.dtype, depth: int = 1) -> None:

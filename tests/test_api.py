@@ -57,6 +57,17 @@ def test_dtype_accepts_names_and_numpy_dtypes() -> None:
         assert rnnfast.RNNCell(I, H, dtype=spec).dtype == np.float64
 
 
+def test_dtype_accepts_torch_float_dtypes() -> None:
+    torch = pytest.importorskip("torch")
+    for cls in (rnnfast.RNN, rnnfast.LSTM, rnnfast.GRU, rnnfast.RNNCell, rnnfast.LSTMCell, rnnfast.GRUCell):
+        for dtype, expected in ((torch.float32, np.float32), (torch.float64, np.float64)):
+            model = cls(3, 4, dtype=dtype, seed=0)
+            assert model.dtype == expected and model.named_parameters()["weight_hh" if "Cell" in cls.__name__
+                                                                         else "weight_hh_l0"].dtype == expected
+        with pytest.raises(ValueError, match=r"^dtype: expected 'float32' or 'float64' .*got torch\.float16$"):
+            cls(3, 4, dtype=torch.float16)
+
+
 def test_cell_constructor_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="input_size"):
         rnnfast.RNNCell(0, H)

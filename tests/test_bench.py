@@ -258,3 +258,133 @@ def test_the_grid_runs_with_gated_cells_and_every_backend_agrees(cell: str) -> N
 def test_an_unknown_cell_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="cell: expected one of"):
         bench.run(cases=["seed_1layer"], quick=True, cell="elman")
+
+
+# ------------------------------------------------------------------------------------------------------- float64
+
+def test_float64_rows_run_rnnfast_torch_and_the_reference_in_float64() -> None:
+    results = bench.run(cases=["seed_1layer", "cell_step_H20"], threads=1, repeat=1, quick=True, dtype="float64")
+    assert results["dtype"] == "float64" and results["gemm"]["dtype"] == "float64"
+    # ONNX Runtime and OpenVINO are listed as not run, with the reason, whether installed or not.
+    for name in ("onnxruntime", "openvino"):
+        info = results["backends"][name]
+        assert info["available"] is False and info["reason"].startswith("float64: "), info
+    torch_ran = results["backends"]["torch"]["available"]
+    for name, case in results["cases"].items():
+        assert case["dtype"] == "float64"
+        for mode in case["modes"].values():
+            check_mode(mode, 1)  # every backend agreed with rnnfast within float64's tolerance
+            expected = {"rnnfast", "reference"} | ({"torch"} if torch_ran else set())
+            assert set(mode["median_s"]) == expected, (name, mode["skipped"])
+    table = bench.format_table(results)
+    assert "(rnn cells) in float64" in table and "GEMM rate (NumPy float64 1024x1024)" in table
+    assert "Not run: onnxruntime (float64: " in table
+    json.loads(json.dumps(results))
+
+
+def test_float32_is_the_default_and_says_so() -> None:
+    results = bench.run(cases=["cell_step_H20"], threads=1, repeat=1, quick=True, reference=False, backends=[])
+    assert results["dtype"] == "float32" and results["gemm"]["dtype"] == "float32"
+    assert results["cases"]["cell_step_H20"]["dtype"] == "float32"
+    assert "(rnn cells) in float32" in bench.format_table(results)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_the_workload_is_of_the_case_dtype(kind: str, dtype: str) -> None:
+    for name in ("seed_4layer", "ragged_T200_B64_H128", "cell_step_H20"):
+        w = bench._make_workload(dataclasses.replace(bench.CASES[name], kind=kind, dtype=dtype))
+        assert w.model.dtype == np.dtype(dtype) and w.x.dtype == np.dtype(dtype)
+        states = w.h if isinstance(w.h, tuple) else (w.h,) if w.h is not None else ()
+        assert all(s.dtype == np.dtype(dtype) for s in states)
+        assert w.target is None or w.target.dtype == np.dtype(dtype)
+
+
+def test_a_bad_dtype_is_refused(capsys) -> None:
+    for bad in ("float16", "int32", None, "double precision"):
+        with pytest.raises(ValueError, match="dtype: expected one of"):
+            bench.run(cases=["cell_step_H20"], quick=True, dtype=bad)
+    assert bench.run(cases=["cell_step_H20"], threads=1, repeat=1, quick=True, reference=False, backends=[],
+                     dtype=np.float64)["dtype"] == "float64"
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["bench", "--dtype", "float16"])
+    assert exc.value.code == 2
+    assert "--dtype" in capsys.readouterr().err
+
+
+def test_the_float32_only_backends_really_cannot_run_float64() -> None:
+    """Why ONNX Runtime and OpenVINO have no float64 rows: ONNX Runtime refuses a float64 RNN / LSTM / GRU graph and
+    OpenVINO computes it in float32 (its results are float32-close, not float64-close, to rnnfast's)."""
+    pytest.importorskip("onnx")
+    case = dataclasses.replace(bench.CASES["seed_1layer"], dtype="float64")
+    assert bench.BACKEND_TABLE["onnxruntime"].dtypes == ("float32",)
+    assert bench.BACKEND_TABLE["openvino"].dtypes == ("float32",)
+    for kind in ("rnn", "lstm", "gru"):
+        w = bench._make_workload(dataclasses.replace(case, kind=kind))
+        expected = bench._JOB_BUILDERS["rnnfast"](w, {})["inference"].probe()
+        if importlib.util.find_spec("onnxruntime") is not None:
+            with pytest.raises(Exception):
+                bench._JOB_BUILDERS["onnxruntime"](w, {"threads": 1, "onnxruntime": importlib.import_module(
+                    "onnxruntime")})["inference"].probe()
+        if importlib.util.find_spec("openvino") is not None:
+            got = bench._JOB_BUILDERS["openvino"](w, {"threads": 1, "openvino": importlib.import_module(
+                "openvino")})["inference"].probe()
+            assert bench._output_mismatch(got, expected, 1e-3) is None
+            assert bench._output_mismatch(got, expected, bench.backends._TOLERANCES["float64"][0]) is not None
+
+
+# ------------------------------------------------------------------------------------------------------- --quick
+
+QUICK_REFERENCE_CASES = ["seed_1layer", "seed_4layer", "stream_T1000_B1", "mid_T50_B16_H128", "cell_step_H20",
+                         "cell_step_H128"]
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_quick_runs_the_reference_on_the_small_cases_only(kind: str) -> None:
+    for case in bench.CASES.values():
+        case = dataclasses.replace(case, kind=kind)
+        why = bench._quick_exclusion("reference", case)
+        assert (why is None) == (case.name in QUICK_REFERENCE_CASES), (case.name, why)
+        for backend in ("rnnfast", "torch", "onnxruntime", "openvino"):
+            assert bench._quick_exclusion(backend, case) is None
+
+
+def test_quick_leaves_the_reference_out_of_big_cases_and_says_so() -> None:
+    results = bench.run(cases=["seed_1layer", "big_T100_B64_H256"], threads=1, repeat=1, quick=True, backends=[])
+    small, big = results["cases"]["seed_1layer"], results["cases"]["big_T100_B64_H256"]
+    assert small["not_run"] == {}
+    assert list(big["not_run"]) == ["reference"] and "--quick" in big["not_run"]["reference"]
+    for mode in small["modes"].values():
+        assert set(mode["median_s"]) == {"rnnfast", "reference"}
+    for mode in big["modes"].values():
+        assert set(mode["median_s"]) == {"rnnfast"} and mode["skipped"] == {}
+    assert "--quick: numpy-ref not run on big_T100_B64_H256" in bench.format_table(results)
+
+
+def test_a_known_slow_call_spares_the_calibration_call() -> None:
+    """time_interleaved with the time of one call already known (a quick run passes its agreement check's): a
+    backend slower than the loop length is timed one call per loop, without a calibration call."""
+    calls: dict = {"slow": [], "fast": []}
+    run_ns = {name: (lambda n, name=name: calls[name].append(n)) for name in calls}
+    timings = bench.time_interleaved(run_ns, repeat=3, min_seconds=0.5, settle=0.0, first_call_s={"slow": 0.6})
+    assert calls["slow"] == [1, 1, 1] and timings.calls_per_sample["slow"] == 1
+    # Without a known time (and for "fast", whose calls take no time) the loop length is calibrated first.
+    assert len(calls["fast"]) > 3 and timings.calls_per_sample["fast"] > 1
+
+
+def test_quick_runs_pause_neither_before_loops_nor_after_imports() -> None:
+    quick, full = bench.Timing.for_run(5, quick=True), bench.Timing.for_run(5)
+    assert (quick.repeat, quick.min_loop_s, quick.settle_s, quick.startup_settle_s) == (
+        bench.QUICK_MAX_REPEAT, bench.QUICK_MIN_LOOP_SECONDS, 0.0, 0.0)
+    assert (full.repeat, full.min_loop_s) == (5, bench.MIN_LOOP_SECONDS) and full.settle_s > 0
+
+
+def test_the_package_passes_mypy_strict(tmp_path) -> None:
+    pytest.importorskip("mypy")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package = os.path.dirname(os.path.abspath(bench.__file__))
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--config-file", os.path.join(root, "pyproject.toml"),
+         "--cache-dir", str(tmp_path / "mypy_cache"), package],
+        capture_output=True, text=True, cwd=root, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr

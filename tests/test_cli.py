@@ -10,6 +10,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import types
 from typing import Any, Dict, List
 
 import numpy as np
@@ -22,6 +23,7 @@ from rnnfast.__main__ import COMMANDS, main
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A shortened demo: a quarter of the default epochs and half the hidden size, still well below half the naive MSE.
 SHORT = dict(epochs=15, hidden=16, seed=0)
+RUNNABLE = [level for level in _core.installed_levels() if _core.cpu_supports(level)]
 SHORT_ARGS = ["--epochs", "15", "--hidden", "16", "--seed", "0"]
 
 
@@ -84,8 +86,11 @@ def test_python_dash_m_help() -> None:
 
 # ------------------------------------------------------------------------------------------------------ info
 
-INFO_KEYS = {"version", "compiler", "eigen_version", "simd_compiled", "simd_in_use", "isa_level", "isa_level_small",
-             "isa_levels_installed", "cpu_simd_flags", "threads", "cpu_count", "python", "numpy", "platform"}
+INFO_KEYS = {"version", "compiler", "eigen_version", "simd_compiled", "isa_level", "isa_level_small",
+             "isa_levels_installed", "cpu_simd_flags", "threads", "threads_default",
+             "threads_default_source", "cpu_count", "python", "numpy", "platform"}
+# Eigen's SimdInstructionSetsInUse() for an x86-64-v3 build: it has no AVX2 case.
+EIGEN_AVX = "AVX SSE, SSE2, SSE3, SSSE3, SSE4.1, SSE4.2"
 
 
 def test_show_config_prints_and_returns_the_configuration() -> None:
@@ -95,8 +100,8 @@ def test_show_config_prints_and_returns_the_configuration() -> None:
     assert config["version"] == rnnfast.__version__ == _core.__version__
     assert config["compiler"] == _core.compiler() and config["compiler"]
     assert config["eigen_version"] == _core.eigen_version() and config["eigen_version"].startswith("Eigen 3.")
-    assert config["simd_compiled"] == _core.simd_instruction_sets()
-    assert config["simd_in_use"] == f"{config['isa_level']} ({config['simd_compiled']})"
+    assert config["simd_compiled"] == _core.instruction_sets()
+    assert list(config["simd_compiled"]) == list(dict.fromkeys([config["isa_level"], config["isa_level_small"]]))
     assert config["isa_level"] == _core.isa_level and config["isa_level"] in config["isa_levels_installed"]
     assert config["threads"] == rnnfast.get_num_threads() >= 1
     assert config["numpy"] == np.__version__
@@ -104,9 +109,10 @@ def test_show_config_prints_and_returns_the_configuration() -> None:
     assert flags is None or set(flags) <= {"avx2", "fma", "avx512f"}
     text = buffer.getvalue()
     assert text.splitlines()[0] == f"rnnfast {rnnfast.__version__}"
+    level = config["isa_level"]
     for label, value in [("compiler", config["compiler"]), ("Eigen", config["eigen_version"]),
-                         ("SIMD compiled", config["simd_compiled"]), ("SIMD in use", config["simd_in_use"]),
-                         ("threads", str(config["threads"]))]:
+                         ("kernels", f"{level}, compiled for {config['simd_compiled'][level]}"),
+                         ("small problems", config["isa_level_small"]), ("threads", str(config["threads"]))]:
         assert re.search(rf"^  {label}: +{re.escape(value)}", text, re.M), (label, text)
     assert re.search(r"^  CPU SIMD flags: +\S", text, re.M)
 
@@ -149,10 +155,10 @@ def test_info_command() -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == f"rnnfast {rnnfast.__version__}"
     labels = [line.split(":")[0].strip() for line in lines[1:]]
-    assert labels == ["compiler", "Eigen", "SIMD compiled", "SIMD in use", "ISA levels", "small problems", "CPU SIMD flags",
-                      "threads", "Python",
-                      "platform"]
-    assert _core.simd_instruction_sets() in result.stdout
+    assert labels == ["compiler", "Eigen", "ISA levels", "kernels", "small problems", "CPU SIMD flags", "threads",
+                      "Python", "platform"]
+    for level, sets in _core.instruction_sets().items():
+        assert f"{level}, compiled for {sets}" in result.stdout
 
 
 def test_info_json() -> None:
@@ -161,7 +167,32 @@ def test_info_json() -> None:
     config = json.loads(result.stdout)
     assert set(config) == INFO_KEYS
     assert config["version"] == rnnfast.__version__
-    assert config["simd_compiled"] == _core.simd_instruction_sets()
+    assert config["simd_compiled"] == _core.instruction_sets()
+
+
+def test_instruction_sets_name_what_each_level_was_compiled_for() -> None:
+    def module(level: str, eigen: str) -> Any:
+        return types.SimpleNamespace(isa_level=level, simd_instruction_sets=lambda: eigen)
+
+    # avx2 (-march=x86-64-v3) has AVX2 and FMA, which Eigen's string leaves out; the others are Eigen's.
+    assert _core._instruction_sets(module("avx2", EIGEN_AVX)) == "AVX2, FMA, AVX, SSE, SSE2, SSE3, SSSE3, SSE4.1, SSE4.2"
+    avx512 = "AVX512, FMA, AVX2, AVX, SSE, SSE2, SSE3, SSSE3, SSE4.1, SSE4.2"
+    assert _core._instruction_sets(module("avx512", avx512)) == avx512
+    assert _core._instruction_sets(module("baseline", "SSE, SSE2")) == "SSE, SSE2"
+    assert _core._instruction_sets(module("baseline", "ARM NEON")) == "ARM NEON"
+    assert _core._instruction_sets(module("baseline", "None")) == "none (scalar code)"
+
+
+@pytest.mark.parametrize("level", ["avx2", "avx512"])
+def test_info_under_rnnfast_isa_reports_the_levels_loaded(level: str) -> None:
+    if level not in RUNNABLE:
+        pytest.skip(f"the {level} level is not installed or this CPU lacks it")
+    result = subprocess.run([sys.executable, "-m", "rnnfast", "info", "--json"], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, RNNFAST_ISA=level))
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["isa_level"] == config["isa_level_small"] == level and list(config["simd_compiled"]) == [level]
+    assert {"AVX2", "FMA"} <= set(config["simd_compiled"][level].split(", "))
 
 
 # ------------------------------------------------------------------------------------------------------ demo
@@ -300,7 +331,12 @@ def test_console_script_is_declared() -> None:
 def test_console_script_is_installed() -> None:
     from importlib.metadata import entry_points
 
-    scripts = [e for e in entry_points(group="console_scripts") if e.name == "rnnfast"]
+    found = entry_points()
+    if hasattr(found, "select"):  # Python >= 3.10 (entry_points(group=...) is new in 3.10)
+        group = found.select(group="console_scripts")
+    else:  # Python 3.9: a dict of group -> entry points
+        group = found.get("console_scripts", [])
+    scripts = [e for e in group if e.name == "rnnfast"]
     assert [e.value for e in scripts] == ["rnnfast.__main__:main"]
     assert scripts[0].load() is main
     executable = pathlib.Path(sys.executable).parent / ("rnnfast.exe" if os.name == "nt" else "rnnfast")

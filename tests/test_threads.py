@@ -4,6 +4,7 @@ gradients as serial ones."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -217,3 +218,30 @@ def test_changing_the_thread_count_while_kernels_run_is_safe() -> None:
         for out, h_n in runs:
             np.testing.assert_allclose(out, expected[0], rtol=1e-12, atol=1e-12)
             np.testing.assert_allclose(h_n, expected[1], rtol=1e-12, atol=1e-12)
+
+
+def test_default_thread_count_respects_affinity_and_says_why() -> None:
+    import io
+
+    from rnnfast import _core
+
+    config = rnnfast.show_config(io.StringIO())
+    default, source = config["threads_default"], config["threads_default_source"]
+    assert default == _core.default_num_threads() >= 1
+    assert source == "affinity mask" or source == "hardware threads" or source.startswith("cgroup quota (")
+    if hasattr(os, "sched_getaffinity"):
+        assert default <= len(os.sched_getaffinity(0))
+        if source == "affinity mask":
+            assert default == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux affinity API")
+def test_default_thread_count_follows_a_restricted_affinity_mask() -> None:
+    import subprocess
+
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    code = "import rnnfast; print(rnnfast.get_num_threads(), rnnfast.show_config(open('/dev/null', 'w'))['threads_default_source'])"
+    out = subprocess.run([sys.executable, "-c", code], preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+                         capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+    assert out[0] == "1"
+    assert out[1].strip() in ("affinity mask",) or out[1].startswith("cgroup quota")

@@ -14,9 +14,21 @@
 
 namespace rnnfast::detail {
 
+// An Eigen functor from `static Packet Derived::packet(const Packet&)`: a scalar goes through a one-element packet
+// of the same code, so that it gets the bits its packet would have given it.
+template <class Derived, class T>
+struct PacketFunctor {
+    using Packet = typename Eigen::internal::packet_traits<T>::type;
+    T operator()(const T& x) const { return Eigen::internal::pfirst(Derived::packet(Eigen::internal::pset1<Packet>(x))); }
+    template <class P>
+    P packetOp(const P& x) const {
+        return Derived::packet(x);
+    }
+};
+
 // tanh(x). float: Eigen's rational approximation; double: see above, within 8 ulp.
 template <class T>
-struct TanhOp {
+struct TanhOp : PacketFunctor<TanhOp<T>, T> {
     template <class Packet>
     static Packet packet(const Packet& x) {
         using namespace Eigen::internal;
@@ -35,17 +47,11 @@ struct TanhOp {
             return pselect(pcmp_eq(x, x), t, x);  // NaN stays NaN
         }
     }
-    T operator()(const T& x) const { return Eigen::internal::pfirst(packet(Eigen::internal::pset1<Packet>(x))); }
-    template <class Packet>
-    Packet packetOp(const Packet& x) const {
-        return packet(x);
-    }
-    using Packet = typename Eigen::internal::packet_traits<T>::type;
 };
 
 // 1 / (1 + exp(-x)). float: Eigen's rational approximation; double: the formula over Eigen's vectorized exp.
 template <class T>
-struct LogisticOp {
+struct LogisticOp : PacketFunctor<LogisticOp<T>, T> {
     template <class Packet>
     static Packet packet(const Packet& x) {
         using namespace Eigen::internal;
@@ -56,12 +62,6 @@ struct LogisticOp {
             return pdiv(one, padd(one, pexp(pnegate(x))));
         }
     }
-    T operator()(const T& x) const { return Eigen::internal::pfirst(packet(Eigen::internal::pset1<Packet>(x))); }
-    template <class Packet>
-    Packet packetOp(const Packet& x) const {
-        return packet(x);
-    }
-    using Packet = typename Eigen::internal::packet_traits<T>::type;
 };
 
 }  // namespace rnnfast::detail

@@ -30,6 +30,10 @@ int thread_limit() { return thread_setting().load(std::memory_order_relaxed); }
 
 int get_num_threads() { return detail::thread_limit(); }
 
+int default_num_threads() { return detail::default_thread_count(); }
+
+std::string default_threads_source() { return detail::default_thread_budget().source; }
+
 void set_num_threads(int n) {
     if (n < 1) throw std::invalid_argument("n: expected a positive number of threads, got " + std::to_string(n));
     thread_setting().store(n, std::memory_order_relaxed);

@@ -3,6 +3,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <exception>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <utility>
 #include <mutex>
 #include <thread>
@@ -152,12 +155,97 @@ void run_parallel(int threads, const std::function<void(int, int)>& body) {
     Pool::instance().run(threads, body);
 }
 
-int default_thread_count() {
+int quota_cpus(const std::string& text, bool v1_period_follows, const std::string& period_text) {
+    std::istringstream in(text);
+    std::string quota;
+    long long period = 0;
+    if (!(in >> quota) || quota == "max") return 0;
+    if (v1_period_follows) {
+        std::istringstream p(period_text);
+        if (!(p >> period)) return 0;
+    } else if (!(in >> period)) {
+        return 0;
+    }
+    long long q = 0;
+    try {
+        q = std::stoll(quota);
+    } catch (const std::exception&) {
+        return 0;
+    }
+    if (q <= 0 || period <= 0) return 0;  // v1: -1 means no quota
+    return static_cast<int>(std::min<long long>((q + period - 1) / period, 1 << 20));
+}
+
+namespace {
+
+std::string read_file(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream text;
+    if (f) text << f.rdbuf();
+    return text.str();
+}
+
+// The CPU quota of this process's cgroup (0: none found): v2 cpu.max, else v1 cpu.cfs_quota_us / cfs_period_us,
+// at the process's own cgroup path and at the mount's root (where a container sees its own cgroup).
+int cgroup_quota(std::string& source) {
+#ifdef __linux__
+    std::string v2_path, v1_path;
+    std::istringstream lines(read_file("/proc/self/cgroup"));
+    for (std::string line; std::getline(lines, line);) {
+        const size_t a = line.find(':'), b = line.find(':', a + 1);
+        if (a == std::string::npos || b == std::string::npos) continue;
+        const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+        if (line.compare(0, a, "0") == 0 && controllers.empty()) v2_path = path;
+        std::istringstream names(controllers);
+        for (std::string name; std::getline(names, name, ',');) {
+            if (name == "cpu") v1_path = path;
+        }
+    }
+    for (const std::string& dir : {"/sys/fs/cgroup" + v2_path, std::string("/sys/fs/cgroup")}) {
+        const std::string text = read_file(dir + "/cpu.max");
+        if (const int n = quota_cpus(text, false, ""); n > 0) {
+            source = "cgroup quota (" + dir + "/cpu.max)";
+            return n;
+        }
+    }
+    for (const std::string& root : {std::string("/sys/fs/cgroup/cpu"), std::string("/sys/fs/cgroup/cpu,cpuacct")}) {
+        for (const std::string& dir : {root + v1_path, root}) {
+            const int n = quota_cpus(read_file(dir + "/cpu.cfs_quota_us"), true, read_file(dir + "/cpu.cfs_period_us"));
+            if (n > 0) {
+                source = "cgroup quota (" + dir + "/cpu.cfs_quota_us)";
+                return n;
+            }
+        }
+    }
+#else
+    (void)source;
+#endif
+    return 0;
+}
+
+}  // namespace
+
+ThreadBudget default_thread_budget() {
+    ThreadBudget budget{static_cast<int>(std::max(1u, std::thread::hardware_concurrency())), "hardware threads"};
 #ifdef __linux__
     cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        budget.count = std::max(1, CPU_COUNT(&set));
+        budget.source = "affinity mask";
+    }
 #endif
-    return std::max(1u, std::thread::hardware_concurrency());
+    std::string source;
+    const int quota = cgroup_quota(source);
+    if (quota > 0 && quota < budget.count) {
+        budget.count = quota;
+        budget.source = source;
+    }
+    return budget;
+}
+
+int default_thread_count() {
+    static const int count = default_thread_budget().count;
+    return count;
 }
 
 }  // namespace rnnfast::detail

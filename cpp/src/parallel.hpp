@@ -10,6 +10,7 @@
 #include <functional>
 #include <limits>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -21,8 +22,21 @@ namespace rnnfast::detail {
 // The thread count set by set_num_threads.
 int thread_limit();
 
-// The CPUs this process may run on: the default thread count.
+// The CPUs this process may use: its affinity mask, capped by its container's CPU quota (cgroup v2 cpu.max,
+// v1 cpu.cfs_quota_us over cpu.cfs_period_us, rounded up), as os.process_cpu_count() and container-aware
+// runtimes count them; `source` says which bound decided.
+struct ThreadBudget {
+    int count;
+    std::string source;
+};
+ThreadBudget default_thread_budget();
+
+// default_thread_budget().count, read once: the default thread count.
 int default_thread_count();
+
+// CPUs of a cgroup quota file's text, 0 for none: v2 "QUOTA PERIOD" or "max PERIOD"; v1 (`v1_period_follows`)
+// the quota alone (-1: none) and the period in `period_text`.
+int quota_cpus(const std::string& text, bool v1_period_follows, const std::string& period_text);
 
 // True on a thread that is running a pool job: work started there runs inline.
 bool in_parallel();

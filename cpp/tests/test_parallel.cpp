@@ -60,3 +60,25 @@ TEST_F(ParallelJobs, FirstErrorKeepsTheFirstException) {
 }
 
 }  // namespace
+
+// A container's CPU quota, as the cgroup files write it: v2 "QUOTA PERIOD" / "max PERIOD", v1 the quota alone
+// (-1: none) with the period in its own file; fractions round up.
+TEST(DefaultThreads, CgroupQuotaFiles) {
+    using rnnfast::detail::quota_cpus;
+    EXPECT_EQ(quota_cpus("200000 100000\n", false, ""), 2);
+    EXPECT_EQ(quota_cpus("150000 100000", false, ""), 2);
+    EXPECT_EQ(quota_cpus("50000 100000", false, ""), 1);
+    EXPECT_EQ(quota_cpus("max 100000\n", false, ""), 0);
+    EXPECT_EQ(quota_cpus("", false, ""), 0);
+    EXPECT_EQ(quota_cpus("garbage", false, ""), 0);
+    EXPECT_EQ(quota_cpus("400000\n", true, "100000\n"), 4);
+    EXPECT_EQ(quota_cpus("-1\n", true, "100000\n"), 0);
+    EXPECT_EQ(quota_cpus("250000", true, ""), 0);
+}
+
+TEST(DefaultThreads, BudgetIsPositiveAndSaysWhy) {
+    const rnnfast::detail::ThreadBudget budget = rnnfast::detail::default_thread_budget();
+    EXPECT_GE(budget.count, 1);
+    EXPECT_FALSE(budget.source.empty());
+    EXPECT_EQ(rnnfast::detail::default_thread_count(), budget.count);
+}

@@ -25,6 +25,9 @@ PYBIND11_MODULE(RNNFAST_MODULE_NAME, m) {
           "Whether this CPU can run the kernels of an instruction-set level (baseline, avx2, avx512, native).");
     m.def("get_num_threads", &rnnfast::get_num_threads, "Threads the kernels split their work across.");
     m.def("set_num_threads", &rnnfast::set_num_threads, py::arg("n"), "Set the threads the kernels split their work across.");
+    m.def("default_num_threads", &rnnfast::default_num_threads,
+          "The default thread count: the CPUs this process may use (affinity, capped by a cgroup CPU quota).");
+    m.def("default_threads_source", &rnnfast::default_threads_source, "Which bound decided default_num_threads().");
     m.def("simd_instruction_sets", &rnnfast::simd_instruction_sets);
     m.def("eigen_version", &rnnfast::eigen_version);
     m.def("compiler", &rnnfast::compiler);

@@ -57,28 +57,23 @@ def _cpu_simd_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[List[str]]:
     return None
 
 
-def _simd_in_use(compiled: str) -> str:
-    """The instruction-set level whose kernels were loaded (see rnnfast._core), with what it was compiled for."""
-    return f"{_core.isa_level} ({compiled})"
-
-
 def _config() -> Dict[str, Any]:
     import os
     import platform
 
-    compiled = str(_core.simd_instruction_sets())
     cpu_flags = _cpu_simd_flags()
     return {
         "version": __version__,
         "compiler": str(_core.compiler()),
         "eigen_version": str(_core.eigen_version()),
-        "simd_compiled": compiled,
-        "simd_in_use": _simd_in_use(compiled),
+        "simd_compiled": _core.instruction_sets(),
         "isa_level": str(_core.isa_level),
         "isa_level_small": str(_core.small_isa_level),
         "isa_levels_installed": _core.installed_levels(),
         "cpu_simd_flags": cpu_flags,
         "threads": get_num_threads(),
+        "threads_default": int(_core.default_num_threads()),
+        "threads_default_source": str(_core.default_threads_source()),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": str(np.__version__),
@@ -89,26 +84,32 @@ def _config() -> Dict[str, Any]:
 def show_config(file: Optional[IO[str]] = None) -> Dict[str, Any]:
     """Print how this rnnfast was built and how it will run (the output of ``rnnfast info``); return it as a dict.
 
-    Keys: ``version``, ``compiler``, ``eigen_version``, ``simd_compiled`` (the instruction sets the kernels were
-    compiled for, as Eigen names them), ``simd_in_use``, ``isa_level`` (the level loaded: baseline, avx2, avx512
-    or native; ``RNNFAST_ISA`` caps it), ``isa_level_small`` (the level that runs calls of under 2**21
-    multiply-adds: avx2 where the loaded level is avx512, else the same), ``isa_levels_installed``, ``cpu_simd_flags`` (which of avx2, fma, avx512f the CPU
-    reports; None where unknown), ``threads`` (``get_num_threads()``), ``cpu_count``, ``python``, ``numpy``,
-    ``platform``. ``file`` defaults to sys.stdout.
+    The core is compiled once per instruction-set level and the best level the CPU runs is loaded at import
+    (``RNNFAST_ISA`` caps it); RNN, LSTM and GRU calls of under 2**21 multiply-adds may run on another level's
+    kernels (avx2's where avx512 is loaded). Keys: ``version``, ``compiler``, ``eigen_version``,
+    ``simd_compiled`` (a dict: each loaded level -> the SIMD instruction sets its kernels were compiled for),
+    ``isa_level`` (the level loaded: baseline, avx2, avx512 or native), ``isa_level_small`` (the level of the
+    small calls), ``isa_levels_installed``, ``cpu_simd_flags`` (which of avx2, fma, avx512f the CPU reports; None
+    where unknown), ``threads`` (``get_num_threads()``: rnnfast's own thread pool), ``threads_default`` and
+    ``threads_default_source`` (the CPUs this process may use -- its affinity mask, capped by a container's cgroup
+    CPU quota -- and which of those decided), ``cpu_count``, ``python``,
+    ``numpy``, ``platform``. ``file`` defaults to sys.stdout.
     """
     import sys
 
     config = _config()
     flags = config["cpu_simd_flags"]
+    level, small, compiled = config["isa_level"], config["isa_level_small"], config["simd_compiled"]
     rows = [
         ("compiler", config["compiler"]),
         ("Eigen", config["eigen_version"]),
-        ("SIMD compiled", config["simd_compiled"]),
-        ("SIMD in use", config["simd_in_use"]),
         ("ISA levels", " ".join(config["isa_levels_installed"]) + " installed; RNNFAST_ISA caps the choice"),
-        ("small problems", f"{config['isa_level_small']} kernels (RNN calls of under 2**21 multiply-adds)"),
+        ("kernels", f"{level}, compiled for {compiled[level]}"),
+        ("small problems", (f"{small}, compiled for {compiled[small]}" if small != level else f"{small} as well")
+         + " (RNN, LSTM and GRU calls of under 2**21 multiply-adds)"),
         ("CPU SIMD flags", "unknown" if flags is None else " ".join(flags) or "none of " + " ".join(_CPU_SIMD_FLAGS)),
-        ("threads", f"{config['threads']} (of {config['cpu_count']} CPUs)"),
+        ("threads", f"{config['threads']} in rnnfast's own pool (default {config['threads_default']}: "
+                    f"{config['threads_default_source']}; {config['cpu_count']} CPUs in the machine)"),
         ("Python", f"{config['python']}, NumPy {config['numpy']}"),
         ("platform", config["platform"]),
     ]

@@ -68,7 +68,7 @@ class RNNCell(Module):
         return f"RNNCell({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name})"
 
     def __call__(self, x: np.ndarray, h: Optional[np.ndarray] = None) -> np.ndarray:
-        """Inference: same as ``forward(x, h)``."""
+        """Forward without a cache: same as ``forward(x, h)``."""
         return self.forward(x, h)
 
     @overload

@@ -85,8 +85,15 @@ def probability(name: str, value: Any) -> float:
 
 
 def model_dtype(value: Any) -> np.dtype:
+    """"float32" / "float64", the NumPy dtype or type, or torch.float32 / torch.float64 (told apart without
+    importing torch); None is PyTorch's default, float32."""
     if value is None:  # PyTorch's dtype=None: the default dtype
         return np.dtype(np.float32)
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        name = str(value).rpartition(".")[2]  # "torch.float64" -> "float64"
+        if name not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64' (or torch.float32, torch.float64), got {value}")
+        return np.dtype(name)
     try:
         dt: np.dtype = np.dtype(value)
     except TypeError:

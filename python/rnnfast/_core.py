@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import warnings
 from types import ModuleType
-from typing import Any
+from typing import Any, Dict
 
 LEVELS = ("native", "avx512", "avx2", "baseline")  # best first
 
@@ -70,6 +71,24 @@ _small = _load_small(_module)
 small_isa_level: str = _small.isa_level
 SmallStackF32: Any = _small.StackF32
 SmallStackF64: Any = _small.StackF64
+
+
+# Eigen's SimdInstructionSetsInUse() says "AVX" also for code compiled with AVX2 and FMA (it has no AVX2 case); the
+# avx2 level's -march=x86-64-v3 enables both. (avx512's x86-64-v4 string names them; native's depends on the machine.)
+_LEVEL_ADDS = {"avx2": ("AVX2", "FMA")}
+
+
+def _instruction_sets(module: ModuleType) -> str:
+    eigen = str(module.simd_instruction_sets()).replace("AVX SSE,", "AVX, SSE,")  # a comma Eigen's string lacks
+    names = [name for name in re.split(r",\s*", eigen) if name and name != "None"]
+    names = [name for name in _LEVEL_ADDS.get(module.isa_level, ()) if name not in names] + names
+    return ", ".join(names) or "none (scalar code)"
+
+
+def instruction_sets() -> Dict[str, str]:
+    """The SIMD instruction sets each loaded level's kernels were compiled for, by level: the level chosen, then the
+    level for small problems where that differs."""
+    return {module.isa_level: _instruction_sets(module) for module in (_module, _small)}
 
 
 def set_num_threads(n: int) -> None:

@@ -5,7 +5,7 @@ Arrays are C-contiguous and of exactly the kernel's dtype (the bindings do not c
 ``rnnfast.RNN`` and ``rnnfast.RNNCell`` take care of that. Shape errors raise ValueError.
 """
 
-from typing import Generic, List, Optional, Tuple, TypeVar
+from typing import Dict, Generic, List, Optional, Tuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +23,10 @@ LEVELS: Tuple[str, ...]
 def installed_levels() -> List[str]:
     """The instruction-set levels whose module is installed, best first."""
 
+def instruction_sets() -> Dict[str, str]:
+    """The SIMD instruction sets each loaded level's kernels were compiled for, by level (the level chosen, then the
+    level for small problems where that differs)."""
+
 def cpu_supports(level: str) -> bool:
     """Whether this CPU can run the kernels of an instruction-set level (baseline, avx2, avx512, native)."""
 
@@ -31,6 +35,12 @@ def get_num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Set the threads the kernels split their work across (n >= 1, else ValueError)."""
+
+def default_num_threads() -> int:
+    """The default thread count: the CPUs this process may use (affinity, capped by a cgroup CPU quota)."""
+
+def default_threads_source() -> str:
+    """Which bound decided default_num_threads(): "affinity mask", "cgroup quota (FILE)" or "hardware threads"."""
 
 def simd_instruction_sets() -> str:
     """Eigen's description of the SIMD instruction sets the kernels were compiled for."""

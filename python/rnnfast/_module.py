@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -77,6 +77,29 @@ class Module:
     # Constructor arguments that fix the kernels' shapes: read-only once set (a new model is needed to change one).
     _CONFIG: tuple[str, ...] = ()
 
+    if TYPE_CHECKING:
+        # The parameters reached as attributes (``rnn.weight_ih_l0``), as type checkers see them. At run time
+        # ``__getattr__`` / ``__setattr__`` below serve every parameter name; for type checkers those two are
+        # hidden, so a misspelt attribute (``rnn.wieght_ih_l0``, read or assigned) is an error, and only these
+        # names are declared: the cells' four and the first layer's of RNN, LSTM and GRU (both directions, and
+        # the LSTM's projection). Which ones a model has depends on its configuration (bias, bidirectional,
+        # proj_size, and cell or layer), which the types do not know. Deeper layers' parameters, named by
+        # num_layers, are typed through ``named_parameters()["weight_ih_l1"]``.
+        weight_ih: np.ndarray
+        weight_hh: np.ndarray
+        bias_ih: np.ndarray
+        bias_hh: np.ndarray
+        weight_ih_l0: np.ndarray
+        weight_hh_l0: np.ndarray
+        bias_ih_l0: np.ndarray
+        bias_hh_l0: np.ndarray
+        weight_hr_l0: np.ndarray
+        weight_ih_l0_reverse: np.ndarray
+        weight_hh_l0_reverse: np.ndarray
+        bias_ih_l0_reverse: np.ndarray
+        bias_hh_l0_reverse: np.ndarray
+        weight_hr_l0_reverse: np.ndarray
+
     def _config(self) -> dict[str, Any]:
         """The constructor's keyword arguments that rebuild this model's configuration (pickling, deepcopy)."""
         return {name: getattr(self, name) for name in self._CONFIG}
@@ -111,18 +134,27 @@ class Module:
                 for name, (offset, shape) in self._slices.items()}
 
     # --- attributes: parameters copy in, the configuration is read-only ------------------------------------------
+    # Hidden from type checkers (see the declarations above), which would otherwise accept any attribute name.
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            self._assign_parameter(name, value)
-        elif name in self._CONFIG and name in self.__dict__:
-            raise AttributeError(
-                f"{name}: read-only (the kernels were built for {name}={self.__dict__[name]!r}); "
-                f"make a new {type(self).__name__} and load_state_dict into it"
-            )
-        else:
-            object.__setattr__(self, name, value)
+    if not TYPE_CHECKING:
+        def __setattr__(self, name: str, value: Any) -> None:
+            params = self.__dict__.get("_params")
+            if params is not None and name in params:
+                self._assign_parameter(name, value)
+            elif name in self._CONFIG and name in self.__dict__:
+                raise AttributeError(
+                    f"{name}: read-only (the kernels were built for {name}={self.__dict__[name]!r}); "
+                    f"make a new {type(self).__name__} and load_state_dict into it"
+                )
+            else:
+                object.__setattr__(self, name, value)
+
+        def __getattr__(self, name: str) -> np.ndarray:
+            # rnn.weight_ih_l0 etc., as on a PyTorch module (only reached when normal lookup fails).
+            params = self.__dict__.get("_params")
+            if params is not None and name in params:
+                return params[name]
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __delattr__(self, name: str) -> None:
         params = self.__dict__.get("_params")
@@ -253,10 +285,3 @@ class Module:
     def eval(self: _M) -> _M:
         """Inference mode (no dropout); returns self."""
         return self.train(False)
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        # rnn.weight_ih_l0 etc., as on a PyTorch module (only reached when normal lookup fails).
-        params = self.__dict__.get("_params")
-        if params is not None and name in params:
-            return params[name]  # type: ignore[no-any-return]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

@@ -27,9 +27,28 @@ textbook way: every batch item is run on its own, truncated sequence, and the
 results are padded with zeros and stacked.
 
 Only NumPy is imported; nothing here depends on the compiled core.
+
+Types: the functions take anything ``numpy.asarray`` takes (``ArrayLike``) and
+return float arrays (``Array``); a forward's ``Cache`` is a dict to hand to the
+matching backward, and ``Grads`` maps parameter names to their gradients.
 """
 
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
 import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
+"""A float array of the computation's dtype (float32 or float64: that of the parameters)."""
+ArrayLike = npt.ArrayLike
+Params = Mapping[str, npt.ArrayLike]
+"""Parameter name (``weight_ih_l0``, ...) -> array."""
+Cache = dict[str, Any]
+"""What a backward function needs from its forward (its keys are not an interface)."""
+Grads = dict[str, Array]
+"""Parameter name -> gradient, of the parameter's shape."""
 
 __all__ = [
     "param_names",
@@ -65,7 +84,7 @@ _NONLINEARITIES = ("tanh", "relu")
 # Parameter layout
 # ---------------------------------------------------------------------------
 
-def _direction_suffixes(bidirectional):
+def _direction_suffixes(bidirectional: bool) -> tuple[str, ...]:
     """Name suffixes of the directions: forward first, then reverse."""
     return ("", "_reverse") if bidirectional else ("",)
 
@@ -79,7 +98,7 @@ def param_names(num_layers: int = 1, bidirectional: bool = False, bias: bool = T
     ``weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l0_reverse, ...``.
     """
     kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if bias else ("weight_ih", "weight_hh")
-    names = []
+    names: list[str] = []
     for layer in range(num_layers):
         for sfx in _direction_suffixes(bidirectional):
             for kind in kinds:
@@ -87,7 +106,8 @@ def param_names(num_layers: int = 1, bidirectional: bool = False, bias: bool = T
     return names
 
 
-def param_shapes(input_size, hidden_size, num_layers=1, bidirectional=False, bias=True) -> dict[str, tuple[int, ...]]:
+def param_shapes(input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                 bias: bool = True) -> dict[str, tuple[int, ...]]:
     """Shape of every parameter, keyed by name (in ``param_names`` order).
 
     weight_ih_l0: (H, I); weight_ih_l{k>0}: (H, D*H) because a deeper layer
@@ -95,7 +115,7 @@ def param_shapes(input_size, hidden_size, num_layers=1, bidirectional=False, bia
     weight_hh_l{k}: (H, H); bias_ih_l{k}, bias_hh_l{k}: (H,).
     """
     num_dirs = 2 if bidirectional else 1
-    shapes = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(num_layers):
         layer_in = input_size if layer == 0 else num_dirs * hidden_size
         for sfx in _direction_suffixes(bidirectional):
@@ -111,22 +131,23 @@ def param_shapes(input_size, hidden_size, num_layers=1, bidirectional=False, bia
 # Nonlinearity
 # ---------------------------------------------------------------------------
 
-def _check_nonlinearity(nonlinearity):
+def _check_nonlinearity(nonlinearity: str) -> None:
     if nonlinearity not in _NONLINEARITIES:
         raise ValueError(f"unknown nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
 
 
-def _activate(a, nonlinearity):
+def _activate(a: Array, nonlinearity: str) -> Array:
     """act(a) for the pre-activation a."""
     if nonlinearity == "tanh":
         return np.tanh(a)
     return np.maximum(a, 0)
 
 
-def _through_activation(dh, h, nonlinearity):
+def _through_activation(dh: Array, h: Array, nonlinearity: str) -> Array:
     """dL/da = dL/dh * act'(a), with act' written in terms of the output h = act(a) (that is all we keep)."""
     if nonlinearity == "tanh":
-        return dh * (1 - h * h)               # tanh' = 1 - tanh^2
+        da: Array = dh * (1 - h * h)          # tanh' = 1 - tanh^2
+        return da
     # relu' = 1 where the unit is on, else 0. A select, not a product, so a NaN/Inf gradient at an inactive
     # unit is stopped (0 * NaN would be NaN), as PyTorch does.
     return np.where(h <= 0, 0, dh).astype(dh.dtype)
@@ -136,12 +157,14 @@ def _through_activation(dh, h, nonlinearity):
 # One layer, one direction, whole sequence
 # ---------------------------------------------------------------------------
 
-def _time_order(num_steps, reverse):
+def _time_order(num_steps: int, reverse: bool) -> list[int]:
     """The time indices in the order a direction visits them."""
     return list(range(num_steps - 1, -1, -1)) if reverse else list(range(num_steps))
 
 
-def layer_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh", reverse=False):
+def layer_forward(x: Array, h0: Array, weight_ih: Array, weight_hh: Array, bias_ih: Optional[Array] = None,
+                  bias_hh: Optional[Array] = None, nonlinearity: str = "tanh", reverse: bool = False
+                  ) -> tuple[Array, Array, Cache]:
     """Run one direction of one layer over a whole sequence.
 
     x: [T, B, In] layer input (time-major, batched).
@@ -164,7 +187,7 @@ def layer_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonli
             a = a + bias_ih + bias_hh              # ... + b_ih + b_hh
         h = _activate(a, nonlinearity)             # h_t = act(a_t)
         hs[t] = h
-    cache = {
+    cache: Cache = {
         "x": x, "h0": h0, "hs": hs,
         "weight_ih": weight_ih, "weight_hh": weight_hh,
         "has_bias": bias_ih is not None,
@@ -173,7 +196,7 @@ def layer_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonli
     return hs, h, cache
 
 
-def layer_backward(cache, grad_hs, grad_h_last):
+def layer_backward(cache: Cache, grad_hs: Array, grad_h_last: Array) -> tuple[Array, Array, Grads]:
     """BPTT through one direction of one layer.
 
     cache: from layer_forward.
@@ -208,7 +231,7 @@ def layer_backward(cache, grad_hs, grad_h_last):
         dh_next = da @ weight_hh                                     # on to h_{t-1}
     grad_h0 = dh_next
 
-    grads = {"weight_ih": grad_w_ih, "weight_hh": grad_w_hh}
+    grads: Grads = {"weight_ih": grad_w_ih, "weight_hh": grad_w_hh}
     if cache["has_bias"]:
         # b_ih and b_hh enter a_t the same way, so they get the same gradient.
         grads["bias_ih"] = grad_b
@@ -220,15 +243,17 @@ def layer_backward(cache, grad_hs, grad_h_last):
 # Stacked, maybe bidirectional RNN
 # ---------------------------------------------------------------------------
 
-def _param_dtype(params, name):
+def _param_dtype(params: Params, name: str) -> np.dtype[Any]:
     dtype = np.asarray(params[name]).dtype
     if not np.issubdtype(dtype, np.floating):
         raise TypeError(f"parameter {name} must be floating point, got {dtype}")
     return dtype
 
 
-def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
-                bidirectional=False, h0=None, dropout_masks=None, lengths=None):
+def rnn_forward(x: ArrayLike, params: Params, *, num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
+                batch_first: bool = False, bidirectional: bool = False, h0: Optional[ArrayLike] = None,
+                dropout_masks: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None
+                ) -> tuple[Array, Array, Cache]:
     """Forward pass of a multi-layer Elman RNN.
 
     x: [T, B, I] ([B, T, I] if batch_first); an unbatched input [T, I]
@@ -273,7 +298,7 @@ def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batc
     input_size = np.shape(params["weight_ih_l0"])[1]
     hidden = np.shape(params["weight_hh_l0"])[0]
     shapes = param_shapes(input_size, hidden, num_layers, bidirectional, bias)
-    p = {}
+    p: dict[str, Array] = {}
     for name, shape in shapes.items():
         if name not in params:
             raise KeyError(f"missing parameter {name}")
@@ -305,23 +330,23 @@ def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batc
         if unbatched:
             h0 = h0[:, None, :]
 
-    masks = None
+    masks: Optional[Array] = None
     if dropout_masks is not None and num_layers > 1:
         masks = np.asarray(dropout_masks, dtype=dtype)
-        expected = (num_layers - 1, num_steps, batch, num_dirs * hidden)
-        if masks.shape != expected:
-            raise ValueError(f"dropout_masks has shape {masks.shape}, expected {expected}")
+        expected_masks = (num_layers - 1, num_steps, batch, num_dirs * hidden)
+        if masks.shape != expected_masks:
+            raise ValueError(f"dropout_masks has shape {masks.shape}, expected {expected_masks}")
 
     if lengths is not None:
-        lengths = _check_lengths(lengths, num_steps, batch, unbatched)
+        checked_lengths = _check_lengths(lengths, num_steps, batch, unbatched)
         output, h_n, item_caches = _forward_by_item(
-            x, h0, p, masks, lengths, num_layers=num_layers, nonlinearity=nonlinearity,
+            x, h0, p, masks, checked_lengths, num_layers=num_layers, nonlinearity=nonlinearity,
             bias=bias, bidirectional=bidirectional)
-        cache = {
+        cache: Cache = {
             "num_layers": num_layers, "num_dirs": num_dirs,
             "hidden": hidden, "dtype": dtype,
             "unbatched": unbatched, "batch_first": batch_first,
-            "masks": masks, "lengths": lengths, "item_caches": item_caches,
+            "masks": masks, "lengths": checked_lengths, "item_caches": item_caches,
             "input_shape": x.shape, "param_shapes": shapes,
             "output_shape": output.shape, "h_n_shape": h_n.shape,
             "names": list(shapes),
@@ -331,21 +356,22 @@ def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batc
 
     # The stacking loop: each layer reads the (dropped-out) output of the one below.
     layer_input = x
-    layer_caches = []
+    layer_caches: list[list[Cache]] = []
     h_n = np.zeros_like(h0)
     for layer in range(num_layers):
         if layer > 0 and masks is not None:
             layer_input = layer_input * masks[layer - 1]   # dropout between layers only
-        outputs, caches = [], []
+        outputs: list[Array] = []
+        caches: list[Cache] = []
         for d, sfx in enumerate(_direction_suffixes(bidirectional)):
-            hs, h_last, cache = layer_forward(
+            hs, h_last, layer_cache = layer_forward(
                 layer_input, h0[layer * num_dirs + d],
                 p[f"weight_ih_l{layer}{sfx}"], p[f"weight_hh_l{layer}{sfx}"],
                 p.get(f"bias_ih_l{layer}{sfx}"), p.get(f"bias_hh_l{layer}{sfx}"),
                 nonlinearity, reverse=(d == 1))
             h_n[layer * num_dirs + d] = h_last
             outputs.append(hs)
-            caches.append(cache)
+            caches.append(layer_cache)
         layer_caches.append(caches)
         layer_input = np.concatenate(outputs, axis=2)      # [T, B, D*H]
 
@@ -363,7 +389,8 @@ def rnn_forward(x, params, *, num_layers=1, nonlinearity="tanh", bias=True, batc
     return output, h_n, cache
 
 
-def rnn_backward(cache, grad_output=None, grad_h_n=None):
+def rnn_backward(cache: Cache, grad_output: Optional[ArrayLike] = None, grad_h_n: Optional[ArrayLike] = None
+                 ) -> tuple[Array, Array, Grads]:
     """Backward pass of rnn_forward (backpropagation through time).
 
     cache: the third value returned by rnn_forward.
@@ -386,6 +413,8 @@ def rnn_backward(cache, grad_output=None, grad_h_n=None):
     unbatched, batch_first = cache["unbatched"], cache["batch_first"]
 
     # Bring the incoming gradients to the canonical layouts [T, B, D*H] and [L*D, B, H].
+    grad_out: Array
+    grad_hn: Array
     if grad_output is None:
         grad_out = np.zeros(cache["output_shape"], dtype=dtype)
     else:
@@ -415,9 +444,9 @@ def rnn_backward(cache, grad_output=None, grad_h_n=None):
     suffixes = ("", "_reverse")[:num_dirs]
     # Walk the stack from the top: the gradient w.r.t. a layer's input is the
     # gradient w.r.t. the output of the layer below (through its dropout mask).
-    grad_layer_out = grad_out
+    grad_layer_out: Array = grad_out
     for layer in reversed(range(num_layers)):
-        grad_layer_in = None
+        grad_layer_in: Optional[Array] = None
         for d in range(num_dirs):
             idx = layer * num_dirs + d
             g_hs = grad_layer_out[:, :, d * hidden:(d + 1) * hidden]
@@ -427,6 +456,7 @@ def rnn_backward(cache, grad_output=None, grad_h_n=None):
                 grads[f"{kind}_l{layer}{suffixes[d]}"] = value
             # Both directions read the same input, so their gradients add up.
             grad_layer_in = g_x if grad_layer_in is None else grad_layer_in + g_x
+        assert grad_layer_in is not None  # every layer has a direction
         if layer > 0 and cache["masks"] is not None:
             grad_layer_in = grad_layer_in * cache["masks"][layer - 1]
         grad_layer_out = grad_layer_in
@@ -437,7 +467,7 @@ def rnn_backward(cache, grad_output=None, grad_h_n=None):
     return grad_x, grad_h0, grads
 
 
-def _to_caller_layout(seq, states, unbatched, batch_first):
+def _to_caller_layout(seq: Array, states: Array, unbatched: bool, batch_first: bool) -> tuple[Array, Array]:
     """From the canonical layouts [T, B, .] and [L*D, B, H] back to the caller's."""
     if unbatched:
         return seq[:, 0, :], states[:, 0, :]
@@ -450,7 +480,7 @@ def _to_caller_layout(seq, states, unbatched, batch_first):
 # Variable-length batches
 # ---------------------------------------------------------------------------
 
-def _check_lengths(lengths, num_steps, batch, unbatched):
+def _check_lengths(lengths: ArrayLike, num_steps: int, batch: int, unbatched: bool) -> npt.NDArray[np.int64]:
     """Validate rnn_forward's lengths; return them as an int64 array [B]."""
     arr = np.asarray(lengths)
     scalar = arr.ndim == 0
@@ -469,7 +499,9 @@ def _check_lengths(lengths, num_steps, batch, unbatched):
     return arr.astype(np.int64)
 
 
-def _forward_by_item(x, h0, p, masks, lengths, *, num_layers, nonlinearity, bias, bidirectional):
+def _forward_by_item(x: Array, h0: Array, p: Params, masks: Optional[Array], lengths: npt.NDArray[np.int64], *,
+                     num_layers: int, nonlinearity: str, bias: bool, bidirectional: bool
+                     ) -> tuple[Array, Array, list[Cache]]:
     """Run each batch item alone on its valid steps, then pad with zeros and stack.
 
     x: [T, B, I]; h0: [L*D, B, H]; masks: [L-1, T, B, D*H] or None; lengths: [B].
@@ -481,7 +513,7 @@ def _forward_by_item(x, h0, p, masks, lengths, *, num_layers, nonlinearity, bias
     num_dirs, hidden = 2 if bidirectional else 1, h0.shape[2]
     output = np.zeros((num_steps, batch, num_dirs * hidden), dtype=x.dtype)   # padded rows stay 0
     h_n = np.zeros_like(h0)
-    item_caches = []
+    item_caches: list[Cache] = []
     for b, n in enumerate(lengths):
         out_b, h_n_b, cache_b = rnn_forward(
             x[:n, b:b + 1], p, num_layers=num_layers, nonlinearity=nonlinearity, bias=bias,
@@ -493,7 +525,7 @@ def _forward_by_item(x, h0, p, masks, lengths, *, num_layers, nonlinearity, bias
     return output, h_n, item_caches
 
 
-def _backward_by_item(cache, grad_out, grad_hn):
+def _backward_by_item(cache: Cache, grad_out: Array, grad_hn: Array) -> tuple[Array, Array, Grads]:
     """Backward of _forward_by_item, in the canonical layouts.
 
     grad_out: [T, B, D*H]; grad_hn: [L*D, B, H]. Each item's backward gets its
@@ -518,7 +550,8 @@ def _backward_by_item(cache, grad_out, grad_hn):
 # Single step (RNNCell)
 # ---------------------------------------------------------------------------
 
-def cell_forward(x, h, params, nonlinearity="tanh"):
+def cell_forward(x: ArrayLike, h: Optional[ArrayLike], params: Params, nonlinearity: str = "tanh"
+                 ) -> tuple[Array, Cache]:
     """One step of an Elman RNN cell: h_new = act(x W_ih^T + b_ih + h W_hh^T + b_hh).
 
     x: [B, I], or unbatched [I].
@@ -546,17 +579,17 @@ def cell_forward(x, h, params, nonlinearity="tanh"):
     if h is None:
         hb = np.zeros((xb.shape[0], hidden), dtype=dtype)
     else:
-        h = np.asarray(h, dtype=dtype)
-        hb = h[None, :] if h.ndim == 1 else h
-        if hb.shape != (xb.shape[0], hidden) or h.ndim != x.ndim:
-            raise ValueError(f"h has shape {h.shape}, which does not match x {x.shape} and hidden size {hidden}")
+        h_arr = np.asarray(h, dtype=dtype)
+        hb = h_arr[None, :] if h_arr.ndim == 1 else h_arr
+        if hb.shape != (xb.shape[0], hidden) or h_arr.ndim != x.ndim:
+            raise ValueError(f"h has shape {h_arr.shape}, which does not match x {x.shape} and hidden size {hidden}")
 
     a = xb @ weight_ih.T + hb @ weight_hh.T                  # a = x W_ih^T + h W_hh^T
     if has_bias:
         a = a + np.asarray(params["bias_ih"], dtype=dtype) + np.asarray(params["bias_hh"], dtype=dtype)
     h_new = _activate(a, nonlinearity)                      # h' = act(a)
 
-    cache = {
+    cache: Cache = {
         "x": xb, "h": hb, "h_new": h_new,
         "weight_ih": weight_ih, "weight_hh": weight_hh,
         "has_bias": has_bias, "nonlinearity": nonlinearity,
@@ -565,7 +598,7 @@ def cell_forward(x, h, params, nonlinearity="tanh"):
     return (h_new[0] if unbatched else h_new), cache
 
 
-def cell_backward(cache, grad_h_new):
+def cell_backward(cache: Cache, grad_h_new: ArrayLike) -> tuple[Array, Array, Grads]:
     """Backward pass of cell_forward.
 
     cache: from cell_forward.
@@ -583,7 +616,7 @@ def cell_backward(cache, grad_h_new):
         raise ValueError("grad_h_new must have the shape of h_new")
 
     da = _through_activation(g, cache["h_new"], cache["nonlinearity"])  # through act
-    grads = {
+    grads: Grads = {
         "weight_ih": da.T @ cache["x"],
         "weight_hh": da.T @ cache["h"],
     }
@@ -609,7 +642,7 @@ def cell_backward(cache, grad_h_new):
 # Parameter layout
 # ---------------------------------------------------------------------------
 
-def _check_proj_size(proj_size, hidden_size=None):
+def _check_proj_size(proj_size: int, hidden_size: Optional[int] = None) -> None:
     """proj_size must be 0 (no projection) or a positive integer below hidden_size (as in PyTorch)."""
     if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) or proj_size < 0:
         raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size!r}")
@@ -633,7 +666,7 @@ def lstm_param_names(num_layers: int = 1, bidirectional: bool = False, bias: boo
         kinds += ["bias_ih", "bias_hh"]
     if proj_size > 0:
         kinds.append("weight_hr")
-    names = []
+    names: list[str] = []
     for layer in range(num_layers):
         for sfx in _direction_suffixes(bidirectional):
             for kind in kinds:
@@ -641,8 +674,8 @@ def lstm_param_names(num_layers: int = 1, bidirectional: bool = False, bias: boo
     return names
 
 
-def lstm_param_shapes(input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
-                      proj_size=0) -> dict[str, tuple[int, ...]]:
+def lstm_param_shapes(input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                      bias: bool = True, proj_size: int = 0) -> dict[str, tuple[int, ...]]:
     """Shape of every LSTM parameter, keyed by name (in ``lstm_param_names`` order).
 
     With P = proj_size if proj_size > 0 else H (the size of h and of each
@@ -673,8 +706,8 @@ def gru_param_names(num_layers: int = 1, bidirectional: bool = False, bias: bool
     return param_names(num_layers, bidirectional, bias)
 
 
-def gru_param_shapes(input_size, hidden_size, num_layers=1, bidirectional=False,
-                     bias=True) -> dict[str, tuple[int, ...]]:
+def gru_param_shapes(input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
+                     bias: bool = True) -> dict[str, tuple[int, ...]]:
     """Shape of every GRU parameter, keyed by name (in ``gru_param_names`` order).
 
     Those of param_shapes with 3H rows: weight_ih_l0: (3H, I);
@@ -691,16 +724,18 @@ def gru_param_shapes(input_size, hidden_size, num_layers=1, bidirectional=False,
 # Gate nonlinearities
 # ---------------------------------------------------------------------------
 
-def _sigmoid(a):
+def _sigmoid(a: Array) -> Array:
     """sigmoid(a) = 1 / (1 + exp(-a)), written as (1 + tanh(a/2)) / 2, which never overflows."""
-    return 0.5 * (1 + np.tanh(0.5 * a))
+    s: Array = 0.5 * (1 + np.tanh(0.5 * a))
+    return s
 
 
 # ---------------------------------------------------------------------------
 # One LSTM step and its backward
 # ---------------------------------------------------------------------------
 
-def _lstm_step(x, h, c, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None):
+def _lstm_step(x: Array, h: Array, c: Array, weight_ih: Array, weight_hh: Array, bias_ih: Optional[Array] = None,
+               bias_hh: Optional[Array] = None, weight_hr: Optional[Array] = None) -> tuple[Array, Array, Cache]:
     """One LSTM step on a batch.
 
     x: [B, In]; h: [B, P]; c: [B, H]; weight_ih: [4H, In]; weight_hh: [4H, P];
@@ -720,11 +755,12 @@ def _lstm_step(x, h, c, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight
     tanh_c = np.tanh(c_new)
     m = o * tanh_c                                     # m = o * tanh(c')
     h_new = m if weight_hr is None else m @ weight_hr.T   # h' = m, or h' = m W_hr^T with a projection
-    step = {"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c, "m": m}
+    step: Cache = {"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c, "m": m}
     return h_new, c_new, step
 
 
-def _lstm_gates_backward(step, dh_new, dc_new, weight_hr=None):
+def _lstm_gates_backward(step: Cache, dh_new: Array, dc_new: Array, weight_hr: Optional[Array] = None
+                         ) -> tuple[Array, Array, Optional[Array]]:
     """From the gradients w.r.t. h' and c' of one _lstm_step back to its pre-activations.
 
     dh_new: [B, P] gradient w.r.t. h'; dc_new: [B, H] gradient w.r.t. c' from
@@ -734,7 +770,7 @@ def _lstm_gates_backward(step, dh_new, dc_new, weight_hr=None):
     w.r.t. the previous cell state c.
     """
     i, f, g, o, tanh_c = step["i"], step["f"], step["g"], step["o"], step["tanh_c"]
-    grad_w_hr = None
+    grad_w_hr: Optional[Array] = None
     if weight_hr is None:
         dm = dh_new                                        # h' = m
     else:
@@ -759,7 +795,8 @@ def _lstm_gates_backward(step, dh_new, dc_new, weight_hr=None):
 # One GRU step and its backward
 # ---------------------------------------------------------------------------
 
-def _gru_step(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+def _gru_step(x: Array, h: Array, weight_ih: Array, weight_hh: Array, bias_ih: Optional[Array] = None,
+              bias_hh: Optional[Array] = None) -> tuple[Array, Cache]:
     """One GRU step on a batch.
 
     x: [B, In]; h: [B, H]; weight_ih: [3H, In]; weight_hh: [3H, H];
@@ -777,11 +814,11 @@ def _gru_step(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     z = _sigmoid(gi[:, z_] + gh[:, z_])                # update gate  z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
     n = np.tanh(gi[:, n_] + r * gh[:, n_])             # candidate    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     h_new = (1 - z) * n + z * h                        # h' = (1 - z) * n + z * h
-    step = {"x": x, "h": h, "r": r, "z": z, "n": n, "gh_n": gh[:, n_]}
+    step: Cache = {"x": x, "h": h, "r": r, "z": z, "n": n, "gh_n": gh[:, n_]}
     return h_new, step
 
 
-def _gru_gates_backward(step, dh_new):
+def _gru_gates_backward(step: Cache, dh_new: Array) -> tuple[Array, Array, Array]:
     """From the gradient w.r.t. h' of one _gru_step back to its pre-activations.
 
     Returns (dgi [B, 3H], dgh [B, 3H], dh [B, H]): the gradients w.r.t. the
@@ -805,8 +842,10 @@ def _gru_gates_backward(step, dh_new):
 # One layer, one direction, whole sequence
 # ---------------------------------------------------------------------------
 
-def lstm_layer_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
-                       reverse=False):
+def lstm_layer_forward(x: Array, h0: Array, c0: Array, weight_ih: Array, weight_hh: Array,
+                       bias_ih: Optional[Array] = None, bias_hh: Optional[Array] = None,
+                       weight_hr: Optional[Array] = None, reverse: bool = False
+                       ) -> tuple[Array, tuple[Array, Array], Cache]:
     """Run one direction of one LSTM layer over a whole sequence.
 
     x: [T, B, In] layer input (time-major, batched).
@@ -820,12 +859,12 @@ def lstm_layer_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=No
     """
     num_steps, batch = x.shape[0], x.shape[1]
     hs = np.zeros((num_steps, batch, h0.shape[1]), dtype=h0.dtype)
-    steps = [None] * num_steps
+    steps: list[Cache] = [{} for _ in range(num_steps)]   # by time index, filled in visiting order
     h, c = h0, c0
     for t in _time_order(num_steps, reverse):
         h, c, steps[t] = _lstm_step(x[t], h, c, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
         hs[t] = h
-    cache = {
+    cache: Cache = {
         "x": x, "h0": h0, "c0": c0, "steps": steps,
         "weight_ih": weight_ih, "weight_hh": weight_hh, "weight_hr": weight_hr,
         "has_bias": bias_ih is not None, "reverse": reverse,
@@ -833,7 +872,8 @@ def lstm_layer_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=No
     return hs, (h, c), cache
 
 
-def lstm_layer_backward(cache, grad_hs, grad_h_last, grad_c_last):
+def lstm_layer_backward(cache: Cache, grad_hs: Array, grad_h_last: Array, grad_c_last: Array
+                        ) -> tuple[Array, tuple[Array, Array], Grads]:
     """BPTT through one direction of one LSTM layer.
 
     cache: from lstm_layer_forward.
@@ -865,12 +905,12 @@ def lstm_layer_backward(cache, grad_hs, grad_h_last, grad_c_last):
         grad_w_ih += da.T @ step["x"]                              # a_t = x_t W_ih^T + ...
         grad_w_hh += da.T @ step["h"]                              # ... + h_{t-1} W_hh^T
         grad_b += da.sum(axis=0)                                   # biases are shared over the batch
-        if g_hr is not None:
+        if g_hr is not None and grad_w_hr is not None:
             grad_w_hr += g_hr
         grad_x[t] = da @ weight_ih
         dh_next = da @ weight_hh                                   # on to h_{t-1}
 
-    grads = {"weight_ih": grad_w_ih, "weight_hh": grad_w_hh}
+    grads: Grads = {"weight_ih": grad_w_ih, "weight_hh": grad_w_hh}
     if cache["has_bias"]:
         # b_ih and b_hh enter a_t the same way, so they get the same gradient.
         grads["bias_ih"] = grad_b
@@ -880,7 +920,8 @@ def lstm_layer_backward(cache, grad_hs, grad_h_last, grad_c_last):
     return grad_x, (dh_next, dc_next), grads
 
 
-def gru_layer_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse=False):
+def gru_layer_forward(x: Array, h0: Array, weight_ih: Array, weight_hh: Array, bias_ih: Optional[Array] = None,
+                      bias_hh: Optional[Array] = None, reverse: bool = False) -> tuple[Array, Array, Cache]:
     """Run one direction of one GRU layer over a whole sequence.
 
     x: [T, B, In]; h0: [B, H]; weight_ih: [3H, In]; weight_hh: [3H, H];
@@ -889,12 +930,12 @@ def gru_layer_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, r
     """
     num_steps, batch = x.shape[0], x.shape[1]
     hs = np.zeros((num_steps, batch, h0.shape[1]), dtype=h0.dtype)
-    steps = [None] * num_steps
+    steps: list[Cache] = [{} for _ in range(num_steps)]   # by time index, filled in visiting order
     h = h0
     for t in _time_order(num_steps, reverse):
         h, steps[t] = _gru_step(x[t], h, weight_ih, weight_hh, bias_ih, bias_hh)
         hs[t] = h
-    cache = {
+    cache: Cache = {
         "x": x, "h0": h0, "steps": steps,
         "weight_ih": weight_ih, "weight_hh": weight_hh,
         "has_bias": bias_ih is not None, "reverse": reverse,
@@ -902,7 +943,7 @@ def gru_layer_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, r
     return hs, h, cache
 
 
-def gru_layer_backward(cache, grad_hs, grad_h_last):
+def gru_layer_backward(cache: Cache, grad_hs: Array, grad_h_last: Array) -> tuple[Array, Array, Grads]:
     """BPTT through one direction of one GRU layer.
 
     cache: from gru_layer_forward; grad_hs: [T, B, H]; grad_h_last: [B, H].
@@ -933,7 +974,7 @@ def gru_layer_backward(cache, grad_hs, grad_h_last):
         grad_x[t] = dgi @ weight_ih
         dh_next = dh_direct + dgh @ weight_hh                      # on to h_{t-1}: through z * h and through gh
 
-    grads = {"weight_ih": grad_w_ih, "weight_hh": grad_w_hh}
+    grads: Grads = {"weight_ih": grad_w_ih, "weight_hh": grad_w_hh}
     if cache["has_bias"]:
         grads["bias_ih"] = grad_b_ih
         grads["bias_hh"] = grad_b_hh
@@ -943,29 +984,35 @@ def gru_layer_backward(cache, grad_hs, grad_h_last):
 # The stack below handles both kinds through these adapters. A layer's states
 # travel as a tuple: (h, c) for the LSTM, (h,) for the GRU.
 
-def _lstm_layer(x, states, w, reverse):
+States = tuple[Array, ...]
+_LayerForward = Callable[[Array, States, dict[str, Array], bool], tuple[Array, States, Cache]]
+_LayerBackward = Callable[[Cache, Array, States], tuple[Array, States, Grads]]
+
+
+def _lstm_layer(x: Array, states: States, w: dict[str, Array], reverse: bool) -> tuple[Array, States, Cache]:
     hs, (h, c), cache = lstm_layer_forward(x, states[0], states[1], w["weight_ih"], w["weight_hh"],
                                            w.get("bias_ih"), w.get("bias_hh"), w.get("weight_hr"), reverse)
     return hs, (h, c), cache
 
 
-def _lstm_layer_back(cache, grad_hs, grad_last):
+def _lstm_layer_back(cache: Cache, grad_hs: Array, grad_last: States) -> tuple[Array, States, Grads]:
     grad_x, (grad_h0, grad_c0), grads = lstm_layer_backward(cache, grad_hs, grad_last[0], grad_last[1])
     return grad_x, (grad_h0, grad_c0), grads
 
 
-def _gru_layer(x, states, w, reverse):
+def _gru_layer(x: Array, states: States, w: dict[str, Array], reverse: bool) -> tuple[Array, States, Cache]:
     hs, h, cache = gru_layer_forward(x, states[0], w["weight_ih"], w["weight_hh"],
                                      w.get("bias_ih"), w.get("bias_hh"), reverse)
     return hs, (h,), cache
 
 
-def _gru_layer_back(cache, grad_hs, grad_last):
+def _gru_layer_back(cache: Cache, grad_hs: Array, grad_last: States) -> tuple[Array, States, Grads]:
     grad_x, grad_h0, grads = gru_layer_backward(cache, grad_hs, grad_last[0])
     return grad_x, (grad_h0,), grads
 
 
-_GATED_LAYERS = {"lstm": (_lstm_layer, _lstm_layer_back), "gru": (_gru_layer, _gru_layer_back)}
+_GATED_LAYERS: dict[str, tuple[_LayerForward, _LayerBackward]] = {
+    "lstm": (_lstm_layer, _lstm_layer_back), "gru": (_gru_layer, _gru_layer_back)}
 _LAYER_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
@@ -973,9 +1020,10 @@ _LAYER_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 # Stacked, maybe bidirectional LSTM / GRU
 # ---------------------------------------------------------------------------
 
-def _checked_params(params, shapes, dtype):
+def _checked_params(params: Params, shapes: Mapping[str, tuple[int, ...]], dtype: np.dtype[Any]
+                    ) -> dict[str, Array]:
     """The parameters named in shapes, converted to dtype and checked against their shapes."""
-    p = {}
+    p: dict[str, Array] = {}
     for name, shape in shapes.items():
         if name not in params:
             raise KeyError(f"missing parameter {name}")
@@ -985,33 +1033,35 @@ def _checked_params(params, shapes, dtype):
     return p
 
 
-def _canonical_input(x, dtype, batch_first, input_size):
+def _canonical_input(x: ArrayLike, dtype: np.dtype[Any], batch_first: bool, input_size: int) -> tuple[Array, bool]:
     """x as [T, B, I] (time-major, batched), and whether it was unbatched."""
-    x = np.asarray(x, dtype=dtype)
-    if x.ndim not in (2, 3):
-        raise ValueError(f"x must have 2 (unbatched) or 3 dimensions, got shape {x.shape}")
-    unbatched = x.ndim == 2
+    xa = np.asarray(x, dtype=dtype)
+    if xa.ndim not in (2, 3):
+        raise ValueError(f"x must have 2 (unbatched) or 3 dimensions, got shape {xa.shape}")
+    unbatched = xa.ndim == 2
     if unbatched:
-        x = x[:, None, :]
+        xa = xa[:, None, :]
     elif batch_first:
-        x = x.transpose(1, 0, 2)
-    if x.shape[2] != input_size:
-        raise ValueError(f"x has input size {x.shape[2]}, weight_ih_l0 expects {input_size}")
-    return x, unbatched
+        xa = xa.transpose(1, 0, 2)
+    if xa.shape[2] != input_size:
+        raise ValueError(f"x has input size {xa.shape[2]}, weight_ih_l0 expects {input_size}")
+    return xa, unbatched
 
 
-def _canonical_state(s, name, num_states, batch, size, unbatched, dtype):
+def _canonical_state(s: Optional[ArrayLike], name: str, num_states: int, batch: int, size: int, unbatched: bool,
+                     dtype: np.dtype[Any]) -> Array:
     """An initial state as [L*D, B, S]; None means zeros."""
     if s is None:
         return np.zeros((num_states, batch, size), dtype=dtype)
-    s = np.asarray(s, dtype=dtype)
+    sa = np.asarray(s, dtype=dtype)
     expected = (num_states, size) if unbatched else (num_states, batch, size)
-    if s.shape != expected:
-        raise ValueError(f"{name} has shape {s.shape}, expected {expected}")
-    return s[:, None, :] if unbatched else s
+    if sa.shape != expected:
+        raise ValueError(f"{name} has shape {sa.shape}, expected {expected}")
+    return sa[:, None, :] if unbatched else sa
 
 
-def _canonical_masks(dropout_masks, num_layers, num_steps, batch, width, dtype):
+def _canonical_masks(dropout_masks: Optional[ArrayLike], num_layers: int, num_steps: int, batch: int, width: int,
+                     dtype: np.dtype[Any]) -> Optional[Array]:
     """The dropout masks as [L-1, T, B, D*out], or None (also for a single layer)."""
     if dropout_masks is None or num_layers == 1:
         return None
@@ -1022,24 +1072,25 @@ def _canonical_masks(dropout_masks, num_layers, num_steps, batch, width, dtype):
     return masks
 
 
-def _seq_to_caller(seq, unbatched, batch_first):
+def _seq_to_caller(seq: Array, unbatched: bool, batch_first: bool) -> Array:
     """[T, B, .] back to the caller's layout."""
     if unbatched:
         return seq[:, 0, :]
     return seq.transpose(1, 0, 2) if batch_first else seq
 
 
-def _state_to_caller(s, unbatched):
+def _state_to_caller(s: Array, unbatched: bool) -> Array:
     """[L*D, B, .] back to the caller's layout."""
     return s[:, 0, :] if unbatched else s
 
 
-def _layer_weights(p, layer, sfx):
+def _layer_weights(p: dict[str, Array], layer: int, sfx: str) -> dict[str, Array]:
     """The parameters of one layer and direction, keyed by kind (weight_ih, ...)."""
     return {kind: p[f"{kind}_l{layer}{sfx}"] for kind in _LAYER_KINDS if f"{kind}_l{layer}{sfx}" in p}
 
 
-def _stack_forward(kind, x, states, p, masks, num_layers, num_dirs):
+def _stack_forward(kind: str, x: Array, states: States, p: dict[str, Array], masks: Optional[Array], num_layers: int,
+                   num_dirs: int) -> tuple[Array, States, list[list[Cache]]]:
     """The stacking loop of lstm_forward / gru_forward, in the canonical layouts.
 
     x: [T, B, I]; states: tuple of initial states, each [L*D, B, S];
@@ -1049,15 +1100,16 @@ def _stack_forward(kind, x, states, p, masks, num_layers, num_dirs):
     layer_fn = _GATED_LAYERS[kind][0]
     finals = tuple(np.zeros_like(s) for s in states)
     layer_input = x
-    layer_caches = []
+    layer_caches: list[list[Cache]] = []
     for layer in range(num_layers):
         if layer > 0 and masks is not None:
             layer_input = layer_input * masks[layer - 1]   # dropout between layers only
-        outputs, caches = [], []
+        outputs: list[Array] = []
+        caches: list[Cache] = []
         for d, sfx in enumerate(_direction_suffixes(num_dirs == 2)):
             idx = layer * num_dirs + d
             hs, last, cache = layer_fn(layer_input, tuple(s[idx] for s in states),
-                                       _layer_weights(p, layer, sfx), reverse=(d == 1))
+                                       _layer_weights(p, layer, sfx), d == 1)   # d == 1: reverse
             for final, value in zip(finals, last):
                 final[idx] = value
             outputs.append(hs)
@@ -1067,17 +1119,18 @@ def _stack_forward(kind, x, states, p, masks, num_layers, num_dirs):
     return layer_input, finals, layer_caches
 
 
-def _stack_backward(kind, layer_caches, masks, grad_out, grad_finals, num_layers, num_dirs):
+def _stack_backward(kind: str, layer_caches: list[list[Cache]], masks: Optional[Array], grad_out: Array,
+                    grad_finals: States, num_layers: int, num_dirs: int) -> tuple[Array, States, Grads]:
     """Backward of _stack_forward. Returns (grad_x, grad of the initial states (tuple), grads by name)."""
     layer_back = _GATED_LAYERS[kind][1]
     out_size = grad_out.shape[2] // num_dirs
     grad_inits = tuple(np.zeros_like(g) for g in grad_finals)
-    grads = {}
+    grads: Grads = {}
     # Walk the stack from the top: the gradient w.r.t. a layer's input is the
     # gradient w.r.t. the output of the layer below (through its dropout mask).
     grad_layer_out = grad_out
     for layer in reversed(range(num_layers)):
-        grad_layer_in = None
+        grad_layer_in: Optional[Array] = None
         for d, sfx in enumerate(_direction_suffixes(num_dirs == 2)):
             idx = layer * num_dirs + d
             g_hs = grad_layer_out[:, :, d * out_size:(d + 1) * out_size]
@@ -1088,14 +1141,17 @@ def _stack_backward(kind, layer_caches, masks, grad_out, grad_finals, num_layers
                 grads[f"{k}_l{layer}{sfx}"] = value
             # Both directions read the same input, so their gradients add up.
             grad_layer_in = g_x if grad_layer_in is None else grad_layer_in + g_x
+        assert grad_layer_in is not None  # every layer has a direction
         if layer > 0 and masks is not None:
             grad_layer_in = grad_layer_in * masks[layer - 1]
         grad_layer_out = grad_layer_in
     return grad_layer_out, grad_inits, grads
 
 
-def _gated_forward(kind, x, states, p, masks, lengths, *, num_layers, num_dirs, unbatched, batch_first,
-                   shapes, dtype):
+def _gated_forward(kind: str, x: Array, states: States, p: dict[str, Array], masks: Optional[Array],
+                   lengths: Optional[ArrayLike], *, num_layers: int, num_dirs: int, unbatched: bool,
+                   batch_first: bool, shapes: dict[str, tuple[int, ...]], dtype: np.dtype[Any]
+                   ) -> tuple[Array, States, Cache]:
     """Shared part of lstm_forward and gru_forward, from the canonical layouts on.
 
     Runs the stack on the whole batch, or with lengths each item alone on its
@@ -1103,7 +1159,7 @@ def _gated_forward(kind, x, states, p, masks, lengths, *, num_layers, num_dirs, 
     [T, B, D*out], final states (tuple), cache).
     """
     num_steps, batch = x.shape[0], x.shape[1]
-    cache = {
+    cache: Cache = {
         "kind": kind, "num_layers": num_layers, "num_dirs": num_dirs, "dtype": dtype,
         "unbatched": unbatched, "batch_first": batch_first, "masks": masks,
         "input_shape": x.shape, "state_shapes": [s.shape for s in states],
@@ -1113,12 +1169,12 @@ def _gated_forward(kind, x, states, p, masks, lengths, *, num_layers, num_dirs, 
         output, finals, layer_caches = _stack_forward(kind, x, states, p, masks, num_layers, num_dirs)
         cache["layer_caches"] = layer_caches
     else:
-        lengths = _check_lengths(lengths, num_steps, batch, unbatched)
+        checked_lengths = _check_lengths(lengths, num_steps, batch, unbatched)
         out_size = states[0].shape[2]
         output = np.zeros((num_steps, batch, num_dirs * out_size), dtype=dtype)   # padded rows stay 0
         finals = tuple(np.zeros_like(s) for s in states)
-        item_caches = []
-        for b, n in enumerate(lengths):
+        item_caches: list[list[list[Cache]]] = []
+        for b, n in enumerate(checked_lengths):
             # Item b is the batch of one x[:n, b:b+1], with its own state columns and mask slices.
             out_b, finals_b, caches_b = _stack_forward(
                 kind, x[:n, b:b + 1], tuple(s[:, b:b + 1] for s in states), p,
@@ -1127,13 +1183,13 @@ def _gated_forward(kind, x, states, p, masks, lengths, *, num_layers, num_dirs, 
             for final, value in zip(finals, finals_b):
                 final[:, b] = value[:, 0]
             item_caches.append(caches_b)
-        cache["lengths"] = lengths
+        cache["lengths"] = checked_lengths
         cache["item_caches"] = item_caches
     cache["output_shape"] = output.shape
     return output, finals, cache
 
 
-def _gated_backward(cache, grad_out, grad_finals):
+def _gated_backward(cache: Cache, grad_out: Array, grad_finals: States) -> tuple[Array, States, Grads]:
     """Shared part of lstm_backward and gru_backward, in the canonical layouts."""
     kind, masks = cache["kind"], cache["masks"]
     num_layers, num_dirs = cache["num_layers"], cache["num_dirs"]
@@ -1159,7 +1215,7 @@ def _gated_backward(cache, grad_out, grad_finals):
     return grad_x, grad_inits, grads
 
 
-def _canonical_grad_seq(grad, cache, what):
+def _canonical_grad_seq(grad: Optional[ArrayLike], cache: Cache, what: str) -> Array:
     """grad_output as [T, B, D*out] (zeros for None)."""
     if grad is None:
         return np.zeros(cache["output_shape"], dtype=cache["dtype"])
@@ -1175,7 +1231,8 @@ def _canonical_grad_seq(grad, cache, what):
     return g
 
 
-def _canonical_grad_state(grad, shape, cache, what, of):
+def _canonical_grad_state(grad: Optional[ArrayLike], shape: tuple[int, ...], cache: Cache, what: str, of: str
+                          ) -> Array:
     """A gradient w.r.t. a final state as [L*D, B, S] (zeros for None)."""
     if grad is None:
         return np.zeros(shape, dtype=cache["dtype"])
@@ -1187,8 +1244,11 @@ def _canonical_grad_state(grad, shape, cache, what, of):
     return g
 
 
-def lstm_forward(x, params, *, num_layers=1, bias=True, batch_first=False, bidirectional=False, proj_size=0,
-                 hx=None, dropout_masks=None, lengths=None):
+def lstm_forward(x: ArrayLike, params: Params, *, num_layers: int = 1, bias: bool = True, batch_first: bool = False,
+                 bidirectional: bool = False, proj_size: int = 0,
+                 hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]] = None,
+                 dropout_masks: Optional[ArrayLike] = None, lengths: Optional[ArrayLike] = None
+                 ) -> tuple[Array, tuple[Array, Array], Cache]:
     """Forward pass of a multi-layer LSTM (torch.nn.LSTM).
 
     One step of one layer and direction, with the gates as row blocks i, f, g, o:
@@ -1229,26 +1289,27 @@ def lstm_forward(x, params, *, num_layers=1, bias=True, batch_first=False, bidir
     shapes = lstm_param_shapes(input_size, hidden, num_layers, bidirectional, bias, proj_size)
     p = _checked_params(params, shapes, dtype)
 
-    x, unbatched = _canonical_input(x, dtype, batch_first, input_size)
-    num_steps, batch = x.shape[0], x.shape[1]
-    if hx is None:
-        h0 = c0 = None
-    else:
+    xa, unbatched = _canonical_input(x, dtype, batch_first, input_size)
+    num_steps, batch = xa.shape[0], xa.shape[1]
+    h0: Optional[ArrayLike] = None
+    c0: Optional[ArrayLike] = None
+    if hx is not None:
         if len(hx) != 2:
             raise ValueError("hx must be None or a pair (h0, c0)")
         h0, c0 = hx
-    h0 = _canonical_state(h0, "h0", num_layers * num_dirs, batch, out_size, unbatched, dtype)
-    c0 = _canonical_state(c0, "c0", num_layers * num_dirs, batch, hidden, unbatched, dtype)
+    h0a = _canonical_state(h0, "h0", num_layers * num_dirs, batch, out_size, unbatched, dtype)
+    c0a = _canonical_state(c0, "c0", num_layers * num_dirs, batch, hidden, unbatched, dtype)
     masks = _canonical_masks(dropout_masks, num_layers, num_steps, batch, num_dirs * out_size, dtype)
 
     output, (h_n, c_n), cache = _gated_forward(
-        "lstm", x, (h0, c0), p, masks, lengths, num_layers=num_layers, num_dirs=num_dirs,
+        "lstm", xa, (h0a, c0a), p, masks, lengths, num_layers=num_layers, num_dirs=num_dirs,
         unbatched=unbatched, batch_first=batch_first, shapes=shapes, dtype=dtype)
     return (_seq_to_caller(output, unbatched, batch_first),
             (_state_to_caller(h_n, unbatched), _state_to_caller(c_n, unbatched)), cache)
 
 
-def lstm_backward(cache, grad_output=None, grad_h_n=None, grad_c_n=None):
+def lstm_backward(cache: Cache, grad_output: Optional[ArrayLike] = None, grad_h_n: Optional[ArrayLike] = None,
+                  grad_c_n: Optional[ArrayLike] = None) -> tuple[Array, tuple[Array, Array], Grads]:
     """Backward pass of lstm_forward (backpropagation through time).
 
     cache: the third value returned by lstm_forward.
@@ -1274,8 +1335,9 @@ def lstm_backward(cache, grad_output=None, grad_h_n=None, grad_c_n=None):
             (_state_to_caller(grad_h0, unbatched), _state_to_caller(grad_c0, unbatched)), grads)
 
 
-def gru_forward(x, params, *, num_layers=1, bias=True, batch_first=False, bidirectional=False, h0=None,
-                dropout_masks=None, lengths=None):
+def gru_forward(x: ArrayLike, params: Params, *, num_layers: int = 1, bias: bool = True, batch_first: bool = False,
+                bidirectional: bool = False, h0: Optional[ArrayLike] = None, dropout_masks: Optional[ArrayLike] = None,
+                lengths: Optional[ArrayLike] = None) -> tuple[Array, Array, Cache]:
     """Forward pass of a multi-layer GRU (torch.nn.GRU).
 
     One step of one layer and direction, with the gates as row blocks r, z, n:
@@ -1302,18 +1364,19 @@ def gru_forward(x, params, *, num_layers=1, bias=True, batch_first=False, bidire
     shapes = gru_param_shapes(input_size, hidden, num_layers, bidirectional, bias)
     p = _checked_params(params, shapes, dtype)
 
-    x, unbatched = _canonical_input(x, dtype, batch_first, input_size)
-    num_steps, batch = x.shape[0], x.shape[1]
-    h0 = _canonical_state(h0, "h0", num_layers * num_dirs, batch, hidden, unbatched, dtype)
+    xa, unbatched = _canonical_input(x, dtype, batch_first, input_size)
+    num_steps, batch = xa.shape[0], xa.shape[1]
+    h0a = _canonical_state(h0, "h0", num_layers * num_dirs, batch, hidden, unbatched, dtype)
     masks = _canonical_masks(dropout_masks, num_layers, num_steps, batch, num_dirs * hidden, dtype)
 
     output, (h_n,), cache = _gated_forward(
-        "gru", x, (h0,), p, masks, lengths, num_layers=num_layers, num_dirs=num_dirs,
+        "gru", xa, (h0a,), p, masks, lengths, num_layers=num_layers, num_dirs=num_dirs,
         unbatched=unbatched, batch_first=batch_first, shapes=shapes, dtype=dtype)
     return _seq_to_caller(output, unbatched, batch_first), _state_to_caller(h_n, unbatched), cache
 
 
-def gru_backward(cache, grad_output=None, grad_h_n=None):
+def gru_backward(cache: Cache, grad_output: Optional[ArrayLike] = None, grad_h_n: Optional[ArrayLike] = None
+                 ) -> tuple[Array, Array, Grads]:
     """Backward pass of gru_forward (backpropagation through time).
 
     As rnn_backward: returns (grad_x, grad_h0, grads) with grads in
@@ -1333,7 +1396,8 @@ def gru_backward(cache, grad_output=None, grad_h_n=None):
 # Single step (LSTMCell, GRUCell)
 # ---------------------------------------------------------------------------
 
-def _gated_cell_params(params, num_gates):
+def _gated_cell_params(params: Params, num_gates: int
+                       ) -> tuple[np.dtype[Any], Array, Array, Optional[Array], Optional[Array], int]:
     """dtype, weight_ih, weight_hh, bias_ih, bias_hh (None without bias) and H of a gated cell, checked."""
     dtype = _param_dtype(params, "weight_ih")
     weight_ih = np.asarray(params["weight_ih"], dtype=dtype)
@@ -1345,7 +1409,8 @@ def _gated_cell_params(params, num_gates):
     if weight_hh.shape != (rows, hidden) or weight_ih.ndim != 2 or weight_ih.shape[0] != rows:
         raise ValueError(f"weight_ih {weight_ih.shape} and weight_hh {weight_hh.shape} must have shapes "
                          f"({num_gates}H, I) and ({num_gates}H, H)")
-    bias_ih = bias_hh = None
+    bias_ih: Optional[Array] = None
+    bias_hh: Optional[Array] = None
     if "bias_ih" in params:
         bias_ih = np.asarray(params["bias_ih"], dtype=dtype)
         bias_hh = np.asarray(params["bias_hh"], dtype=dtype)
@@ -1354,39 +1419,42 @@ def _gated_cell_params(params, num_gates):
     return dtype, weight_ih, weight_hh, bias_ih, bias_hh, hidden
 
 
-def _cell_input(x, dtype, input_size):
+def _cell_input(x: ArrayLike, dtype: np.dtype[Any], input_size: int) -> tuple[Array, bool]:
     """x as [B, I], and whether it was unbatched."""
-    x = np.asarray(x, dtype=dtype)
-    if x.ndim not in (1, 2):
-        raise ValueError(f"x must have 1 (unbatched) or 2 dimensions, got shape {x.shape}")
-    if x.shape[-1] != input_size:
-        raise ValueError(f"x has input size {x.shape[-1]}, weight_ih expects {input_size}")
-    return (x[None, :] if x.ndim == 1 else x), x.ndim == 1
+    xa = np.asarray(x, dtype=dtype)
+    if xa.ndim not in (1, 2):
+        raise ValueError(f"x must have 1 (unbatched) or 2 dimensions, got shape {xa.shape}")
+    if xa.shape[-1] != input_size:
+        raise ValueError(f"x has input size {xa.shape[-1]}, weight_ih expects {input_size}")
+    return (xa[None, :] if xa.ndim == 1 else xa), xa.ndim == 1
 
 
-def _cell_state(s, name, xb, unbatched, hidden, dtype):
+def _cell_state(s: Optional[ArrayLike], name: str, xb: Array, unbatched: bool, hidden: int, dtype: np.dtype[Any]
+                ) -> Array:
     """A cell state as [B, H]; None means zeros."""
     if s is None:
         return np.zeros((xb.shape[0], hidden), dtype=dtype)
-    s = np.asarray(s, dtype=dtype)
+    sa = np.asarray(s, dtype=dtype)
     expected = (hidden,) if unbatched else (xb.shape[0], hidden)
-    if s.shape != expected:
-        raise ValueError(f"{name} has shape {s.shape}, expected {expected}")
-    return s[None, :] if unbatched else s
+    if sa.shape != expected:
+        raise ValueError(f"{name} has shape {sa.shape}, expected {expected}")
+    return sa[None, :] if unbatched else sa
 
 
-def _cell_grad(g, shape, unbatched, dtype, what, of):
+def _cell_grad(g: Optional[ArrayLike], shape: tuple[int, ...], unbatched: bool, dtype: np.dtype[Any], what: str,
+               of: str) -> Array:
     if g is None:
         return np.zeros(shape, dtype=dtype)
-    g = np.asarray(g, dtype=dtype)
-    if unbatched and g.ndim == 1:
-        g = g[None, :]
-    if g.shape != shape:
+    ga = np.asarray(g, dtype=dtype)
+    if unbatched and ga.ndim == 1:
+        ga = ga[None, :]
+    if ga.shape != shape:
         raise ValueError(f"{what} must have the shape of {of}")
-    return g
+    return ga
 
 
-def lstm_cell_forward(x, hx, params):
+def lstm_cell_forward(x: ArrayLike, hx: Optional[tuple[Optional[ArrayLike], Optional[ArrayLike]]], params: Params
+                      ) -> tuple[tuple[Array, Array], Cache]:
     """One step of an LSTM cell (torch.nn.LSTMCell); equations as in lstm_forward, without projection.
 
     x: [B, I], or unbatched [I].
@@ -1398,9 +1466,9 @@ def lstm_cell_forward(x, hx, params):
     """
     dtype, weight_ih, weight_hh, bias_ih, bias_hh, hidden = _gated_cell_params(params, 4)
     xb, unbatched = _cell_input(x, dtype, weight_ih.shape[1])
-    if hx is None:
-        h = c = None
-    else:
+    h: Optional[ArrayLike] = None
+    c: Optional[ArrayLike] = None
+    if hx is not None:
         if len(hx) != 2:
             raise ValueError("hx must be None or a pair (h, c)")
         h, c = hx
@@ -1409,7 +1477,7 @@ def lstm_cell_forward(x, hx, params):
 
     h_new, c_new, step = _lstm_step(xb, hb, cb, weight_ih, weight_hh, bias_ih, bias_hh)
 
-    cache = {
+    cache: Cache = {
         "step": step, "weight_ih": weight_ih, "weight_hh": weight_hh,
         "has_bias": bias_ih is not None, "unbatched": unbatched, "dtype": dtype, "state_shape": h_new.shape,
     }
@@ -1418,7 +1486,8 @@ def lstm_cell_forward(x, hx, params):
     return (h_new, c_new), cache
 
 
-def lstm_cell_backward(cache, grad_h_new=None, grad_c_new=None):
+def lstm_cell_backward(cache: Cache, grad_h_new: Optional[ArrayLike] = None, grad_c_new: Optional[ArrayLike] = None
+                       ) -> tuple[Array, tuple[Array, Array], Grads]:
     """Backward pass of lstm_cell_forward.
 
     grad_h_new, grad_c_new: gradients w.r.t. h_new and c_new, of their shapes,
@@ -1436,7 +1505,7 @@ def lstm_cell_backward(cache, grad_h_new=None, grad_c_new=None):
     step = cache["step"]
 
     da, grad_c, _ = _lstm_gates_backward(step, gh, gc)
-    grads = {
+    grads: Grads = {
         "weight_ih": da.T @ step["x"],          # a = x W_ih^T + h W_hh^T + b_ih + b_hh
         "weight_hh": da.T @ step["h"],
     }
@@ -1450,7 +1519,7 @@ def lstm_cell_backward(cache, grad_h_new=None, grad_c_new=None):
     return grad_x, (grad_h, grad_c), grads
 
 
-def gru_cell_forward(x, h, params):
+def gru_cell_forward(x: ArrayLike, h: Optional[ArrayLike], params: Params) -> tuple[Array, Cache]:
     """One step of a GRU cell (torch.nn.GRUCell); equations as in gru_forward.
 
     x: [B, I], or unbatched [I]; h: [B, H] ([H] unbatched), or None for zeros.
@@ -1464,14 +1533,14 @@ def gru_cell_forward(x, h, params):
 
     h_new, step = _gru_step(xb, hb, weight_ih, weight_hh, bias_ih, bias_hh)
 
-    cache = {
+    cache: Cache = {
         "step": step, "weight_ih": weight_ih, "weight_hh": weight_hh,
         "has_bias": bias_ih is not None, "unbatched": unbatched, "dtype": dtype, "state_shape": h_new.shape,
     }
     return (h_new[0] if unbatched else h_new), cache
 
 
-def gru_cell_backward(cache, grad_h_new):
+def gru_cell_backward(cache: Cache, grad_h_new: ArrayLike) -> tuple[Array, Array, Grads]:
     """Backward pass of gru_cell_forward.
 
     grad_h_new: gradient w.r.t. h_new, of its shape.
@@ -1484,7 +1553,7 @@ def gru_cell_backward(cache, grad_h_new):
     step = cache["step"]
 
     dgi, dgh, grad_h = _gru_gates_backward(step, g)
-    grads = {
+    grads: Grads = {
         "weight_ih": dgi.T @ step["x"],         # gi = x W_ih^T + b_ih
         "weight_hh": dgh.T @ step["h"],         # gh = h W_hh^T + b_hh
     }

@@ -462,7 +462,7 @@ def _torch_cell(model: _FastCellModel, x: torch.Tensor, h: Optional[torch.Tensor
         return tuple(_VF.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh))
     if kind == "gru":
         return (_VF.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh),)
-    step = _VF.rnn_tanh_cell if model.nonlinearity == "tanh" else _VF.rnn_relu_cell
+    step = _VF.rnn_tanh_cell if getattr(model, "nonlinearity") == "tanh" else _VF.rnn_relu_cell
     return (step(x, h, w_ih, w_hh, b_ih, b_hh),)
 
 
@@ -929,6 +929,13 @@ class GRUCell(_Shared, torch.nn.GRUCell):
         return self._rnnfast_cell_forward(input, hx)  # type: ignore[no-any-return]
 
 
+# A whole model saved with torch.save(model) loads with torch.load's default weights_only=True (PyTorch >= 2.6):
+# its pickle names these classes and otherwise only what torch.nn's own modules hold (the rnnfast kernels are not
+# pickled: __getstate__ leaves them out and they are rebuilt on use). PyTorch >= 2.4 has the allowlist.
+if hasattr(torch.serialization, "add_safe_globals"):
+    torch.serialization.add_safe_globals([RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # convert
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1076,7 +1083,9 @@ def format_benchmark(results: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover - python -m rnnfast.torch [case ...]
+if __name__ == "__main__":  # pragma: no cover - python -m rnnfast.torch (the command line: rnnfast._torch_cli)
     import sys
 
-    print(format_benchmark(benchmark(sys.argv[1:] or None)))
+    from rnnfast._torch_cli import main
+
+    sys.exit(main())

@@ -1,5 +1,9 @@
-"""The public API as a user's typed code calls it; tests/test_typing.py checks that it passes ``mypy --strict``
-(and runs it, so it stays correct code). Any reveal of ``Any`` or a needed cast here is a gap in the types."""
+"""The public API as a user's typed code calls it; tests/typing/test_usage_types.py checks that it passes
+``mypy --strict`` (and runs it, so it stays correct code). Any reveal of ``Any`` or a needed cast here is a gap in
+the types. Arrays are annotated ``npt.NDArray[...]``, which every supported NumPy accepts under ``--strict`` (a
+bare ``np.ndarray`` is "missing type arguments" with the NumPy releases of Python 3.9 and 3.10).
+
+misspelt.py beside it holds what must fail to type-check."""
 
 from __future__ import annotations
 
@@ -13,41 +17,43 @@ import numpy as np
 import numpy.typing as npt
 
 import rnnfast
-from rnnfast import demo
+from rnnfast import demo, reference
+
+Array = npt.NDArray[Any]
 
 
-def sequence_model() -> Tuple[np.ndarray, np.ndarray]:
+def sequence_model() -> Tuple[Array, Array]:
     rnn = rnnfast.RNN(input_size=4, hidden_size=8, num_layers=2, nonlinearity="relu", bias=True,
                       batch_first=True, dropout=0.1, bidirectional=True, dtype="float64", seed=0)
     x: npt.NDArray[np.float64] = np.zeros((3, 5, 4))
-    h0: Optional[np.ndarray] = np.zeros((4, 3, 8))
+    h0: Optional[Array] = np.zeros((4, 3, 8))
     out, h_n = rnn(x, h0)
     out, h_n = rnn(x, lengths=[5, 2, 4])
     out, h_n = rnn.forward(x)
     out, h_n, cache = rnn.forward(x, h0, return_cache=True)
     out, h_n, cache = rnn.forward(x, None, np.array([5, 2, 4]), True)
-    masks: Optional[np.ndarray] = cache.dropout_masks
+    masks: Optional[Array] = cache.dropout_masks
     grad_x, grad_h0 = rnn.backward(cache, grad_output=np.ones_like(out), retain_cache=True)
     grad_x, grad_h0 = rnn.backward(cache, grad_h_n=np.ones_like(h_n))
     assert grad_x.shape == x.shape and grad_h0.shape == h_n.shape and masks is not None
     return out, h_n
 
 
-def training_step(rnn: rnnfast.RNN, x: np.ndarray, target: np.ndarray, lr: float = 0.01) -> float:
+def training_step(rnn: rnnfast.RNN, x: Array, target: Array, lr: float = 0.01) -> float:
     out, _, cache = rnn.forward(x, return_cache=True)
     diff = out - target
     rnn.zero_grad()
     rnn.backward(cache, 2 * diff / diff.size)
-    grads: Dict[str, np.ndarray] = rnn.grads
+    grads: Dict[str, Array] = rnn.grads
     for name, p in rnn.named_parameters().items():
         p -= lr * grads[name]
     return float(np.mean(diff ** 2))
 
 
-def cells() -> np.ndarray:
+def cells() -> Array:
     cell = rnnfast.RNNCell(3, 6, bias=False, nonlinearity="tanh", dtype=np.float32, seed=1)
     x = np.ones((2, 3), np.float32)
-    h: np.ndarray = cell(x)
+    h: Array = cell(x)
     h = cell(x, h)
     h = cell.forward(x, h)
     h, cache = cell.forward(x, h, return_cache=True)
@@ -58,7 +64,7 @@ def cells() -> np.ndarray:
     return grad_x
 
 
-def gated() -> Tuple[np.ndarray, np.ndarray]:
+def gated() -> Tuple[Array, Array]:
     lstm = rnnfast.LSTM(4, 8, num_layers=2, bias=True, batch_first=False, dropout=0.0, bidirectional=True,
                         proj_size=3, dtype="float32", seed=0)
     x = np.ones((5, 2, 4), np.float32)
@@ -76,7 +82,7 @@ def gated() -> Tuple[np.ndarray, np.ndarray]:
     caches: List[rnnfast.GatedCellCache] = [cell_cache]
     cx, (ch, cc) = lstm_cell.backward(caches[0], np.ones_like(h))
     gru_cell = rnnfast.GRUCell(4, 8, seed=0)
-    gh: np.ndarray = gru_cell(x[0], gru_cell(x[0]))
+    gh: Array = gru_cell(x[0], gru_cell(x[0]))
     gh, gcache = gru_cell.forward(x[0], gh, return_cache=True)
     gx, gh = gru_cell.backward(gcache, np.ones_like(gh))
     assert grad_x.shape == x.shape and grad_c0.shape == (4, 2, 8) and g_h0.shape == g_h_n.shape and cx.shape == gx.shape
@@ -84,14 +90,41 @@ def gated() -> Tuple[np.ndarray, np.ndarray]:
 
 
 def state(model: rnnfast.RNN) -> rnnfast.RNN:
-    saved: Dict[str, np.ndarray] = model.state_dict()
+    saved: Dict[str, Array] = model.state_dict()
     model.load_state_dict(saved)
-    weight: np.ndarray = model.weight_ih_l0  # PyTorch-style attribute access
+    weight: Array = model.weight_ih_l0  # PyTorch-style attribute access
     assert weight.shape == (model.hidden_size, model.input_size)
     evaluated: rnnfast.RNN = model.eval()  # train() / eval() return the model itself, with its type
     trained: rnnfast.RNN = evaluated.train(True)
     assert trained.training and model.dtype == np.float32 and model.num_layers == 1
     return trained
+
+
+def parameters_by_name(lstm: rnnfast.LSTM, cell: rnnfast.GRUCell) -> Array:
+    first: Array = lstm.weight_hr_l0_reverse  # the first layer's parameters as attributes
+    deeper: Array = lstm.named_parameters()["weight_ih_l1"]  # deeper layers' by name
+    lstm.weight_ih_l0 = np.zeros_like(lstm.weight_ih_l0)  # assigning copies into the parameter
+    cell_weight: Array = cell.weight_hh
+    assert first.shape == (lstm.proj_size, lstm.hidden_size) and deeper.shape[0] == 4 * lstm.hidden_size
+    return cell_weight
+
+
+def reference_oracle() -> Tuple[Array, Array]:
+    shapes = reference.param_shapes(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    params: Dict[str, Array] = {name: np.full(shape, 0.1) for name, shape in shapes.items()}
+    x = np.ones((5, 2, 3))
+    out, h_n, cache = reference.rnn_forward(x, params, num_layers=2, bidirectional=True, lengths=[5, 3])
+    grad_x, grad_h0, grads = reference.rnn_backward(cache, grad_output=np.ones_like(out))
+    lstm_params = {name: np.full(shape, 0.1) for name, shape in reference.lstm_param_shapes(3, 4, proj_size=2).items()}
+    lstm_out, (lstm_h, lstm_c), lstm_cache = reference.lstm_forward(x, lstm_params, proj_size=2, hx=None)
+    lstm_grad_x, (lstm_grad_h0, lstm_grad_c0), lstm_grads = reference.lstm_backward(lstm_cache, grad_c_n=lstm_c)
+    cell_params = {"weight_ih": np.ones((12, 3)), "weight_hh": np.ones((12, 4))}
+    h_new, cell_cache = reference.gru_cell_forward(x[0], None, cell_params)
+    cell_grad_x, cell_grad_h, cell_grads = reference.gru_cell_backward(cell_cache, np.ones_like(h_new))
+    assert grad_x.shape == x.shape and sorted(grads) == sorted(shapes) and grad_h0.shape == h_n.shape
+    assert lstm_grad_x.shape == x.shape and lstm_grad_h0.shape == lstm_h.shape and "weight_hr_l0" in lstm_grads
+    assert lstm_grad_c0.shape == lstm_c.shape and cell_grad_h.shape == h_new.shape and cell_grads["weight_ih"].ndim == 2
+    return lstm_out, cell_grad_x
 
 
 def configuration() -> Dict[str, Any]:
@@ -129,6 +162,9 @@ if __name__ == "__main__":
     cells()
     gated()
     state(rnn)
+    parameters_by_name(rnnfast.LSTM(2, 4, num_layers=2, bidirectional=True, proj_size=3, seed=0),
+                       rnnfast.GRUCell(2, 3, seed=0))
+    reference_oracle()
     configuration()
     demo_metrics()
     if importlib.util.find_spec("onnx") is not None:

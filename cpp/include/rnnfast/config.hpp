@@ -11,6 +11,10 @@ const char* version();
 int get_num_threads();
 // n >= 1; throws std::invalid_argument otherwise.
 void set_num_threads(int n);
+// The default of get_num_threads(): the CPUs this process may use (its affinity mask, capped by a container's
+// CPU quota), and which of those bounds decided ("affinity mask", "cgroup quota (FILE)", "hardware threads").
+int default_num_threads();
+std::string default_threads_source();
 
 // Eigen's description of the SIMD instruction sets this build was compiled for, e.g. "AVX SSE2 ... FMA".
 std::string simd_instruction_sets();

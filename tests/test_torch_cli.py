@@ -1,0 +1,94 @@
+"""``python -m rnnfast.torch``: its options, a tiny run, both libraries pinned to the same thread count, and the
+timing method of ``rnnfast bench``. No timing assertions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any, Callable, Dict, List
+
+import pytest
+
+pytest.importorskip("torch")
+
+import torch  # noqa: E402
+
+import rnnfast  # noqa: E402
+from rnnfast import _torch_cli  # noqa: E402
+from rnnfast.bench import timing  # noqa: E402
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rnnfast.torch", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_exits_0_with_usage() -> None:
+    proc = run_module("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m rnnfast.torch")
+    for option in ("--cases", "--threads", "--repeat", "--quick"):
+        assert option in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_tiny_run_prints_a_table() -> None:
+    proc = run_module("--cases", "seed_1layer", "--repeat", "1", "--threads", "1", "--quick")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "1 thread(s) for torch and rnnfast, median of 1 repetition(s)" in proc.stdout
+    header = next(i for i, line in enumerate(lines) if line.startswith("case"))
+    assert "torch.nn.RNN" in lines[header] and "rnnfast.torch" in lines[header]
+    (row,) = lines[header + 1:]
+    assert row.split()[0] == "seed_1layer" and row.endswith("x")
+
+
+def test_bad_arguments_are_usage_errors() -> None:
+    for args in (["--cases", "no_such_case"], ["cell_step_H20"], ["--threads", "0"], ["--repeat", "x"]):
+        proc = run_module(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.startswith("usage:") and "Traceback" not in proc.stderr, args
+
+
+def test_both_libraries_run_at_the_chosen_thread_count_and_are_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: List[Dict[str, int]] = []
+    real = _torch_cli._training_steps
+
+    def recording(case: Any) -> Dict[str, Callable[[], None]]:
+        steps = real(case)
+
+        def wrap(step: Callable[[], None]) -> Callable[[], None]:
+            def run() -> None:
+                seen.append({"torch": torch.get_num_threads(), "rnnfast": rnnfast.get_num_threads()})
+                step()
+            return run
+
+        return {label: wrap(step) for label, step in steps.items()}
+
+    monkeypatch.setattr(_torch_cli, "_training_steps", recording)
+    before = (torch.get_num_threads(), rnnfast.get_num_threads())
+    threads = 1 if before != (1, 1) else 2
+    (result,) = _torch_cli.time_training_steps(["seed_1layer"], threads=threads, repeat=1, quick=True)
+    assert seen and all(s == {"torch": threads, "rnnfast": threads} for s in seen)
+    assert (torch.get_num_threads(), rnnfast.get_num_threads()) == before
+    assert result["name"] == "seed_1layer" and result["threads"] == threads
+    assert result["speedup"] == pytest.approx(result["torch_ms"] / result["rnnfast_ms"])
+
+
+def test_timed_with_the_benchmark_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps go through rnnfast.bench's time_interleaved, with the settings of Timing.for_run."""
+    calls: List[Dict[str, Any]] = []
+    real = timing.time_interleaved
+
+    def recording(run_ns: Any, repeat: int, min_seconds: float, settle: float) -> timing.Timings:
+        calls.append({"names": list(run_ns), "repeat": repeat, "min_seconds": min_seconds, "settle": settle})
+        return real(run_ns, repeat, min_seconds, settle)
+
+    monkeypatch.setattr(timing, "time_interleaved", recording)
+    results = _torch_cli.time_training_steps(["seed_1layer", "seed_4layer"], threads=1, repeat=2, quick=True)
+    expected = timing.Timing.for_run(2, quick=True)
+    assert [r["name"] for r in results] == ["seed_1layer", "seed_4layer"]
+    assert calls == [{"names": ["torch", "rnnfast"], "repeat": expected.repeat, "min_seconds": expected.min_loop_s,
+                      "settle": expected.settle_s}] * 2
+    for r in results:
+        assert {label: len(samples) for label, samples in r["samples_ms"].items()} == {"torch": 2, "rnnfast": 2}
