@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -214,3 +217,24 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
     assert model.weight_ih_l0.shape == (H, I)
     with pytest.raises(AttributeError, match="weight_ih_l1"):
         model.weight_ih_l1
+
+
+@pytest.mark.parametrize("cls", [rnnfast.RNN, rnnfast.LSTM, rnnfast.GRU, rnnfast.RNNCell, rnnfast.LSTMCell,
+                                 rnnfast.GRUCell])
+def test_constructors_take_pytorchs_device_argument(cls: Any) -> None:
+    for device in (None, "cpu", "cpu:0"):
+        assert cls(3, 4, device=device).hidden_size == 4
+    with pytest.raises(ValueError, match=r"device: rnnfast runs on the CPU only.*got 'cuda:0'"):
+        cls(3, 4, device="cuda:0")
+    with pytest.raises(TypeError, match="device: expected None, 'cpu' or torch.device"):
+        cls(3, 4, device=0)
+    # In torch.nn's order: device, then dtype.
+    names = list(inspect.signature(cls).parameters)
+    assert names.index("device") + 1 == names.index("dtype")
+
+
+def test_constructors_take_a_cpu_torch_device() -> None:
+    torch = pytest.importorskip("torch")
+    assert rnnfast.LSTM(3, 4, device=torch.device("cpu"), dtype=torch.float64).dtype == np.float64
+    with pytest.raises(ValueError, match="device: rnnfast runs on the CPU only"):
+        rnnfast.GRU(3, 4, device=torch.device("meta"))

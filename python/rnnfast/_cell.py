@@ -43,7 +43,9 @@ class RNNCell(Module):
         H, features of the state.
     bias : bool
     nonlinearity : {"tanh", "relu"}
-    dtype : "float32" or "float64" (or the NumPy dtype)
+    device : None, "cpu" or torch.device("cpu")
+        PyTorch's argument; rnnfast computes on the CPU (any other device: ValueError).
+    dtype : "float32" or "float64" (or the NumPy dtype, or torch.float32 / torch.float64)
     seed : int or None
         Seeds the initialization; None draws fresh entropy.
     """
@@ -51,7 +53,8 @@ class RNNCell(Module):
     _CONFIG = ("input_size", "hidden_size", "bias", "nonlinearity", "dtype")
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
-                 dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+                 device: Any = None, dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+        _checks.device(device)
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.bias = _checks.boolean("bias", bias)

@@ -103,6 +103,22 @@ def model_dtype(value: Any) -> np.dtype:
     return dt
 
 
+def device(value: Any) -> None:
+    """PyTorch's ``device`` argument, for constructors that mirror torch.nn's: None, "cpu" ("cpu:N") or a CPU
+    torch.device (told apart without importing torch). rnnfast computes on the CPU only."""
+    if value is None:
+        return
+    if type(value).__module__ == "torch" and type(value).__name__ == "device":
+        kind = str(getattr(value, "type", ""))
+    elif isinstance(value, str):
+        kind = value.partition(":")[0].strip()
+    else:
+        raise TypeError(f"device: expected None, 'cpu' or torch.device('cpu'), got {type(value).__name__} {value!r}")
+    if kind != "cpu":
+        raise ValueError(f"device: rnnfast runs on the CPU only: expected None, 'cpu' or torch.device('cpu'), "
+                         f"got {str(value)!r}")
+
+
 def rng(seed: Any) -> np.random.Generator:
     if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))):
         raise TypeError(f"seed: expected None or a non-negative integer, got {seed!r}")

@@ -42,8 +42,9 @@ class _GatedCell(Module):
     _NAME = "LSTMCell"
     _CONFIG = ("input_size", "hidden_size", "bias", "dtype")
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dtype: _checks.DTypeLike = "float32",
-                 seed: Optional[int] = None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None,
+                 dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+        _checks.device(device)
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.bias = _checks.boolean("bias", bias)

@@ -427,7 +427,9 @@ class RNN(_SingleState):
         Probability of zeroing each element of every layer's output but the last, in training mode.
     bidirectional : bool
         D = 2 directions per layer; the reverse one reads the sequence from its end.
-    dtype : "float32" or "float64" (or the NumPy dtype)
+    device : None, "cpu" or torch.device("cpu")
+        PyTorch's argument; rnnfast computes on the CPU (any other device: ValueError).
+    dtype : "float32" or "float64" (or the NumPy dtype, or torch.float32 / torch.float64)
     seed : int or None
         Seeds the initialization and the dropout masks; None draws fresh entropy.
     """
@@ -439,7 +441,8 @@ class RNN(_SingleState):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+                 device: Any = None, dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+        _checks.device(device)
         self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, dtype, seed,
                     nonlinearity=nonlinearity)
 
@@ -462,7 +465,8 @@ class GRU(_SingleState):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+                 device: Any = None, dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+        _checks.device(device)
         self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, dtype, seed)
 
 
@@ -484,7 +488,8 @@ class LSTM(_Stack):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+                 device: Any = None, dtype: _checks.DTypeLike = "float32", seed: Optional[int] = None) -> None:
+        _checks.device(device)
         self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, dtype, seed,
                     proj_size=_checks.non_negative_int("proj_size", proj_size))
 
