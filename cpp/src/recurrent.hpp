@@ -1,19 +1,21 @@
 // The one driver of a recurrent layer, for every cell kind (cells.hpp): one direction of one layer over a
 // sequence, forward and BPTT.
 //
-// Forward: the input projection of every step as one product into the gate buffer [R, G*H], then step by step the
-// recurrent product h_{t-1} W_hh^T (W_hh [G*H, P], packed once per call) and the cell's elementwise math. BPTT:
-// step by step back, the cell's elementwise backward into dz [C, G*H] and dL/dh_{t-1} = dz W_hh, in chunks of steps
-// that fit in dz, each chunk followed by its weight, bias and input gradients as whole products.
+// Forward: the input projection of every step as one product into the gate buffer [R, G*H] (without a cache: of a
+// chunk of steps at a time, into a workspace of a few megabytes), then step by step the recurrent product
+// h_{t-1} W_hh^T (W_hh [G*H, P], packed once per call, every gate in one product) and the cell's elementwise math.
+// BPTT: step by step back, the cell's elementwise backward into dz [C, G*H] and dL/dh_{t-1} = dz W_hh, in chunks of
+// steps that fit in dz, each chunk followed by its weight, bias and input gradients as whole products.
 //
 // Threads split the recurrence by items (each runs its items through every step, no waiting) when each gets at
-// least kMinPackedRows items; otherwise by bands of state units (the same units of every gate, so the elementwise
-// math stays within a thread), meeting at a barrier every step. A projected LSTM (w_hr) mixes the units after the
-// cell, so it is split by items only.
+// least kMinPackedRows items and the step is not large; otherwise by bands of state units (the same units of every
+// gate, so the elementwise math stays within a thread), meeting at a barrier every step. A projected LSTM (w_hr)
+// mixes the units after the cell, so it is split by items only.
 #pragma once
 
 #include <algorithm>
-#include <array>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cells.hpp"
