@@ -1023,6 +1023,7 @@ def benchmark(cases: Optional[Sequence[str]] = None, threads: Optional[int] = No
     case: ``name``, ``threads``, ``torch_ms``, ``rnnfast_ms``, ``speedup`` (torch's time / rnnfast's).
     """
     from . import get_num_threads, set_num_threads
+    from ._torch_cli import _training_steps
     from .bench import select_cases
 
     if threads is not None:
@@ -1032,31 +1033,9 @@ def benchmark(cases: Optional[Sequence[str]] = None, threads: Optional[int] = No
     for case in select_cases(cases):
         if case.cell:
             continue
-        gen = torch.Generator().manual_seed(0)
-        x: Any = torch.randn(case.seq_len, case.batch, case.input_size, generator=gen)
-        if case.ragged:
-            lengths = torch.randint(1, case.seq_len + 1, (case.batch,), generator=gen)
-            x = pack_padded_sequence(x, lengths, enforce_sorted=False)
-            target = torch.randn(x.data.shape[0], 1, generator=gen)
-        else:
-            target = torch.randn(case.seq_len, case.batch, 1, generator=gen)
-        steps = {}
-        for label, cls in (("torch", torch.nn.RNN), ("rnnfast", RNN)):
-            torch.manual_seed(0)
-            rnn = cls(case.input_size, case.hidden_size, case.num_layers, case.nonlinearity,
-                      bidirectional=case.bidirectional)
-            head = torch.nn.Linear(case.directions * case.hidden_size, 1)
-            optimizer = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-3)
-
-            def step(rnn: torch.nn.Module = rnn, head: torch.nn.Module = head, optimizer: Any = optimizer) -> None:
-                optimizer.zero_grad()
-                out = rnn(x)[0]
-                loss = torch.nn.functional.mse_loss(head(out.data if case.ragged else out), target)
-                loss.backward()
-                optimizer.step()
-
+        steps = _training_steps(case)
+        for step in steps.values():
             step()  # warm-up
-            steps[label] = step
         times: Dict[str, List[float]] = {"torch": [], "rnnfast": []}
         for r in range(repeat):
             for label in (("torch", "rnnfast") if r % 2 == 0 else ("rnnfast", "torch")):
