@@ -386,8 +386,11 @@ def test_the_package_passes_mypy_strict(tmp_path) -> None:
     # The source tree's package (where the suite runs against an installed wheel, checking the copy inside the
     # venv would make mypy take the venv's site-packages for the project's own modules).
     package = os.path.join(root, "python", "rnnfast", "bench")
+    old_numpy = [] if np.lib.NumpyVersion(np.__version__) >= "2.1.0" else ["--disable-error-code=type-arg"]
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--config-file", os.path.join(root, "pyproject.toml"),
-         "--cache-dir", str(tmp_path / "mypy_cache"), package],
+        # The bench package's own code, strictly; the modules it imports are typed by the public-API test
+        # (tests/typing). A bare np.ndarray is complete from NumPy 2.1's stubs on (its parameters have defaults).
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", *old_numpy, "--config-file",
+         os.path.join(root, "pyproject.toml"), "--cache-dir", str(tmp_path / "mypy_cache"), package],
         capture_output=True, text=True, cwd=root, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -219,7 +219,8 @@ def _machine_info(blas: _BlasThreads) -> Dict[str, Any]:
         "numpy_blas_thread_control": blas.available,
     }
     try:
-        blas_config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        show_config: Any = getattr(np, "show_config")  # its `mode` is not in every NumPy's type stubs
+        blas_config = show_config(mode="dicts")["Build Dependencies"]["blas"]
         info["numpy_blas"] = f"{blas_config.get('name', '?')} {blas_config.get('version', '')}".strip()
     except Exception:  # older NumPy without the dict mode
         info["numpy_blas"] = "unknown"
