@@ -52,7 +52,8 @@ def check_mode(mode: dict, repeat: int) -> None:
 def test_grid() -> None:
     assert list(bench.CASES) == ["seed_1layer", "seed_4layer", "stream_T1000_B1", "mid_T50_B16_H128",
                                  "big_T100_B64_H256", "big_T100_B64_H512", "bidir2_T50_B32_H128",
-                                 "ragged_T200_B64_H128", "full_T200_B64_H128", "cell_step_H20", "cell_step_H128"]
+                                 "wlm_T35_B20_H200_L2", "ragged_T200_B64_H128", "full_T200_B64_H128",
+                                 "cell_step_H20", "cell_step_H128"]
     assert bench.CASES["ragged_T200_B64_H128"].ragged and not bench.CASES["full_T200_B64_H128"].ragged
     assert bench.CASES["seed_1layer"].flops == 2 * 10 * 3 * 20 * (100 + 20)
     assert bench.CASES["seed_4layer"].flops == 2 * 10 * 3 * 20 * ((100 + 20) + 3 * (20 + 20))

@@ -251,6 +251,9 @@ _SIGNAL_SCRIPT = """
 import os, signal, threading, time
 import numpy as np
 import rnnfast
+# Ctrl-C's handler as an interactive session has it: a shell that runs a job in the background starts it with SIGINT
+# ignored, which Python and this child inherit.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 rnnfast.set_num_threads(int(os.environ.get("THREADS", "2")))
 model = rnnfast.RNN(8, 512, seed=0)
 rng = np.random.default_rng(0)

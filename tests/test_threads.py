@@ -245,3 +245,29 @@ def test_default_thread_count_follows_a_restricted_affinity_mask() -> None:
                          capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
     assert out[0] == "1"
     assert out[1].strip() in ("affinity mask",) or out[1].startswith("cgroup quota")
+
+
+def test_a_thread_cap_holds_on_the_calling_thread_only_and_lifts() -> None:
+    import subprocess
+
+    code = """
+import threading
+import rnnfast
+from rnnfast import _core
+assert _core.num_threads_is_default()
+rnnfast.set_num_threads(4)
+assert not _core.num_threads_is_default()
+_core.set_thread_cap(1)
+seen = []
+other = threading.Thread(target=lambda: seen.append(rnnfast.get_num_threads()))
+other.start(); other.join()
+print(rnnfast.get_num_threads(), seen[0])
+_core.set_thread_cap(8)  # a cap above the count changes nothing
+print(rnnfast.get_num_threads())
+_core.set_thread_cap(0)
+print(rnnfast.get_num_threads())
+_core.reset_num_threads()
+print(_core.num_threads_is_default(), rnnfast.get_num_threads() == _core.default_num_threads())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:4] == ["1 4", "4", "4", "True True"]

@@ -14,6 +14,8 @@ pytest.importorskip("torch")
 import torch  # noqa: E402
 
 import rnnfast  # noqa: E402
+import rnnfast.bench  # noqa: E402
+import rnnfast.torch  # noqa: E402
 from rnnfast import _torch_cli  # noqa: E402
 from rnnfast.bench import timing  # noqa: E402
 
@@ -27,7 +29,7 @@ def test_help_exits_0_with_usage() -> None:
     proc = run_module("--help")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: python -m rnnfast.torch")
-    for option in ("--cases", "--threads", "--repeat", "--quick"):
+    for option in ("--cases", "--threads", "--repeat", "--dropout", "--quick"):
         assert option in proc.stdout
     assert "Traceback" not in proc.stderr
 
@@ -43,8 +45,34 @@ def test_a_tiny_run_prints_a_table() -> None:
     assert row.split()[0] == "seed_1layer" and row.endswith("x")
 
 
+def test_dropout_applies_between_the_layers_of_both_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: List[Any] = []
+    for cls in (torch.nn.RNN, rnnfast.torch.RNN):
+        monkeypatch.setattr(cls, "__init__", _recording_init(cls, made))
+    case = rnnfast.bench.CASES["seed_4layer"]
+    steps = _torch_cli._training_steps(case, 0.25)
+    assert [(type(m).__module__.split(".")[0], m.dropout, m.training) for m in made] == [
+        ("torch", 0.25, True), ("rnnfast", 0.25, True)]
+    for step in steps.values():
+        step()
+    proc = run_module("seed_4layer", "--repeat", "1", "--threads", "1", "--quick", "--dropout", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    assert "float32, dropout 0.2 between layers:" in proc.stdout
+
+
+def _recording_init(cls: Any, made: List[Any]) -> Any:
+    init = cls.__init__
+
+    def recorded(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self) is cls:  # rnnfast.torch.RNN's __init__ runs torch.nn.RNN's
+            made.append(self)
+    return recorded
+
+
 def test_bad_arguments_are_usage_errors() -> None:
-    for args in (["--cases", "no_such_case"], ["cell_step_H20"], ["--threads", "0"], ["--repeat", "x"]):
+    for args in (["--cases", "no_such_case"], ["cell_step_H20"], ["--threads", "0"], ["--repeat", "x"],
+                 ["--dropout", "1"], ["--dropout", "-0.1"], ["--dropout", "x"]):
         proc = run_module(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert proc.stderr.startswith("usage:") and "Traceback" not in proc.stderr, args
@@ -54,8 +82,8 @@ def test_both_libraries_run_at_the_chosen_thread_count_and_are_restored(monkeypa
     seen: List[Dict[str, int]] = []
     real = _torch_cli._training_steps
 
-    def recording(case: Any) -> Dict[str, Callable[[], None]]:
-        steps = real(case)
+    def recording(case: Any, dropout: float = 0.0) -> Dict[str, Callable[[], None]]:
+        steps = real(case, dropout)
 
         def wrap(step: Callable[[], None]) -> Callable[[], None]:
             def run() -> None:

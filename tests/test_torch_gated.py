@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 import rnnfast.torch as rt  # noqa: E402  (needs torch)
 from conftest import run_threads  # noqa: E402
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence  # noqa: E402
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence, pad_packed_sequence  # noqa: E402
 
 T, B, I, H, P = 5, 3, 4, 5, 3
 F32, F64 = torch.float32, torch.float64
@@ -344,6 +344,63 @@ def test_dropout_leaves_the_generator_as_torch_does() -> None:
             module(_randn(T, B, I))
             after.append(torch.rand(4))
         assert torch.equal(after[1], after[0]), kind
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_dropout_masks_are_those_torch_dropout_draws(packed, dtype) -> None:
+    # Bit for bit what F.dropout multiplies each layer's output by, in the same order from the same seed.
+    rnn = rt.LSTM(I, H, 4, dropout=0.3, bidirectional=True, proj_size=P, dtype=dtype)
+    x = _randn(T, B, I, dtype=dtype)
+    lengths = torch.tensor([4, 5, 2])
+    source = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else None
+    torch.manual_seed(11)
+    masks = rnn._dropout_masks(x, source)
+    assert masks.shape == (3, T, B, 2 * P) and masks.dtype == dtype
+    torch.manual_seed(11)
+    for layer in range(3):
+        if packed:
+            ones = torch.ones(source.data.size(0), 2 * P, dtype=dtype)
+            expected = pad_packed_sequence(PackedSequence(torch.nn.functional.dropout(ones, 0.3, True),
+                                              source.batch_sizes, source.sorted_indices, source.unsorted_indices))[0]
+        else:
+            expected = torch.nn.functional.dropout(torch.ones(T, B, 2 * P, dtype=dtype), 0.3, True)
+        assert torch.equal(masks[layer], expected), layer
+    assert set(masks.unique().tolist()) == {0.0, torch.tensor(1 / 0.7, dtype=dtype).item()}
+
+
+def test_dropout_runs_the_whole_stack_in_one_kernel_call(monkeypatch) -> None:
+    calls = []
+    run = rt._FastLSTM._run
+
+    def counting(self, *args):
+        calls.append(args[-1] is not None)  # the masks argument
+        return run(self, *args)
+
+    monkeypatch.setattr(rt._FastLSTM, "_run", counting)
+    rnn = rt.LSTM(I, H, 3, dropout=0.5)
+    x = _randn(T, B, I, dtype=torch.float32).requires_grad_()
+    rnn(x)[0].sum().backward()
+    with torch.no_grad():
+        rnn(x)
+    assert calls == [True, True]
+    rnn.eval()
+    rnn(x)
+    assert calls == [True, True, False]
+
+
+def test_dropout_of_one_drops_everything_and_draws_nothing() -> None:
+    for kind in STACKS:
+        ref_cls, fast_cls = STACKS[kind]
+        ref, fast = _pair(ref_cls, fast_cls, I, H, 2, dropout=1.0, dtype=F64)
+        results = []
+        for module in (ref, fast):
+            torch.manual_seed(3)
+            x = _randn(T, B, I).requires_grad_()
+            outputs = _flat(module(x))
+            _loss(outputs).backward()
+            results.append([*outputs, x.grad, *_param_grads(module), torch.rand(4)])
+        _assert_same(results[1], results[0])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def test_gradient_penalty_matches_torch(dropout) -> None:
     results = []
     for rnn, cell in ((ref, ref_cell), (fast, fast_cell)):
         xi = x.clone().requires_grad_()
-        torch.manual_seed(5)  # the same dropout masks (the layers run one at a time then)
+        torch.manual_seed(5)  # the same dropout masks
         out, h_n = rnn(xi)
         h = cell(out[:, -1], h_n[-1])
         loss = out.tanh().sum() + h.square().sum()

@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import rnnfast  # noqa: E402
 import rnnfast.torch as rt  # noqa: E402  (needs torch)
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_sequence  # noqa: E402
 
@@ -609,3 +610,26 @@ def test_benchmark_smoke() -> None:
     (result,) = rt.benchmark(["seed_1layer"], repeat=1, min_seconds=0.0)
     assert result["name"] == "seed_1layer" and result["torch_ms"] > 0 and result["rnnfast_ms"] > 0
     assert "seed_1layer" in rt.format_benchmark([result])
+
+
+@pytest.mark.parametrize("default,large", [(True, False), (False, False), (True, True)])
+def test_default_threads_lend_small_calls_only_the_cores_torch_leaves(monkeypatch, default, large) -> None:
+    # PyTorch's workers spin after its parallel regions: a small call under rnnfast's default thread count runs on
+    # the cores they leave; a count set by the user, or a large call, runs as set.
+    caps = []
+    monkeypatch.setattr(rt._core, "num_threads_is_default", lambda: default)
+    monkeypatch.setattr(rt._core, "set_thread_cap", caps.append)
+    if large:
+        monkeypatch.setattr(rt, "_SHARED_CORES_MAX_WORK", 0)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        rnn = rt.RNN(I, H, 2, dropout=0.5)
+        x = torch.randn(T, B, I, requires_grad=True)
+        rnn(x)[0].sum().backward()
+        with torch.no_grad():
+            rnn(x)
+    finally:
+        torch.set_num_threads(saved)
+    cap = max(1, rnnfast.get_num_threads() - 2)
+    assert caps == ([cap, 0] * 3 if default and not large else [])

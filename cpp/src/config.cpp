@@ -22,11 +22,27 @@ std::atomic<int>& thread_setting() {
     return threads;
 }
 
+std::atomic<bool> threads_set{false};
+
+thread_local int thread_cap = 0;  // set_thread_cap's, for the calling thread; 0: none
+
 }  // namespace
 
 namespace detail {
-int thread_limit() { return thread_setting().load(std::memory_order_relaxed); }
+int thread_limit() {
+    const int threads = thread_setting().load(std::memory_order_relaxed);
+    return thread_cap > 0 && thread_cap < threads ? thread_cap : threads;
+}
 }  // namespace detail
+
+void reset_num_threads() {
+    thread_setting().store(detail::default_thread_count(), std::memory_order_relaxed);
+    threads_set.store(false, std::memory_order_relaxed);
+}
+
+void set_thread_cap(int n) { thread_cap = n > 0 ? n : 0; }
+
+bool num_threads_is_default() { return !threads_set.load(std::memory_order_relaxed); }
 
 int get_num_threads() { return detail::thread_limit(); }
 
@@ -37,6 +53,7 @@ std::string default_threads_source() { return detail::default_thread_budget().so
 void set_num_threads(int n) {
     if (n < 1) throw std::invalid_argument("n: expected a positive number of threads, got " + std::to_string(n));
     thread_setting().store(n, std::memory_order_relaxed);
+    threads_set.store(true, std::memory_order_relaxed);
 }
 
 std::string simd_instruction_sets() { return Eigen::SimdInstructionSetsInUse(); }

@@ -150,6 +150,21 @@ inline unsigned long main_thread_ident() {  // call with the GIL
     return ident;
 }
 
+// Python before 3.14 ends a thread that waits for the GIL while the interpreter starts exiting with pthread_exit:
+// a forced unwind whose destructors (py::object decrefs) would run without a thread state and crash. Finalizing
+// can begin while this thread waits, after any check, so the unwind is caught here and the thread parked instead.
+inline void take_gil_or_park(PyThreadState* state) {
+#if defined(__GLIBCXX__)
+    try {
+        PyEval_RestoreThread(state);
+    } catch (abi::__forced_unwind&) {
+        park_forever();
+    }
+#else
+    PyEval_RestoreThread(state);
+#endif
+}
+
 struct GilPoll {
     PyThreadState** state;
     bool main_thread;
@@ -188,7 +203,7 @@ void without_gil(Work&& work) {
         error = std::current_exception();
     }
     if (interpreter_finalizing()) park_forever();
-    PyEval_RestoreThread(state);
+    take_gil_or_park(state);
     if (PyErr_Occurred()) throw py::error_already_set();  // e.g. the KeyboardInterrupt that stopped the work
     if (error) std::rethrow_exception(error);
 }

@@ -28,6 +28,10 @@ PYBIND11_MODULE(RNNFAST_MODULE_NAME, m) {
     m.def("default_num_threads", &rnnfast::default_num_threads,
           "The default thread count: the CPUs this process may use (affinity, capped by a cgroup CPU quota).");
     m.def("default_threads_source", &rnnfast::default_threads_source, "Which bound decided default_num_threads().");
+    m.def("num_threads_is_default", &rnnfast::num_threads_is_default, "Whether set_num_threads was never called.");
+    m.def("reset_num_threads", &rnnfast::reset_num_threads, "Back to the default thread count.");
+    m.def("set_thread_cap", &rnnfast::set_thread_cap, py::arg("n"),
+          "At most n threads for this thread's calls from now on (0: no cap).");
     m.def("simd_instruction_sets", &rnnfast::simd_instruction_sets);
     m.def("eigen_version", &rnnfast::eigen_version);
     m.def("compiler", &rnnfast::compiler);

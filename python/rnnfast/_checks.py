@@ -199,6 +199,22 @@ def lengths(value: Any, batch: int, seq_len: int) -> np.ndarray:
     return for_kernel(arr.astype(np.int64, copy=False))
 
 
+def cli_float(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type`` for numbers in [low, high), with a clear message otherwise."""
+    what = f"a number >= {low:g} and < {high:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
 def cli_int(minimum: int) -> Callable[[str], int]:
     """An argparse ``type`` for integers >= ``minimum``, with a clear message otherwise."""
     what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"

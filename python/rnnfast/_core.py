@@ -96,3 +96,17 @@ def set_num_threads(n: int) -> None:
     _module.set_num_threads(n)
     if _small is not _module:
         _small.set_num_threads(n)
+
+
+def reset_num_threads() -> None:
+    """Every loaded kernel module back to the default thread count."""
+    _module.reset_num_threads()
+    if _small is not _module:
+        _small.reset_num_threads()
+
+
+def set_thread_cap(n: int) -> None:
+    """Cap the thread count of the calling thread's kernel calls in every loaded kernel module (0: no cap)."""
+    _module.set_thread_cap(n)
+    if _small is not _module:
+        _small.set_thread_cap(n)

@@ -39,6 +39,15 @@ def set_num_threads(n: int) -> None:
 def default_num_threads() -> int:
     """The default thread count: the CPUs this process may use (affinity, capped by a cgroup CPU quota)."""
 
+def num_threads_is_default() -> bool:
+    """Whether set_num_threads was never called (the thread count is still the default)."""
+
+def reset_num_threads() -> None:
+    """Back to the default thread count, as if set_num_threads had never been called."""
+
+def set_thread_cap(n: int) -> None:
+    """At most n threads for the calling thread's kernel calls from now on; 0 removes the cap."""
+
 def default_threads_source() -> str:
     """Which bound decided default_num_threads(): "affinity mask", "cgroup quota (FILE)" or "hardware threads"."""
 

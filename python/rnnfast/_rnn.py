@@ -144,8 +144,11 @@ class _Stack(Module):
         return None
 
     def _run(self, x: np.ndarray, h0: Optional[np.ndarray], c0: Optional[np.ndarray], lengths: Optional[Any],
-             return_cache: bool) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[RNNCache]]:
-        """forward's work, for every kind: (output, h_n, c_n or None, cache or None) in the caller's layout."""
+             return_cache: bool, masks: Optional[np.ndarray] = None
+             ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[RNNCache]]:
+        """forward's work, for every kind: (output, h_n, c_n or None, cache or None) in the caller's layout.
+        ``masks``: dropout masks ``[L-1, T, B, D*P]`` (time-major, this dtype) drawn by the caller (rnnfast.torch,
+        from PyTorch's generator), used instead of the model's own whatever its mode."""
         x = _checks.array("x", x, self.dtype)
         shape = x.shape
         unbatched = len(shape) == 2
@@ -190,14 +193,21 @@ class _Stack(Module):
             sizes: list[tuple[str, tuple[int, ...]]] = [("output", (seq_len, batch, DP))]
             if not (seq.flags.c_contiguous and seq.flags.aligned):
                 sizes.append(("x (its contiguous copy)", seq.shape))
-            if self._draws_dropout_masks():
+            if masks is None and self._draws_dropout_masks():
                 sizes.append(("dropout masks", (self.num_layers - 1, seq_len, batch, DP)))
             if return_cache:
                 saved = DP + (self._directions * self.hidden_size * (5 if lstm else 4) if self._CELL != "rnn" else 0)
                 sizes.append(("cache (every layer's states and gates)", (self.num_layers, seq_len, batch, saved)))
             _checks.fits_in_memory(sizes, self.dtype)
-            rng_state = self._rng.bit_generator.state if self._draws_dropout_masks() else None
-            masks = self._dropout_masks(seq_len, batch) if rng_state is not None else None
+            rng_state = self._rng.bit_generator.state if masks is None and self._draws_dropout_masks() else None
+            if rng_state is not None:
+                masks = self._dropout_masks(seq_len, batch)
+            elif masks is not None:
+                expected = (self.num_layers - 1, seq_len, batch, DP)
+                if masks.shape != expected or masks.dtype != self.dtype:
+                    raise ValueError(f"masks: expected {self.dtype.name} {expected}, got {masks.dtype.name} "
+                                     f"{masks.shape}")
+                masks = _checks.for_kernel(masks)
             kernel = self._kernel_for(seq_len, batch)
             try:
                 output, h_n, c_n, core_cache = kernel.forward(self._flat, _checks.for_kernel(seq), h0, masks, lengths,

@@ -36,10 +36,10 @@ so second derivatives are PyTorch's; so does a backward of batched gradients (``
 ``functional_call``) forward runs PyTorch's implementation. Only the ordinary first-order backward runs on the
 kernels.
 
-Dropout of a stack (``dropout > 0``, ``num_layers > 1``, training mode) applies ``torch.nn.functional.dropout``
-between the layers, with the same shapes and in the same order as PyTorch's CPU implementation, so the masks are
-drawn from PyTorch's random generator and equal PyTorch's for the same seed; in that mode the layers run one at a
-time (from their own rnnfast buffers, refreshed by copy).
+Dropout of a stack (``dropout > 0``, ``num_layers > 1``, training mode): every layer's mask is drawn from PyTorch's
+random generator before the call, as ``torch.nn.functional.dropout`` draws it (``bernoulli_(1 - p)`` then
+``div_(1 - p)``, on the time-major ``[T, B, D*P]`` output or a PackedSequence's data) and in PyTorch's order, so the
+masks equal PyTorch's for the same seed; the whole stack then runs in one kernel call that applies them.
 
 PackedSequence input is unpacked to a padded batch that runs with rnnfast's ``lengths`` (padded steps cost no
 compute) and the output is packed again with the input's ``batch_sizes`` and ordering, as PyTorch returns it.
@@ -58,9 +58,10 @@ if __name__ == "torch":  # pragma: no cover - only when the package folder itsel
         "sys.path (a script run from inside it); run scripts from elsewhere, or with python -m"
     )
 
+import contextlib
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -71,6 +72,7 @@ except ImportError as exc:  # pragma: no cover - exercised without torch
 from torch import _VF
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import _core
 from ._cell import RNNCell as _FastCell
 from ._gated_cell import GRUCell as _FastGRUCell
 from ._gated_cell import LSTMCell as _FastLSTMCell
@@ -241,6 +243,35 @@ def _opt_tensor(a: Optional[np.ndarray]) -> Optional[torch.Tensor]:
     return None if a is None else _tensor(a)
 
 
+# Multiply-adds of a stack's forward below which _sharing_cores lends a call only the cores PyTorch's threads leave:
+# about the work of a few milliseconds, which PyTorch's spinning workers would otherwise share cores with throughout.
+_SHARED_CORES_MAX_WORK = 2**28
+
+
+@contextlib.contextmanager
+def _sharing_cores(model: _FastStack, x: torch.Tensor) -> Iterator[None]:
+    """Cooperate with PyTorch's threads. After each of its parallel regions PyTorch's OpenMP workers spin for some
+    milliseconds before they sleep, on the cores rnnfast's threads would use; a kernel call split across all of
+    them then waits for whichever shares a core (a word-language-model step ran slower at 2 threads than at 1). So
+    while PyTorch runs more than one thread, a call of modest work (``_SHARED_CORES_MAX_WORK``) runs on the cores
+    its workers leave, at least one. Only rnnfast's default thread count cooperates: a count set with
+    ``rnnfast.set_num_threads`` is used as set."""
+    cap = 0
+    work = float(model._work_per_row) * x.size(0) * x.size(1)
+    if work < _SHARED_CORES_MAX_WORK and _core.num_threads_is_default():
+        torch_threads = torch.get_num_threads()
+        if torch_threads > 1:
+            cap = max(1, _core.get_num_threads() - (torch_threads - 1))
+    if cap == 0:
+        yield
+        return
+    _core.set_thread_cap(cap)
+    try:
+        yield
+    finally:
+        _core.set_thread_cap(0)
+
+
 def _cell_step(model: _FastCellModel, x: np.ndarray, h: Optional[np.ndarray], c: Optional[np.ndarray],
                return_cache: bool) -> Tuple[np.ndarray, Optional[np.ndarray], Any]:
     """One step of any cell kind: (h_new, c_new or None, cache or None)."""
@@ -278,14 +309,17 @@ class _StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
-                lengths: Optional[np.ndarray], *weights: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+                lengths: Optional[np.ndarray], masks: Optional[torch.Tensor], *weights: torch.Tensor
+                ) -> Tuple[torch.Tensor, ...]:
         runner.load(weights)
         model = runner.model
         assert isinstance(model, _FastStack)
-        out, h_n, c_n, cache = model._run(_np(x), _opt_np(h0), _opt_np(c0), lengths, True)
+        with _sharing_cores(model, x):
+            out, h_n, c_n, cache = model._run(_np(x), _opt_np(h0), _opt_np(c0), lengths, True, _opt_np(masks))
         ctx.runner = runner
         ctx.cache = cache
         ctx.lengths = lengths
+        ctx.masks = masks
         _keep_inputs(ctx, x, h0, c0)
         ctx.save_for_backward(*weights)  # no copy; lets autograd refuse weights modified in place before backward
         ctx.set_materialize_grads(False)
@@ -298,27 +332,28 @@ class _StackFunction(torch.autograd.Function):
                  grad_c_n: Optional[torch.Tensor] = None) -> Tuple[Optional[torch.Tensor], ...]:
         weights = ctx.saved_tensors
         if grad_output is None and grad_h_n is None and grad_c_n is None:
-            return (None,) * (5 + len(weights))
+            return (None,) * (6 + len(weights))
         runner: _Runner = ctx.runner
         model = runner.model
         assert isinstance(model, _FastStack)
         needs = ctx.needs_input_grad
         if _differentiable_backward_needed(grad_output, grad_h_n, grad_c_n):
             x, h0, c0 = _kept_inputs(ctx)
-            g = _torch_vjp(lambda: _torch_stack(model, x, h0, c0, ctx.lengths, weights),
-                           (grad_output, grad_h_n, grad_c_n), (x, h0, c0, *weights), (*needs[1:4], *needs[5:]))
-            return (None, g[0], g[1], g[2], None, *g[3:])
+            g = _torch_vjp(lambda: _torch_stack(model, x, h0, c0, ctx.lengths, weights, ctx.masks),
+                           (grad_output, grad_h_n, grad_c_n), (x, h0, c0, *weights), (*needs[1:4], *needs[6:]))
+            return (None, g[0], g[1], g[2], None, None, *g[3:])
         runner.load(weights)  # a scratch buffer may hold other values since this forward
         # The gradients come back in a buffer of this call's own (the model's `grads` is not touched), so backwards
         # through one module in several threads at once do not mix; the cache stays usable for another backward
         # (autograd itself refuses one through a freed graph).
-        gx, gh0, gc0, grads = model._run_backward(ctx.cache, _opt_np(grad_output), _opt_np(grad_h_n),
-                                                  _opt_np(grad_c_n), needs[1], True, False)
+        with _sharing_cores(model, ctx.inputs[0]):
+            gx, gh0, gc0, grads = model._run_backward(ctx.cache, _opt_np(grad_output), _opt_np(grad_h_n),
+                                                      _opt_np(grad_c_n), needs[1], True, False)
         assert grads is not None
-        weight_grads = [_tensor(grads[name]) if needs[5 + i] else None for i, name in enumerate(runner.names)]
+        weight_grads = [_tensor(grads[name]) if needs[6 + i] else None for i, name in enumerate(runner.names)]
         has_h, has_c = ctx.has_state
         return (None, _opt_tensor(gx), _tensor(gh0) if has_h and needs[2] else None,
-                _opt_tensor(gc0) if has_c and needs[3] else None, None, *weight_grads)
+                _opt_tensor(gc0) if has_c and needs[3] else None, None, None, *weight_grads)
 
 
 class _CellFunction(torch.autograd.Function):
@@ -411,11 +446,25 @@ def _torch_vjp(forward: Any, grads: Sequence[Optional[torch.Tensor]], inputs: Se
     return result
 
 
+class _OneLayer:
+    """A stack's configuration as one of its layers (its other attributes are the stack's)."""
+
+    num_layers = 1
+
+    def __init__(self, model: _FastStack) -> None:
+        self._model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
 def _torch_stack(model: _FastStack, x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
-                 lengths: Optional[np.ndarray], weights: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+                 lengths: Optional[np.ndarray], weights: Sequence[torch.Tensor],
+                 masks: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
     """``model``'s time-major forward on PyTorch's implementation (``_VF.rnn_tanh`` / ``rnn_relu`` / ``lstm`` /
     ``gru``, as ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` call them), with rnnfast's ``lengths`` run as PyTorch runs a
-    PackedSequence: (output, h_n), and c_n for an LSTM."""
+    PackedSequence: (output, h_n), and c_n for an LSTM. With dropout ``masks`` ``[L-1, T, B, D*P]``, layer by
+    layer, each output but the last multiplied by its mask."""
     kind = _kind(model)
     D = 2 if model.bidirectional else 1
     count = model.num_layers * D
@@ -423,6 +472,17 @@ def _torch_stack(model: _FastStack, x: torch.Tensor, h0: Optional[torch.Tensor],
         h0 = x.new_zeros(count, x.size(1), model._state_size)  # P: proj_size or H
     if kind == "lstm" and c0 is None:
         c0 = x.new_zeros(count, x.size(1), model.hidden_size)
+    if masks is not None:
+        per_layer = len(weights) // model.num_layers
+        layer_input, states = x, []
+        for layer in range(model.num_layers):
+            part = slice(layer * D, (layer + 1) * D)
+            one: Any = _OneLayer(model)
+            out, *layer_states = _torch_stack(one, layer_input, h0[part], None if c0 is None else c0[part], lengths,
+                                              weights[layer * per_layer:(layer + 1) * per_layer])
+            states.append(layer_states)
+            layer_input = out * masks[layer] if layer < model.num_layers - 1 else out
+        return (layer_input, *(torch.cat(parts, 0) for parts in zip(*states)))
     run: Any
     if kind == "lstm":
         run = _VF.lstm
@@ -467,17 +527,18 @@ def _torch_cell(model: _FastCellModel, x: torch.Tensor, h: Optional[torch.Tensor
 
 
 def _run_stack(runner: _Runner, x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
-               lengths: Optional[np.ndarray], weights: Sequence[torch.Tensor]
+               lengths: Optional[np.ndarray], weights: Sequence[torch.Tensor], masks: Optional[torch.Tensor] = None
                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Time-major forward through the runner: through autograd when a gradient is wanted, else inference only.
-    (output, h_n, c_n or None)."""
+    (output, h_n, c_n or None). ``masks``: dropout masks ``[L-1, T, B, D*P]``, or None."""
     if _needs_grad(x, h0, c0, *weights):
-        out, h_n, *c_n = _StackFunction.apply(runner, x, h0, c0, lengths, *weights)
+        out, h_n, *c_n = _StackFunction.apply(runner, x, h0, c0, lengths, masks, *weights)
         return out, h_n, (c_n[0] if c_n else None)
     runner.load(weights)
     model = runner.model
     assert isinstance(model, _FastStack)
-    out_np, h_n_np, c_n_np, _ = model._run(_np(x), _opt_np(h0), _opt_np(c0), lengths, False)
+    with _sharing_cores(model, x):
+        out_np, h_n_np, c_n_np, _ = model._run(_np(x), _opt_np(h0), _opt_np(c0), lengths, False, _opt_np(masks))
     return _tensor(out_np), _tensor(h_n_np), _opt_tensor(c_n_np)
 
 
@@ -622,7 +683,7 @@ class _Shared:
     # --- stacks: torch.nn.RNN / LSTM / GRU ---
 
     def _rnnfast_stack_model(self, key: Any, dtype: Any) -> Tuple[_FastStack, List[str]]:
-        """``_rnnfast_new_model`` of a stack: the full model ("all", "scratch") or layer ``key`` alone."""
+        """``_rnnfast_new_model`` of a stack ("all" or "scratch")."""
         this: Any = self
         kind = self._rnnfast_kind
         # bool(): torch.nn.RNN takes any truthy bidirectional (and RNNCell any bias); rnnfast wants bools.
@@ -633,18 +694,7 @@ class _Shared:
         elif kind == "lstm":
             common["proj_size"] = this.proj_size
         cls = {"rnn": _FastRNN, "lstm": _FastLSTM, "gru": _FastGRU}[kind]
-        if key in ("all", "scratch"):
-            return cls(this.input_size, this.hidden_size, this.num_layers, **common), self._rnnfast_names()
-        # One layer (the dropout path): its parameters are the full model's names of layer ``key`` with l0.
-        directions = 2 if this.bidirectional else 1
-        layer_input = this.input_size if key == 0 else directions * (this.proj_size or this.hidden_size)
-        model = cls(layer_input, this.hidden_size, 1, **common)
-        return model, [name.replace(f"_l{key}", "_l0") for name in self._layer_names(key)]
-
-    def _layer_names(self, layer: int) -> List[str]:
-        names = self._rnnfast_names()
-        per_layer = len(names) // self.num_layers  # type: ignore[attr-defined]
-        return names[layer * per_layer:(layer + 1) * per_layer]
+        return cls(this.input_size, this.hidden_size, this.num_layers, **common), self._rnnfast_names()
 
     def _rnnfast_stack_forward(self, input: Any, hx: Any) -> Any:  # noqa: A002 - torch's name
         this: Any = self
@@ -672,11 +722,10 @@ class _Shared:
                 x = input.transpose(0, 1) if this.batch_first else input
         lengths_np = None if lengths is None else np.ascontiguousarray(lengths.numpy(), dtype=np.int64)
 
+        masks = None
         if this.training and this.dropout > 0 and this.num_layers > 1:
-            out, h_n, c_n = self._forward_with_dropout(input if packed else None, x, h0, c0, lengths, lengths_np,
-                                                       weights)
-        else:
-            out, h_n, c_n = _run_stack(runner, x, h0, c0, lengths_np, weights)
+            masks = self._dropout_masks(x, input if packed else None)
+        out, h_n, c_n = _run_stack(runner, x, h0, c0, lengths_np, weights, masks)
 
         output: Any = out
         if packed:
@@ -691,36 +740,28 @@ class _Shared:
             output = out.transpose(0, 1)
         return (output, (h_n, c_n)) if lstm else (output, h_n)
 
-    def _forward_with_dropout(self, packed: Optional[PackedSequence], x: torch.Tensor, h0: Optional[torch.Tensor],
-                              c0: Optional[torch.Tensor], lengths: Optional[torch.Tensor],
-                              lengths_np: Optional[np.ndarray], weights: Sequence[torch.Tensor]
-                              ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Layer by layer with ``F.dropout`` between the layers, applied as PyTorch's CPU implementation does: on
-        the time-major ``[T, B, D*P]`` output, or on the packed data for a PackedSequence."""
+    def _dropout_masks(self, x: torch.Tensor, packed: Optional[PackedSequence]) -> torch.Tensor:
+        """Every layer's dropout mask but the last's, ``[L-1, T, B, D*P]``, drawn from PyTorch's generator as
+        PyTorch's CPU implementation draws them: in layer order, ``empty_like(output).bernoulli_(1 - p)`` then
+        ``div_(1 - p)`` on the time-major output, or on a PackedSequence's data (scattered here to the padded
+        layout); p = 1 draws nothing (PyTorch multiplies by zeros)."""
         this: Any = self
+        p = float(this.dropout)
         D = 2 if this.bidirectional else 1
-        names = self._rnnfast_names()
-        index = {name: i for i, name in enumerate(names)}
-        layer_input, h_states, c_states = x, [], []
-        for layer in range(this.num_layers):
-            layer_weights = [weights[index[name]] for name in self._layer_names(layer)]
-            part = slice(layer * D, (layer + 1) * D)
-            out, h_n, c_n = _run_stack(self._rnnfast_runner(layer, x.dtype), layer_input,
-                                       None if h0 is None else h0[part], None if c0 is None else c0[part],
-                                       lengths_np, layer_weights)
-            h_states.append(h_n)
-            if c_n is not None:
-                c_states.append(c_n)
-            if layer < this.num_layers - 1:
-                if packed is None:
-                    out = torch.nn.functional.dropout(out, this.dropout, True)
-                else:
-                    assert lengths is not None
-                    data = torch.nn.functional.dropout(_pack_like(out, lengths, packed), this.dropout, True)
-                    out = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
-                                                             packed.unsorted_indices))[0]
-            layer_input = out
-        return layer_input, torch.cat(h_states, 0), (torch.cat(c_states, 0) if c_states else None)
+        DP = D * (this.proj_size if self._rnnfast_kind == "lstm" and this.proj_size > 0 else this.hidden_size)
+        T, B = x.size(0), x.size(1)
+        layers = []
+        for _ in range(this.num_layers - 1):
+            shape = (T, B, DP) if packed is None else (packed.data.size(0), DP)
+            if p >= 1.0:
+                noise = torch.zeros(shape, dtype=x.dtype)
+            else:
+                noise = torch.empty(shape, dtype=x.dtype).bernoulli_(1 - p).div_(1 - p)
+            if packed is not None:
+                noise = pad_packed_sequence(PackedSequence(noise, packed.batch_sizes, packed.sorted_indices,
+                                                           packed.unsorted_indices), total_length=T)[0]
+            layers.append(noise)
+        return torch.stack(layers)
 
     def _rnnfast_stack_shapes_ok(self, input: Any, hx: Any) -> bool:
         """Whether the arguments are ones the fast path runs; anything else goes to PyTorch's forward."""

@@ -15,6 +15,13 @@ void set_num_threads(int n);
 // CPU quota), and which of those bounds decided ("affinity mask", "cgroup quota (FILE)", "hardware threads").
 int default_num_threads();
 std::string default_threads_source();
+// Whether set_num_threads was never called: the count is still the default.
+bool num_threads_is_default();
+// Back to the default count, as if set_num_threads had never been called.
+void reset_num_threads();
+// At most n threads for the calls made on the calling thread from now on (0: no cap): a caller that knows other
+// threads are busy on some of the cores (PyTorch's, spinning after its last parallel region) lends fewer.
+void set_thread_cap(int n);
 
 // Eigen's description of the SIMD instruction sets this build was compiled for, e.g. "AVX SSE2 ... FMA".
 std::string simd_instruction_sets();

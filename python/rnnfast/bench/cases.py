@@ -65,6 +65,8 @@ CASES: Dict[str, Case] = {c.name: c for c in [
     Case("big_T100_B64_H256", 100, 64, 256, 256, 1),
     Case("big_T100_B64_H512", 100, 64, 512, 512, 1),
     Case("bidir2_T50_B32_H128", 50, 32, 128, 128, 2, bidirectional=True),
+    # PyTorch's word-language-model example: bptt 35, batch 20, 200 units, 2 layers.
+    Case("wlm_T35_B20_H200_L2", 35, 20, 200, 200, 2),
     # Variable lengths: the ragged batch against the same batch at full length.
     Case("ragged_T200_B64_H128", 200, 64, 128, 128, 1, ragged=True),
     Case("full_T200_B64_H128", 200, 64, 128, 128, 1),
