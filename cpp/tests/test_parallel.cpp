@@ -5,6 +5,7 @@
 #include <atomic>
 #include <new>
 #include <stdexcept>
+#include <thread>
 
 #include "parallel.hpp"
 #include "rnnfast/config.hpp"
@@ -81,4 +82,21 @@ TEST(DefaultThreads, BudgetIsPositiveAndSaysWhy) {
     EXPECT_GE(budget.count, 1);
     EXPECT_FALSE(budget.source.empty());
     EXPECT_EQ(rnnfast::detail::default_thread_count(), budget.count);
+}
+
+TEST(ThreadCap, HoldsOnTheCallingThreadOnlyAndLifts) {
+    rnnfast::set_num_threads(4);
+    EXPECT_FALSE(rnnfast::num_threads_is_default());
+    rnnfast::set_thread_cap(1);
+    int other = 0;
+    std::thread([&] { other = rnnfast::get_num_threads(); }).join();
+    EXPECT_EQ(rnnfast::get_num_threads(), 1);
+    EXPECT_EQ(other, 4);
+    rnnfast::set_thread_cap(8);  // above the count: no effect
+    EXPECT_EQ(rnnfast::get_num_threads(), 4);
+    rnnfast::set_thread_cap(0);
+    EXPECT_EQ(rnnfast::get_num_threads(), 4);
+    rnnfast::reset_num_threads();
+    EXPECT_TRUE(rnnfast::num_threads_is_default());
+    EXPECT_EQ(rnnfast::get_num_threads(), rnnfast::default_num_threads());
 }
