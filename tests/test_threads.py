@@ -271,3 +271,59 @@ print(_core.num_threads_is_default(), rnnfast.get_num_threads() == _core.default
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[:4] == ["1 4", "4", "4", "True True"]
+
+
+_OVERSUBSCRIBED_SCRIPT = """
+import os, sys, time
+import numpy as np
+import rnnfast
+cores = rnnfast.get_num_threads()  # the default: the CPUs this process may use
+cases = [(rnnfast.RNN, 50, 16, 64, 128), (rnnfast.LSTM, 50, 16, 64, 128), (rnnfast.GRU, 1000, 1, 32, 64),
+         (rnnfast.LSTM, 10, 3, 100, 20)]
+worst = 0.0
+for cls, T, B, I, H in cases:
+    model = cls(I, H, seed=0)
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+    def train():
+        out, _, cache = model.forward(x, return_cache=True)
+        model.backward(cache, np.ones_like(out))
+    for job in (lambda: model(x), train):
+        best = {}
+        for _ in range(5):  # interleaved, the best of each
+            for threads in (cores, 4 * cores):
+                rnnfast.set_num_threads(threads)
+                job()
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    job()
+                best[threads] = min(best.get(threads, 1e9), time.perf_counter() - t0)
+        worst = max(worst, best[4 * cores] / best[cores])
+tasks = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
+print(worst, tasks, cores)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts the process's threads in /proc")
+def test_more_threads_than_cores_is_no_slower_and_starts_no_extra_threads() -> None:
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "RNNFAST_OVERSUBSCRIBE"}
+    out = subprocess.run([sys.executable, "-c", _OVERSUBSCRIBED_SCRIPT], capture_output=True, text=True, check=True,
+                         env=env, timeout=300).stdout.split()
+    worst, tasks, cores = float(out[0]), int(out[1]), int(out[2])
+    assert worst < 1.5, out  # 8 threads on 2 cores were up to 9x slower before the kernels kept to the cores
+    # The main thread, the pool's workers (one per core but the caller's) and at most a few of NumPy/BLAS's own.
+    assert tasks <= cores + 8, out
+
+
+def test_oversubscription_can_be_asked_for() -> None:
+    import subprocess
+
+    code = ("import os, numpy as np, rnnfast; rnnfast.set_num_threads(12); m = rnnfast.RNN(64, 256, seed=0); "
+            "m(np.ones((20, 64, 64), np.float32)); print(len(os.listdir('/proc/self/task')))")
+    counts = []
+    for lift in ("1", "0"):
+        env = dict(os.environ, RNNFAST_OVERSUBSCRIBE=lift)
+        counts.append(int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                         env=env, timeout=120).stdout))
+    assert counts[0] >= counts[1] + 11 - (os.cpu_count() or 1), counts  # the pool grew to 11 workers

@@ -1,6 +1,8 @@
 #include "parallel.hpp"
 
 #include <chrono>
+#include <cstdlib>
+#include <limits>
 #include <condition_variable>
 #include <exception>
 #include <fstream>
@@ -245,6 +247,14 @@ ThreadBudget default_thread_budget() {
 
 int default_thread_count() {
     static const int count = default_thread_budget().count;
+    return count;
+}
+
+int usable_threads() {
+    static const int count = [] {
+        const char* lift = std::getenv("RNNFAST_OVERSUBSCRIBE");
+        return lift != nullptr && std::string(lift) == "1" ? std::numeric_limits<int>::max() : default_thread_count();
+    }();
     return count;
 }
 

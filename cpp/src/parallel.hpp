@@ -41,11 +41,17 @@ int quota_cpus(const std::string& text, bool v1_period_follows, const std::strin
 // True on a thread that is running a pool job: work started there runs inline.
 bool in_parallel();
 
+// The most threads a call splits its work across, whatever the setting: the CPUs this process may use
+// (default_thread_count). More threads than cores only take turns on them, and every step's barrier then waits for
+// a thread that is not running (8 threads on 2 cores made some calls 9x slower). The environment variable
+// RNNFAST_OVERSUBSCRIBE=1, read once, lifts the bound: tests use it to run many-thread splits on small machines.
+int usable_threads();
+
 // Threads worth using for `work` multiply-adds when each thread should get at least `min_work`.
 inline int threads_for(double work, double min_work) {
     if (in_parallel()) return 1;
     const double useful = std::max(1.0, work / min_work);
-    return static_cast<int>(std::min<double>(thread_limit(), useful));
+    return static_cast<int>(std::min<double>(std::min(thread_limit(), usable_threads()), useful));
 }
 
 // Runs body(k, parts) for k in [0, parts) on the pool, the caller taking k = 0, and returns when all are done.
