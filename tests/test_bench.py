@@ -395,3 +395,43 @@ def test_the_package_passes_mypy_strict(tmp_path) -> None:
          os.path.join(root, "pyproject.toml"), "--cache-dir", str(tmp_path / "mypy_cache"), package],
         capture_output=True, text=True, cwd=root, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_slowdown_with_more_threads() -> None:
+    assert bench.slowdown_with_more_threads([4.0, 2.0, 1.0]) == 1.0
+    assert bench.slowdown_with_more_threads([1.0, 2.0, 1.5]) == 2.0
+    assert bench.slowdown_with_more_threads([2.0, None, 3.0]) == 1.5
+
+
+def test_cli_thread_sweep(tmp_path) -> None:
+    out, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rnnfast", "bench", "--cases", "seed_1layer", "--quick", "--no-reference",
+         "--backends=", "--threads", "2,1", "--json", str(out), "--plot", str(plot)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(out.read_text())["sweep"]
+    assert [r["threads"] for r in runs] == [1, 2]  # in increasing order
+    for r in runs:
+        for mode in r["cases"]["seed_1layer"]["modes"].values():
+            check_mode(mode, r["repeat"])
+    table = proc.stdout[proc.stdout.index("thread sweep"):].splitlines()
+    header = next(line for line in table if line.startswith("case"))
+    assert header.split()[3:8] == ["1", "thr", "ms", "2", "thr"]
+    rows = [line.split() for line in table if line.startswith("seed_1layer")]
+    assert [row[:3] for row in rows] == [["seed_1layer", "inference", "rnnfast"], ["seed_1layer", "train", "rnnfast"]]
+    for row in rows:  # the times, the fastest count, the slowdown from more threads, as the runs measured them
+        times = [r["cases"]["seed_1layer"]["modes"][row[1]]["median_s"]["rnnfast"] for r in runs]
+        assert row[3:5] == [bench._fmt_ms(t) for t in times]
+        assert int(row[5]) == [1, 2][times.index(min(times))]
+        assert row[6] == f"{max(1.0, times[1] / times[0]):.2f}x"
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("bad", ["1,1", "0,2", "2,x", ""])
+def test_cli_thread_counts_must_be_distinct_positive_integers(bad, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["bench", "--threads", bad])
+    assert exc.value.code == 2
+    assert "--threads" in capsys.readouterr().err

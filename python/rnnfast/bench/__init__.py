@@ -87,6 +87,7 @@ from .report import _fmt_ms as _fmt_ms
 from .report import format_table, write_plot
 from .runner import _bench_case as _bench_case
 from .runner import run
+from .sweep import SWEEP_NOISE, format_sweep, slowdown_with_more_threads, sweep, write_sweep_plot
 from .timing import _QUICK_SETTLE_SECONDS as _QUICK_SETTLE_SECONDS
 from .timing import _SETTLE_SECONDS as _SETTLE_SECONDS
 from .timing import _STARTUP_SETTLE_SECONDS as _STARTUP_SETTLE_SECONDS
@@ -101,4 +102,5 @@ from .timing import _time_loop as _time_loop
 __all__ = ["BACKENDS", "BACKEND_TABLE", "CASES", "DTYPES", "GEMM_SIZE", "GRAD_RELATIVE_TOLERANCE", "KIND_GATES",
            "MIN_LOOP_SECONDS", "MODES", "OUTPUT_TOLERANCE", "QUICK_MAX_REPEAT", "QUICK_MIN_LOOP_SECONDS",
            "QUICK_REFERENCE_MAX_FLOPS", "Case", "Timing", "build_parser", "format_table", "main",
-           "measure_train_memory", "run", "select_cases", "time_interleaved", "write_plot"]
+           "measure_train_memory", "run", "select_cases", "time_interleaved", "write_plot", "SWEEP_NOISE", "format_sweep",
+           "slowdown_with_more_threads", "sweep", "write_sweep_plot"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import rnnfast
 
@@ -13,6 +13,7 @@ from .backends import _OPTIONAL_BACKENDS, QUICK_REFERENCE_MAX_FLOPS, _import_opt
 from .cases import CASES, DTYPES, KIND_GATES, select_cases
 from .report import format_table, write_plot
 from .runner import run
+from .sweep import format_sweep, sweep, write_sweep_plot
 
 
 def _split_list(values: Optional[Sequence[str]]) -> Optional[List[str]]:
@@ -21,16 +22,26 @@ def _split_list(values: Optional[Sequence[str]]) -> Optional[List[str]]:
     return [item for value in values for item in value.split(",") if item]
 
 
+def _thread_counts(text: str) -> List[int]:
+    """``--threads``: one count, or several separated by commas (a sweep), each a positive integer."""
+    parse = rnnfast._checks.cli_int(1)
+    counts = [parse(item) for item in text.split(",")]
+    if len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct thread counts, got {text!r}")
+    return sorted(counts)
+
+
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog or "python -m rnnfast bench",
         description="Time rnnfast's inference and training step against the NumPy reference and, when installed, "
-                    "PyTorch, ONNX Runtime and OpenVINO, at one thread count.",
+                    "PyTorch, ONNX Runtime and OpenVINO, at one thread count or a sweep of several.",
         epilog="cases: " + ", ".join(CASES))
     parser.add_argument("--cases", nargs="+", metavar="NAME",
                         help="case names or substrings of names (comma- or space-separated; default: all)")
-    parser.add_argument("--threads", type=rnnfast._checks.cli_int(1), default=2,
-                        help="threads for every backend (default 2)")
+    parser.add_argument("--threads", type=_thread_counts, default=[2], metavar="N[,N...]",
+                        help="threads for every backend (default 2); several counts, e.g. 1,2,4,8,16, sweep them: "
+                             "the benchmark at each, then each backend's time against the thread count")
     parser.add_argument("--repeat", type=rnnfast._checks.cli_int(1), default=5,
                         help="repetitions; times are their median (default 5; at most 3 with --quick)")
     parser.add_argument("--quick", action="store_true",
@@ -48,7 +59,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--memory", action="store_true",
                         help="also measure the training step's peak memory, rnnfast's and PyTorch's (Linux)")
     parser.add_argument("--json", metavar="FILE", help="write all results to FILE as JSON")
-    parser.add_argument("--plot", metavar="FILE", help="write a PNG bar chart of the speedups (needs matplotlib)")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="write a PNG bar chart of the speedups, or for a sweep time against threads (needs "
+                             "matplotlib)")
     return parser
 
 
@@ -74,16 +87,27 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    results = run(cases=[c.name for c in cases], threads=args.threads, repeat=args.repeat, quick=args.quick,
-                  reference=args.reference, backends=backends, progress=progress, memory=args.memory,
-                  cell=args.cell, dtype=args.dtype)
-    print(format_table(results))
+    options = dict(cases=[c.name for c in cases], repeat=args.repeat, quick=args.quick, reference=args.reference,
+                   backends=backends, progress=progress, memory=args.memory, cell=args.cell, dtype=args.dtype)
+    results: Any
+    if len(args.threads) == 1:
+        results = run(threads=args.threads[0], **options)
+        print(format_table(results))
+    else:
+        runs = sweep(args.threads, **options)
+        for one in runs:
+            print(format_table(one), end="\n\n")
+        print(format_sweep(runs))
+        results = {"sweep": runs}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
             f.write("\n")
         print(f"results written to {args.json}", file=sys.stderr)
     if plot is not None:
-        write_plot(results, plot)
+        if len(args.threads) == 1:
+            write_plot(results, plot)
+        else:
+            write_sweep_plot(results["sweep"], plot)
         print(f"plot written to {plot}", file=sys.stderr)
     return 0
