@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cells.hpp"
+#include "gemm.hpp"
 #include "packed_product.hpp"
 #include "parallel.hpp"
 #include "rnnfast/interrupt.hpp"
@@ -35,18 +36,15 @@ constexpr double kMinStepWork = 1 << 16;
 // A thread's steps of at least this many rows multiply by W_hh packed for Eigen's GEMM kernel (StepWeights).
 constexpr Index kMinPackedRows = StepWeights<float>::kMinPackedRows;
 
-// dst = lhs * rhs (or += with `add`), the rows of dst split across threads.
+// dst = lhs * rhs (or += with `add`), the rows of dst split across threads (gemm.hpp: Eigen's GEMM over packing
+// buffers that persist per thread).
 template <class Dst, class Lhs, class Rhs>
 void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
     const int threads = threads_for(static_cast<double>(dst.rows()) * dst.cols() * lhs.cols(), kMinProductWork);
     parallel(threads, [&](int k, int parts) {
         const Index r0 = split(dst.rows(), k, parts, 8), r1 = split(dst.rows(), k + 1, parts, 8);
         if (r1 <= r0) return;
-        if (add) {
-            dst.middleRows(r0, r1 - r0).noalias() += lhs.middleRows(r0, r1 - r0) * rhs;
-        } else {
-            dst.middleRows(r0, r1 - r0).noalias() = lhs.middleRows(r0, r1 - r0) * rhs;
-        }
+        gemm(dst.middleRows(r0, r1 - r0), lhs.middleRows(r0, r1 - r0), rhs, add);
     });
 }
 
@@ -534,7 +532,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 unprojected.row(r) = (saved.row(base + r).segment(3 * H, H).array() *
                                       aux.row(base + r).array().unaryExpr(TanhOp<T>())).matrix();
             }
-            grads.w_hr.noalias() += dh_chunk.topRows(chunk_rows).transpose() * unprojected.topRows(chunk_rows);
+            rows_product(grads.w_hr, dh_chunk.topRows(chunk_rows).transpose(), unprojected.topRows(chunk_rows), true);
         }
         // dW_hh pairs each step's dz with the state before it: h0 where an item starts, hs elsewhere.
         if (steps.is_uniform()) {
@@ -543,7 +541,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
             const bool has_first = t_lo <= first && first <= t_hi;
             const Index rest = chunk_rows - (has_first ? B : 0);
             if (has_first && h0.rows() != 0) {
-                grads.w_hh.noalias() += dzhc.middleRows(steps.offset(first) - base, B).transpose() * h0;
+                rows_product(grads.w_hh, dzhc.middleRows(steps.offset(first) - base, B).transpose(), h0, true);
             }
             if (rest > 0) {
                 // Rows of the steps other than `first`, and the states one step earlier in processing order.

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "recurrent.hpp"
+#include "workspace.hpp"
 
 namespace rnnfast {
 namespace {
@@ -334,14 +335,17 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
     // Workspaces, allocated once: layer outputs to alternate between (inference), the masked input, and the gates
     // (a chunk of steps' worth) and aux of a layer when no cache keeps them.
     const bool gated = cfg.cell != CellKind::rnn;
-    RowMatrix<T> ping, pong, dropped, gate_work, aux_work;
-    if (cache == nullptr && (L > 1 || packed)) ping.resize(R, DP);
-    if (cache == nullptr && L > 1) pong.resize(R, DP);
+    // (Kept per thread for the next call: workspace.hpp.)
+    using detail::WorkspaceSlot;
+    RowMatrix<T> dropped;
+    detail::Workspace<T> ping(WorkspaceSlot::forward_ping, cache == nullptr && (L > 1 || packed) ? R : 0, DP);
+    detail::Workspace<T> pong(WorkspaceSlot::forward_pong, cache == nullptr && L > 1 ? R : 0, DP);
     if (masks_in.rows() != 0) dropped.resize(R, DP);
-    if (cache == nullptr && gated) {
-        gate_work.resize(detail::forward_workspace_rows(steps, D * GH, std::max(cfg.input_size, DP), sizeof(T)), D * GH);
-        aux_work.resize(R, D * H);
-    }
+    const bool work_gates = cache == nullptr && gated;
+    detail::Workspace<T> gate_work(
+        WorkspaceSlot::forward_gates,
+        work_gates ? detail::forward_workspace_rows(steps, D * GH, std::max(cfg.input_size, DP), sizeof(T)) : 0, D * GH);
+    detail::Workspace<T> aux_work(WorkspaceSlot::forward_aux, work_gates ? R : 0, D * H);
 
     const T* input = x_in.data();
     Index input_stride = x_in.outerStride();
@@ -356,16 +360,15 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
             y = output.data();
             y_stride = output.outerStride();
         } else {
-            y = (l % 2 == 0 ? ping : pong).data();
+            y = (l % 2 == 0 ? ping : pong).matrix().data();
         }
-        RowMatrix<T>* gates = &gate_work;
-        RowMatrix<T>* aux = &aux_work;
         if (cache != nullptr && gated) {
             cache->gates[ul].resize(R, D * GH);
             cache->aux[ul].resize(R, D * H);
-            gates = &cache->gates[ul];
-            aux = &cache->aux[ul];
         }
+        const bool cached_gates = cache != nullptr && gated;
+        MatrixRef<T> gates = cached_gates ? MatrixRef<T>(cache->gates[ul]) : MatrixRef<T>(gate_work.matrix());
+        MatrixRef<T> aux = cached_gates ? MatrixRef<T>(cache->aux[ul]) : MatrixRef<T>(aux_work.matrix());
         const ConstMatrixMap<T> in(input, R, cfg.layer_input_size(l), Eigen::OuterStride<>(input_stride));
         MatrixMap<T> ys(y, R, DP, Eigen::OuterStride<>(y_stride));
         // The directions are independent: side by side on two threads when there are two.
@@ -373,8 +376,8 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
             for (Index d = k; d < D; d += parts) {
                 const DirectionLayout p = direction_layout(cfg, direction_offset(cfg, l, d), l);
                 const Index ld = l * D + d;
-                MatrixRef<T> g = gated ? MatrixRef<T>(gates->middleCols(d * GH, GH)) : MatrixRef<T>(*gates);
-                MatrixRef<T> a = gated ? MatrixRef<T>(aux->middleCols(d * H, H)) : MatrixRef<T>(*aux);
+                MatrixRef<T> g = gated ? MatrixRef<T>(gates.middleCols(d * GH, GH)) : gates;
+                MatrixRef<T> a = gated ? MatrixRef<T>(aux.middleCols(d * H, H)) : aux;
                 direction_forward<T>(cfg, weights_of(cfg, params, p), in,
                                      h0_in.rows() != 0 ? ConstMatrixRef<T>(h0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_state),
                                      c0_in.rows() != 0 ? ConstMatrixRef<T>(c0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_cell),
@@ -468,9 +471,10 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
     // gradient (the second direction's is added in afterwards). dz holds a chunk of steps (see recurrent_backward).
     const int dir_threads = D == 2 ? detail::threads_for(2, 1) : 1;
     const Index chunk_rows = std::min(R, std::max(pk.steps.size_or_zero(0), kBackwardChunkRows));
-    std::vector<RowMatrix<T>> dz(static_cast<size_t>(dir_threads), RowMatrix<T>(chunk_rows, GH));
-    std::vector<RowMatrix<T>> dzh(static_cast<size_t>(dir_threads),
-                                  RowMatrix<T>(cfg.cell == CellKind::gru ? chunk_rows : 0, GH));
+    // dz (and the GRU's dzh) of each direction thread, kept per thread for the next call (workspace.hpp).
+    const Index dzh_rows = cfg.cell == CellKind::gru ? chunk_rows : 0;
+    detail::Workspace<T> dz(detail::WorkspaceSlot::backward_dz, dir_threads * chunk_rows, GH);
+    detail::Workspace<T> dzh(detail::WorkspaceSlot::backward_dzh, dir_threads * dzh_rows, GH);
     RowMatrix<T> d_y, d_x, d_in_second, dropped, dc_unused(0, 0);  // gradient into a layer's output, its input, ...
     if (L > 1) {
         d_y.resize(R, DP);
@@ -523,7 +527,7 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
                     cell_state && d_c_n_in.rows() != 0 ? ConstMatrixRef<T>(d_c_n_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_cell),
                     d == 1, pk.steps, d_in_dir, dh0_out.middleRows(ld * B, B),
                     cell_state ? MatrixRef<T>(dc0_out.middleRows(ld * B, B)) : MatrixRef<T>(dc_unused), g,
-                    dz[static_cast<size_t>(k)], dzh[static_cast<size_t>(k)]);
+                    dz.rows(k * chunk_rows, chunk_rows), dzh.rows(k * dzh_rows, dzh_rows));
             }
         });
         if (dir_threads > 1 && d_in_rows != 0) d_in += d_in_second;
