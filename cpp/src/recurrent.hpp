@@ -299,7 +299,8 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                             for (int g = 0; g < G; ++g) {
                                 BlockMap<T> hb = block(hid + g * H, m, width, hidden.outerStride());
                                 if (wt.b_hh.size() != 0) {
-                                    hb = wt.b_hh.segment(g * H + c0_, width).array().replicate(m, 1);
+                                    // Row by row: a replicate expression indexes every element modulo the rows.
+                                    for (Index r = 0; r < m; ++r) hb.row(r) = wt.b_hh.segment(g * H + c0_, width).array();
                                 } else {
                                     hb.setZero();
                                 }
