@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "buffer.hpp"
 #include "rnnfast/types.hpp"
 
 namespace rnnfast::detail {
@@ -17,8 +18,8 @@ namespace rnnfast::detail {
 // A thread's packing buffers, grown to the largest product it has made and kept: a few megabytes per thread.
 template <class T>
 T* packing_buffer(int which, Index size) {
-    thread_local std::vector<T, Eigen::aligned_allocator<T>> buffers[2];
-    std::vector<T, Eigen::aligned_allocator<T>>& buffer = buffers[which];
+    thread_local Buffer<T> buffers[2];
+    Buffer<T>& buffer = buffers[which];
     if (static_cast<Index>(buffer.size()) < size) {
         buffer.clear();
         buffer.shrink_to_fit();

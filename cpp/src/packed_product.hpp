@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "buffer.hpp"
 #include "rnnfast/types.hpp"
 
 // PacketBlock<__m256> and the like: GCC warns that a SIMD type's alignment attribute is dropped in a template
@@ -108,8 +109,8 @@ private:
     }
 
     Index rows_ = 0, depth_ = 0, segments_ = 1, kc_ = 1, mc_ = 1;
-    std::vector<T, Eigen::aligned_allocator<T>> packed_;
-    std::vector<T, Eigen::aligned_allocator<T>> block_b_;
+    Buffer<T> packed_;  // written by pack before any read
+    Buffer<T> block_b_;
 };
 
 // The same A laid out for steps of a few rows, where a GEMM's packing of x and its register blocking (built for

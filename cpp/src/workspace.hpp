@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "buffer.hpp"
 #include "rnnfast/types.hpp"
 
 namespace rnnfast::detail {
@@ -57,7 +58,7 @@ public:
     Workspace& operator=(const Workspace&) = delete;
 
 private:
-    using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
+    using Buffer = detail::Buffer<T>;
     Index rows_, cols_;
     T* data_ = nullptr;
     bool* busy_ = nullptr;  // the slot's flag while this holds its kept block
