@@ -15,6 +15,10 @@
 
 namespace rnnfast::detail {
 
+// (Internal linkage: a function-local static of an inline function is one object per process under GCC's
+// STB_GNU_UNIQUE, shared by the modules of every instruction-set level, whose Eigen aligns differently.)
+namespace {
+
 // A thread's packing buffers, grown to the largest product it has made and kept: a few megabytes per thread.
 template <class T>
 T* packing_buffer(int which, Index size) {
@@ -27,6 +31,8 @@ T* packing_buffer(int which, Index size) {
     }
     return buffer.data();
 }
+
+}  // namespace
 
 // Eigen's level-3 blocking (the sizes its own product would choose) over this thread's packing buffers.
 template <class T>

@@ -19,24 +19,41 @@ enum class WorkspaceSlot : int { forward_gates, forward_aux, forward_ping, forwa
 constexpr int kWorkspaceSlots = 6;
 constexpr double kMaxKeptWorkspaceBytes = 32 << 20;
 
+// (Internal linkage, as gemm.hpp's packing buffers: each module keeps its own.)
+namespace {
+
+// This thread's kept blocks and whether each slot is in use.
+template <class T>
+struct KeptWorkspaces {
+    Buffer<T> blocks[kWorkspaceSlots];
+    bool busy[kWorkspaceSlots] = {};
+};
+
+template <class T>
+KeptWorkspaces<T>& kept_workspaces() {
+    thread_local KeptWorkspaces<T> kept;
+    return kept;
+}
+
+}  // namespace
+
 // A [rows, cols] row-major workspace, uninitialized, for the duration of the object.
 template <class T>
 class Workspace {
 public:
     Workspace(WorkspaceSlot slot, Index rows, Index cols) : rows_(rows), cols_(cols) {
         const Index size = rows * cols;
-        thread_local Buffer kept[kWorkspaceSlots];
-        thread_local bool busy[kWorkspaceSlots] = {};
+        KeptWorkspaces<T>& kept = kept_workspaces<T>();
         const int s = static_cast<int>(slot);
         // (A slot already in use on this thread gets a block of its own: the two must not share memory.)
-        if (static_cast<double>(size) * sizeof(T) <= kMaxKeptWorkspaceBytes && !busy[s]) {
-            Buffer& buffer = kept[s];
+        if (static_cast<double>(size) * sizeof(T) <= kMaxKeptWorkspaceBytes && !kept.busy[s]) {
+            Buffer& buffer = kept.blocks[s];
             if (static_cast<Index>(buffer.size()) < size) {
                 buffer = Buffer();  // free the old block before the new one is made
                 buffer.resize(static_cast<size_t>(size));
             }
             data_ = buffer.data();
-            busy_ = &busy[s];
+            busy_ = &kept.busy[s];
             *busy_ = true;
         } else {
             own_.resize(static_cast<size_t>(size));
