@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -107,3 +109,20 @@ def test_each_call_picks_its_kernels_by_size_and_backward_uses_the_same() -> Non
         assert_close(gx, ref_gx, np.float64, depth=8)
         for key, g in model.grads.items():
             assert_close(g, ref_grads[key], np.float64, depth=8)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("nm") is None, reason="reads ELF symbols with nm")
+def test_the_level_modules_share_no_process_wide_objects() -> None:
+    # A function-local static of an inline function exported with default visibility is STB_GNU_UNIQUE under GCC:
+    # one object for the whole process, shared by every level's module even when loaded RTLD_LOCAL. The kernels'
+    # per-thread buffers were, and a buffer the avx2 module had aligned for AVX2 crashed the avx512 one.
+    package = pathlib.Path(rnnfast.__file__).parent
+    modules = sorted(package.glob("_core_*.so"))
+    assert modules
+    for module in modules:
+        symbols = subprocess.run(["nm", "-DC", "--defined-only", str(module)], capture_output=True, text=True,
+                                 check=True).stdout.splitlines()
+        # (The C++ library's own, e.g. std::to_chars' digit table, are constants it marks visible on purpose.)
+        unique = [name for _, kind, name in (line.split(maxsplit=2) for line in symbols if line.count(" ") >= 2)
+                  if kind == "u" and "std::" not in name.split("(")[0]]
+        assert not unique, (module.name, unique[:5])
