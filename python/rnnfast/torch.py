@@ -754,9 +754,9 @@ class _Shared:
         for _ in range(this.num_layers - 1):
             shape = (T, B, DP) if packed is None else (packed.data.size(0), DP)
             if p >= 1.0:
-                noise = torch.zeros(shape, dtype=x.dtype)
-            else:
-                noise = torch.empty(shape, dtype=x.dtype).bernoulli_(1 - p).div_(1 - p)
+                noise = torch.zeros(shape, dtype=x.dtype, device="cpu")
+            else:  # on the CPU, as the input is: its generator, whatever the default device
+                noise = torch.empty(shape, dtype=x.dtype, device="cpu").bernoulli_(1 - p).div_(1 - p)
             if packed is not None:
                 noise = pad_packed_sequence(PackedSequence(noise, packed.batch_sizes, packed.sorted_indices,
                                                            packed.unsorted_indices), total_length=T)[0]
