@@ -1,16 +1,19 @@
-// Products with a weight operand that every time step reuses: the weights are packed once per call into the panel
-// layout of Eigen's GEMM kernel, so a step packs only its small state operand. A general product repacks both
-// operands on every call, which for a layer's recurrence repacks W_hh once per step.
+// Products with a weight operand that every time step reuses: res [n, rows] += x [n, depth] * A^T, A laid out once
+// per call (StepWeights), each step reading only its small state operand.
 //
-// Steps of only a few rows use a broadcast layout instead (BroadcastWeights); StepWeights picks.
-//
-// Built from Eigen 3.4's GEMM building blocks (Eigen::internal::gemm_pack_lhs, gemm_pack_rhs, gebp_kernel and its
-// blocking heuristic), called in the order Eigen's own sequential product uses them.
+// Every result element is computed the same way wherever it falls -- in which register tile, band of units, block
+// of rows or thread: its products are summed in order of k into one accumulator that starts at zero, and the sum
+// is added to res last. So the split of the recurrence across threads never changes a bit of the results (a
+// general GEMM kernel accumulates an element differently depending on its row and column position within a
+// block). Steps of many rows use register tiles of up to kTileRows rows x kTilePackets packets over W^T packed
+// into panels; one-row steps of a large W (or of a short call) multiply by A where it lies, one dot product per
+// unit.
 #pragma once
 
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "buffer.hpp"
@@ -25,198 +28,133 @@
 
 namespace rnnfast::detail {
 
-// A [rows, depth] matrix A, packed. multiply_add computes res [n, rows] += x [n, depth] * A^T for row-major res
-// and x, i.e. res^T += A * x^T in Eigen's column-major terms.
-//
-// A may be made of `segments` blocks of `rows` rows each, taken `segment_step` rows apart in the source and
-// written `res_segment_step` columns apart in res: the same units of every gate of a cell, whose products share
-// one packing of x.
+// A [rows, depth] (or `segments` blocks of it) laid out for many-row steps: A^T cut into panels of up to
+// kTilePackets SIMD packets of columns, each panel stored [depth][its width] contiguously, columns past a
+// segment's rows zero. A segment's columns are split into panels of nearly equal width (a narrow last panel
+// would run the tile with the fewest accumulators).
 template <class T>
-class PackedWeights {
-public:
-    // A(i, k) = data[i * stride + k] (RowMajor: rows of a weight matrix) or data[k * stride + i] (ColMajor:
-    // columns of one); segment g's row i is A(g * segment_step + i, k). `max_n` bounds the row count n of the
-    // products, for the blocking and workspace sizes.
-    template <int Order>
-    void pack(const T* data, Index stride, Index rows, Index depth, Index max_n, Index segments = 1,
-              Index segment_step = 0) {
-        using Traits = Eigen::internal::gebp_traits<T, T>;
-        using Mapper = Eigen::internal::const_blas_data_mapper<T, Index, Order>;
-        Eigen::internal::gemm_pack_lhs<T, Index, Mapper, Traits::mr, Traits::LhsProgress,
-                                       typename Traits::LhsPacket4Packing, Order>
-            pack_lhs;
-        rows_ = rows;
-        depth_ = depth;
-        segments_ = segments;
-        kc_ = depth;
-        mc_ = rows;
-        Index nc = std::max<Index>(max_n, 1);
-        Eigen::internal::computeProductBlockingSizes<T, T>(kc_, mc_, nc, Index(1));
-        kc_ = std::max<Index>(kc_, 1);
-        mc_ = std::max<Index>(mc_, 1);
-        Index size = 0;
-        for (Index k2 = 0; k2 < depth; k2 += kc_) {
-            for (Index i2 = 0; i2 < rows; i2 += mc_) size += block_size(std::min(kc_, depth - k2), std::min(mc_, rows - i2));
-        }
-        packed_.resize(static_cast<size_t>(segments * size));
-        block_b_.resize(static_cast<size_t>(kc_ * std::max<Index>(max_n, 1)));
-        const Mapper a(data, stride);
-        // Blocks in the order multiply_add reads them: depth blocks outside, segments and row blocks inside.
-        T* out = packed_.data();
-        for (Index k2 = 0; k2 < depth; k2 += kc_) {
-            const Index kc = std::min(kc_, depth - k2);
-            for (Index g = 0; g < segments; ++g) {
-                for (Index i2 = 0; i2 < rows; i2 += mc_) {
-                    const Index mc = std::min(mc_, rows - i2);
-                    pack_lhs(out, a.getSubMapper(g * segment_step + i2, k2), kc, mc);
-                    out += block_size(kc, mc);
-                }
-            }
-        }
-    }
-
-    // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T, n <= max_n; segment g's
-    // columns start at res + g * res_segment_step.
-    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step = 0) {
-        using Traits = Eigen::internal::gebp_traits<T, T>;
-        using RhsMapper = Eigen::internal::const_blas_data_mapper<T, Index, Eigen::ColMajor>;
-        using ResMapper = Eigen::internal::blas_data_mapper<T, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
-        Eigen::internal::gemm_pack_rhs<T, Index, RhsMapper, Traits::nr, Eigen::ColMajor> pack_rhs;
-        Eigen::internal::gebp_kernel<T, T, Index, ResMapper, Traits::mr, Traits::nr> gebp;
-        if (n == 0 || rows_ == 0 || depth_ == 0) return;
-        const RhsMapper xt(x, x_stride);  // x^T: [depth, n] column-major
-        const ResMapper out(res, res_stride);  // res^T: [rows, n] column-major
-        const T* a = packed_.data();
-        for (Index k2 = 0; k2 < depth_; k2 += kc_) {
-            const Index kc = std::min(kc_, depth_ - k2);
-            pack_rhs(block_b_.data(), xt.getSubMapper(k2, 0), kc, n);
-            for (Index g = 0; g < segments_; ++g) {
-                for (Index i2 = 0; i2 < rows_; i2 += mc_) {
-                    const Index mc = std::min(mc_, rows_ - i2);
-                    gebp(out.getSubMapper(g * res_segment_step + i2, 0), a, block_b_.data(), mc, kc, n, T(1));
-                    a += block_size(kc, mc);
-                }
-            }
-        }
-    }
-
-private:
-    // A packed block's length, rounded up so that the next one starts aligned (the kernel loads its panels with
-    // aligned loads).
-    static Index block_size(Index kc, Index mc) {
-        constexpr Index align = EIGEN_MAX_ALIGN_BYTES / sizeof(T) > 0 ? EIGEN_MAX_ALIGN_BYTES / sizeof(T) : 1;
-        return (kc * mc + align - 1) / align * align;
-    }
-
-    Index rows_ = 0, depth_ = 0, segments_ = 1, kc_ = 1, mc_ = 1;
-    Buffer<T> packed_;  // written by pack before any read
-    Buffer<T> block_b_;
-};
-
-// The same A laid out for steps of a few rows, where a GEMM's packing of x and its register blocking (built for
-// many rows) cost more than the arithmetic: A^T is stored as [depth, ld] row-major, each segment's columns
-// rounded up to whole SIMD packets, and each row of res accumulates depth broadcast-multiply-adds of A^T's rows.
-// No packing per call, no workspace.
-template <class T>
-class BroadcastWeights {
+class PanelWeights {
     using Packet = typename Eigen::internal::packet_traits<T>::type;
     static constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
 
 public:
-    // A(i, k) and its segments as in PackedWeights::pack.
+    // Register tiles: kTileRows x kTilePackets accumulators, plus the panel's packets and one broadcast of x.
+    static constexpr int kTilePackets = 3;
+    static constexpr int kTileRows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 8 : 4;
+
+    // A(i, k) = data[i * stride + k] (RowMajor: rows of a weight matrix) or data[k * stride + i] (ColMajor:
+    // columns of one); segment g's row i is A(g * segment_step + i, k).
     template <int Order>
     void pack(const T* data, Index stride, Index rows, Index depth, Index segments = 1, Index segment_step = 0) {
         rows_ = rows;
         depth_ = depth;
-        segment_ld_ = (rows + P - 1) / P * P;
-        ld_ = segments * segment_ld_;
-        at_.assign(static_cast<size_t>(depth * ld_), T(0));  // padding columns stay zero
+        panels_.clear();
+        const Index packets = (rows + P - 1) / P;
+        const Index count = (packets + kTilePackets - 1) / kTilePackets;
+        Index size = 0;
         for (Index g = 0; g < segments; ++g) {
-            const T* src = data + g * segment_step * (Order == Eigen::RowMajor ? stride : 1);
-            transpose_into<Order>(src, stride, at_.data() + g * segment_ld_);
+            Index u0 = 0;
+            for (Index p = 0; p < count; ++p) {
+                const Index np = packets / count + (p < packets % count ? 1 : 0);
+                panels_.push_back(Panel{g, u0, np, size});
+                size += depth * np * P;
+                u0 += np * P;
+            }
+        }
+        data_.resize(static_cast<size_t>(size));
+        for (const Panel& panel : panels_) {
+            const T* src = data + panel.segment * segment_step * (Order == Eigen::RowMajor ? stride : 1);
+            fill_panel<Order>(panel, src, stride);
         }
     }
 
     // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T; segment g's columns
     // start at res + g * res_segment_step.
-    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step = 0) const {
-        if (rows_ == 0 || depth_ == 0) return;
-        const Out out{res, res_stride, res_segment_step};
-        Index r = 0;
-        for (; r + 4 <= n; r += 4) row_group<4, 2>(x + r * x_stride, x_stride, out.rows_from(r));
-        switch (n - r) {
-            case 3: row_group<3, 3>(x + r * x_stride, x_stride, out.rows_from(r)); break;
-            case 2: row_group<2, 4>(x + r * x_stride, x_stride, out.rows_from(r)); break;
-            case 1: row_group<1, 8>(x + r * x_stride, x_stride, out.rows_from(r)); break;
-            default: break;
+    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step) const {
+        if (rows_ == 0 || depth_ == 0 || n == 0) return;
+        for (const Panel& panel : panels_) {
+            T* out = res + panel.segment * res_segment_step + panel.u0;
+            switch (panel.packets) {
+                case 1: rows_of<1>(panel, x, x_stride, n, out, res_stride); break;
+                case 2: rows_of<2>(panel, x, x_stride, n, out, res_stride); break;
+                default: rows_of<3>(panel, x, x_stride, n, out, res_stride); break;
+            }
         }
     }
 
 private:
-    // Where results go: row r of res at data + r * stride, segment g's columns from g * segment_step.
-    struct Out {
-        T* data;
-        Index stride, segment_step;
-        Out rows_from(Index r) const { return {data + r * stride, stride, segment_step}; }
+    struct Panel {
+        Index segment, u0, packets, offset;  // its segment, first unit, width in packets, place in data_
     };
+    static_assert(kTilePackets == 3, "multiply_add dispatches widths 1 to 3");
 
-    // One segment's A^T into columns [0, rows_) of `out` (row stride ld_).
+    // Panel columns [0, width) for k in [0, depth) from segment rows [u0, u0 + width) of A, zero past rows_.
     template <int Order>
-    void transpose_into(const T* data, Index stride, T* out) {
-        const Index rows = rows_, depth = depth_;
+    void fill_panel(const Panel& panel, const T* src, Index stride) {
+        const Index width = panel.packets * P, valid = std::min(width, rows_ - panel.u0), depth = depth_;
+        T* out = data_.data() + panel.offset;
         if (Order == Eigen::ColMajor) {  // A^T's rows are rows of the source: copies
-            for (Index k = 0; k < depth; ++k) std::copy(data + k * stride, data + k * stride + rows, out + k * ld_);
+            for (Index k = 0; k < depth; ++k) {
+                const T* row = src + k * stride + panel.u0;
+                std::copy(row, row + valid, out + k * width);
+                std::fill(out + k * width + valid, out + (k + 1) * width, T(0));
+            }
             return;
         }
-        // A transpose: P x P blocks through registers (a transposing loop element by element would stride through
-        // one side and cost dozens of matrix-vector products on a large W_hh), the edges element by element.
+        // A transpose: P x P blocks through registers (element by element would stride through one side and cost
+        // dozens of matrix-vector products on a large W_hh), the edges element by element.
         using namespace Eigen::internal;
-        const Index rows_p = rows / P * P, depth_p = depth / P * P;
-        for (Index i0 = 0; i0 < rows_p; i0 += P) {
+        const Index valid_p = valid / P * P, depth_p = depth / P * P;
+        for (Index j0 = 0; j0 < valid_p; j0 += P) {
+            const T* a = src + (panel.u0 + j0) * stride;
             for (Index k0 = 0; k0 < depth_p; k0 += P) {
                 PacketBlock<Packet, static_cast<int>(P)> block;
-                for (Index q = 0; q < P; ++q) block.packet[q] = ploadu<Packet>(data + (i0 + q) * stride + k0);
+                for (Index q = 0; q < P; ++q) block.packet[q] = ploadu<Packet>(a + q * stride + k0);
                 ptranspose(block);
-                for (Index q = 0; q < P; ++q) pstoreu(out + (k0 + q) * ld_ + i0, block.packet[q]);
+                for (Index q = 0; q < P; ++q) pstoreu(out + (k0 + q) * width + j0, block.packet[q]);
             }
-            for (Index i = i0; i < i0 + P; ++i) {
-                for (Index k = depth_p; k < depth; ++k) out[k * ld_ + i] = data[i * stride + k];
+            for (Index j = j0; j < j0 + P; ++j) {
+                for (Index k = depth_p; k < depth; ++k) out[k * width + j] = src[(panel.u0 + j) * stride + k];
             }
         }
-        for (Index i = rows_p; i < rows; ++i) {
-            for (Index k = 0; k < depth; ++k) out[k * ld_ + i] = data[i * stride + k];
+        for (Index k = 0; k < depth; ++k) {
+            for (Index j = valid_p; j < width; ++j) {
+                out[k * width + j] = j < valid ? src[(panel.u0 + j) * stride + k] : T(0);
+            }
         }
     }
 
-    // R rows of res, all columns, in blocks of up to NP packets (R * NP accumulators stay in registers).
-    template <int R, int NP>
-    void row_group(const T* x, Index x_stride, const Out& out) const {
-        const Index packets = ld_ / P;
-        Index j = 0;
-        for (; j + NP <= packets; j += NP) tile<R, NP>(x, x_stride, out, j * P);
-        dispatch_tail<R, NP - 1>(packets - j, x, x_stride, out, j * P);
+    // Every row of x against one panel of NP packets: tiles of kTileRows rows, then the rest.
+    template <int NP>
+    void rows_of(const Panel& panel, const T* x, Index x_stride, Index n, T* out, Index out_stride) const {
+        const T* w = data_.data() + panel.offset;
+        const Index valid = std::min(panel.packets * P, rows_ - panel.u0);
+        Index r = 0;
+        for (; r + kTileRows <= n; r += kTileRows) {
+            tile<kTileRows, NP>(x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid);
+        }
+        rest<kTileRows - 1, NP>(n - r, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid);
     }
 
     template <int R, int NP>
-    void dispatch_tail(Index left, const T* x, Index x_stride, const Out& out, Index c) const {
-        if constexpr (NP > 0) {
-            if (left == NP) {
-                tile<R, NP>(x, x_stride, out, c);
+    void rest(Index left, const T* x, Index x_stride, const T* w, T* out, Index out_stride, Index valid) const {
+        if constexpr (R > 0) {
+            if (left == R) {
+                tile<R, NP>(x, x_stride, w, out, out_stride, valid);
             } else {
-                dispatch_tail<R, NP - 1>(left, x, x_stride, out, c);
+                rest<R - 1, NP>(left, x, x_stride, w, out, out_stride, valid);
             }
         }
     }
 
-    // res rows [0, R), the columns of A^T's packets [c, c + NP * P) (padding left out) += x rows [0, R) * A^T.
+    // out rows [0, R), columns [0, valid) += x rows [0, R) * the panel (NP packets wide).
     template <int R, int NP>
-    void tile(const T* x, Index x_stride, const Out& out, Index c) const {
+    void tile(const T* x, Index x_stride, const T* w, T* out, Index out_stride, Index valid) const {
         using namespace Eigen::internal;
         Packet acc[R][NP];
         for (int r = 0; r < R; ++r)
             for (int j = 0; j < NP; ++j) acc[r][j] = pset1<Packet>(T(0));
-        const T* w = at_.data() + c;
-        for (Index k = 0; k < depth_; ++k, w += ld_) {
+        for (Index k = 0; k < depth_; ++k, w += NP * P) {
             Packet wk[NP];
             for (int j = 0; j < NP; ++j) wk[j] = pload<Packet>(w + j * P);
             for (int r = 0; r < R; ++r) {
@@ -225,42 +163,89 @@ private:
             }
         }
         for (int j = 0; j < NP; ++j) {
-            // Packets never straddle segments: each segment's width is whole packets.
-            const Index col = c + j * P, segment = col / segment_ld_, unit = col - segment * segment_ld_;
-            if (unit >= rows_) continue;
-            const Index offset = segment * out.segment_step + unit;
+            const Index col = j * P;
+            if (col >= valid) break;
             for (int r = 0; r < R; ++r) {
-                T* dst = out.data + r * out.stride + offset;
-                if (unit + P <= rows_) {
+                T* dst = out + r * out_stride + col;
+                if (col + P <= valid) {
                     pstoreu(dst, padd(ploadu<Packet>(dst), acc[r][j]));
                 } else {  // the last, partial packet of a segment
                     alignas(sizeof(Packet)) T part[P];
                     pstoreu(part, acc[r][j]);
-                    for (Index q = 0; unit + q < rows_; ++q) dst[q] += part[q];
+                    for (Index q = 0; col + q < valid; ++q) dst[q] += part[q];
                 }
             }
         }
     }
 
-    Index rows_ = 0, depth_ = 0, ld_ = 0, segment_ld_ = 0;
-    std::vector<T, Eigen::aligned_allocator<T>> at_;
+    Index rows_ = 0, depth_ = 0;
+    std::vector<Panel> panels_;
+    Buffer<T> data_;  // written by pack before any read
 };
 
-// W_hh (or a band of it) for one thread's recurrence, laid out once per call for the products its steps make:
-// GEMM-packed for steps of kMinPackedRows rows or more; for fewer, the broadcast layout, except where a step has a
-// single row and either W_hh is large (Eigen's matrix-vector product is then at least as fast, and the
-// transposing copy costs several of them) or the call has too few steps to repay the copy: those multiply by W_hh
-// in place.
+// One-row steps multiplying by a row-major A where it lies: each unit a dot product of its row of A with x, over
+// whole packets then the rest in order, four units at a time for independent chains.
+template <class T>
+void dot_multiply_add(const T* a, Index stride, Index rows, Index depth, Index segments, Index segment_step,
+                      const T* x, T* res, Index res_segment_step) {
+    using namespace Eigen::internal;
+    using Packet = typename packet_traits<T>::type;
+    constexpr Index P = unpacket_traits<Packet>::size;
+    const Index depth_p = depth / P * P;
+    // The same code for every unit: a group of four is four of it interleaved.
+    const auto finish = [&](const Packet& acc, const T* row) {
+        T sum = predux(acc);
+        for (Index k = depth_p; k < depth; ++k) {
+#if defined(__FMA__)
+            sum = std::fma(row[k], x[k], sum);
+#else
+            sum = sum + row[k] * x[k];
+#endif
+        }
+        return sum;
+    };
+    for (Index g = 0; g < segments; ++g) {
+        const T* ag = a + g * segment_step * stride;
+        T* out = res + g * res_segment_step;
+        Index i = 0;
+        for (; i + 4 <= rows; i += 4) {
+            const T* r0 = ag + i * stride;
+            Packet c0 = pset1<Packet>(T(0)), c1 = c0, c2 = c0, c3 = c0;
+            for (Index k = 0; k < depth_p; k += P) {
+                const Packet xk = ploadu<Packet>(x + k);
+                c0 = pmadd(ploadu<Packet>(r0 + k), xk, c0);
+                c1 = pmadd(ploadu<Packet>(r0 + stride + k), xk, c1);
+                c2 = pmadd(ploadu<Packet>(r0 + 2 * stride + k), xk, c2);
+                c3 = pmadd(ploadu<Packet>(r0 + 3 * stride + k), xk, c3);
+            }
+            out[i] += finish(c0, r0);
+            out[i + 1] += finish(c1, r0 + stride);
+            out[i + 2] += finish(c2, r0 + 2 * stride);
+            out[i + 3] += finish(c3, r0 + 3 * stride);
+        }
+        for (; i < rows; ++i) {
+            const T* r0 = ag + i * stride;
+            Packet c0 = pset1<Packet>(T(0));
+            for (Index k = 0; k < depth_p; k += P) c0 = pmadd(ploadu<Packet>(r0 + k), ploadu<Packet>(x + k), c0);
+            out[i] += finish(c0, r0);
+        }
+    }
+}
+
+// W_hh (or a band of it) for one thread's recurrence, laid out once per call for the products its steps make.
+// The layout depends only on the call (its batch and steps), never on how the threads split it, so that every
+// split computes every element the same way: panels; or, for a batch of one item where W is large (the
+// transposing copy then costs as much as several steps) or the call has too few steps to repay the copy, a
+// row-major A used in place.
 template <class T>
 class StepWeights {
 public:
-    static constexpr Index kMinPackedRows = 8;
-    static constexpr Index kMaxBroadcastVectorSize = 256 * 64;
-    static constexpr Index kMinBroadcastVectorSteps = 16;
+    static constexpr Index kMaxPanelVectorSize = 256 * 64;
+    static constexpr Index kMinPanelVectorSteps = 16;
 
-    // A(i, k) and its segments as in PackedWeights::pack; steps of up to `max_n` rows, `steps` of them in the call.
+    // A(i, k) and its segments as in PanelWeights::pack; the call has `batch` items and `steps` steps.
     template <int Order>
-    void pack(const T* data, Index stride, Index rows, Index depth, Index max_n, Index steps, Index segments = 1,
+    void pack(const T* data, Index stride, Index rows, Index depth, Index batch, Index steps, Index segments = 1,
               Index segment_step = 0) {
         source_ = data;
         stride_ = stride;
@@ -268,57 +253,41 @@ public:
         depth_ = depth;
         segments_ = segments;
         segment_step_ = segment_step;
-        row_major_ = Order == Eigen::RowMajor;
-        max_n_ = max_n;
         const Index size = segments * rows * depth;
-        if (max_n >= kMinPackedRows) {
-            layout_ = Layout::gemm;
-            packed_.template pack<Order>(data, stride, rows, depth, max_n, segments, segment_step);
-        } else if (max_n == 1 && (size > kMaxBroadcastVectorSize || steps < kMinBroadcastVectorSteps)) {
+        if (Order == Eigen::RowMajor && batch == 1 && (size > kMaxPanelVectorSize || steps < kMinPanelVectorSteps)) {
             layout_ = Layout::in_place;
         } else {
-            layout_ = Layout::broadcast;
-            broadcast_.template pack<Order>(data, stride, rows, depth, segments, segment_step);
+            layout_ = Layout::panels;
+            panels_.template pack<Order>(data, stride, rows, depth, segments, segment_step);
         }
     }
 
-    // Whether it holds `segments` segments of `rows` rows starting at `data` for steps of up to max_n rows.
-    bool holds(const T* data, Index rows, Index max_n, Index segments = 1) const {
-        return layout_ != Layout::none && source_ == data && rows_ == rows && segments_ == segments && max_n <= max_n_;
+    // Whether it holds `segments` segments of `rows` rows starting at `data`.
+    bool holds(const T* data, Index rows, Index segments = 1) const {
+        return layout_ != Layout::none && source_ == data && rows_ == rows && segments_ == segments;
     }
 
     // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T; segment g's columns
-    // start at res + g * res_segment_step.
-    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step = 0) {
+    // start at res + g * res_segment_step. In place: one row at a time.
+    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step = 0) const {
         switch (layout_) {
-            case Layout::gemm: packed_.multiply_add(x, x_stride, n, res, res_stride, res_segment_step); break;
-            case Layout::broadcast: broadcast_.multiply_add(x, x_stride, n, res, res_stride, res_segment_step); break;
-            case Layout::in_place: {
-                const ConstMatrixMap<T> xs(x, n, depth_, Eigen::OuterStride<>(x_stride));
-                for (Index g = 0; g < segments_; ++g) {
-                    MatrixMap<T> out(res + g * res_segment_step, n, rows_, Eigen::OuterStride<>(res_stride));
-                    if (row_major_) {
-                        const T* a = source_ + g * segment_step_ * stride_;
-                        out.noalias() += xs * ConstMatrixMap<T>(a, rows_, depth_, Eigen::OuterStride<>(stride_)).transpose();
-                    } else {
-                        const T* a = source_ + g * segment_step_;
-                        out.noalias() += xs * ConstMatrixMap<T>(a, depth_, rows_, Eigen::OuterStride<>(stride_));
-                    }
+            case Layout::panels: panels_.multiply_add(x, x_stride, n, res, res_stride, res_segment_step); break;
+            case Layout::in_place:
+                for (Index r = 0; r < n; ++r) {
+                    dot_multiply_add(source_, stride_, rows_, depth_, segments_, segment_step_, x + r * x_stride,
+                                     res + r * res_stride, res_segment_step);
                 }
                 break;
-            }
             case Layout::none: break;
         }
     }
 
 private:
-    enum class Layout { none, gemm, broadcast, in_place };
+    enum class Layout { none, panels, in_place };
     Layout layout_ = Layout::none;
     const T* source_ = nullptr;
-    Index stride_ = 0, rows_ = 0, depth_ = 0, segments_ = 1, segment_step_ = 0, max_n_ = 0;
-    bool row_major_ = true;
-    PackedWeights<T> packed_;
-    BroadcastWeights<T> broadcast_;
+    Index stride_ = 0, rows_ = 0, depth_ = 0, segments_ = 1, segment_step_ = 0;
+    PanelWeights<T> panels_;
 };
 
 }  // namespace rnnfast::detail

@@ -8,7 +8,7 @@
 // steps that fit in dz, each chunk followed by its weight, bias and input gradients as whole products.
 //
 // Threads split the recurrence by items (each runs its items through every step, no waiting) when each gets at
-// least kMinPackedRows items and the step is not large; otherwise by bands of state units (the same units of every
+// least kMinItemRows items and the step is not large; otherwise by bands of state units (the same units of every
 // gate, so the elementwise math stays within a thread), meeting at a barrier every step. A projected LSTM (w_hr)
 // mixes the units after the cell, so it is split by items only.
 #pragma once
@@ -33,8 +33,8 @@ namespace rnnfast::detail {
 constexpr double kMinProductWork = 1 << 18;
 constexpr double kMinStepWork = 1 << 16;
 
-// A thread's steps of at least this many rows multiply by W_hh packed for Eigen's GEMM kernel (StepWeights).
-constexpr Index kMinPackedRows = StepWeights<float>::kMinPackedRows;
+// Items per thread below which the recurrence is split by bands of units instead.
+constexpr Index kMinItemRows = 8;
 
 // dst = lhs * rhs (or += with `add`), the rows of dst split across threads (gemm.hpp: Eigen's GEMM over packing
 // buffers that persist per thread).
@@ -78,7 +78,7 @@ void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool 
 constexpr double kMinBandStepWork = 1 << 25;
 
 // How the recurrence is split across threads. Items are independent of each other, so when every thread gets
-// at least kMinPackedRows items, each runs its own items through all the steps and the threads never wait for
+// at least kMinItemRows items, each runs its own items through all the steps and the threads never wait for
 // one another -- unless the step is large (kMinBandStepWork). Otherwise each thread owns a band of the state
 // units and all meet at every step.
 struct RecurrenceSplit {
@@ -88,7 +88,7 @@ struct RecurrenceSplit {
     // `step_work`: multiply-adds of the recurrent product of a whole step; 0 forces items where they fit.
     RecurrenceSplit(const StepLayout& steps, int threads, double step_work = 0) {
         const Index items = steps.size_or_zero(0);
-        by_items = threads > 1 && items >= threads * kMinPackedRows && step_work < kMinBandStepWork;
+        by_items = threads > 1 && items >= threads * kMinItemRows && step_work < kMinBandStepWork;
         if (!by_items) return;
         // Rows are the items sorted by decreasing length (a step holds a prefix of them): split the rows of all
         // steps evenly, an item's rows being its length.
@@ -218,6 +218,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     // Each thread's rows of W_hh, packed in the first chunk and kept for the others; chunked: W_ih too, each
     // thread projecting a share of every chunk's rows.
     std::vector<StepWeights<T>> w_bands(static_cast<size_t>(threads)), w_inputs(static_cast<size_t>(chunked ? threads : 0));
+    std::vector<StepWeights<T>> w_projs(static_cast<size_t>(proj ? threads : 0));  // W_hr, for each thread
     // Processing order: s = 0 .. T_-1, step t = s (forward) or T_-1-s (reverse).
     for (Index s_begin = 0, s_end = 0; s_begin < T_; s_begin = s_end) {
         // The chunk: processing positions [s_begin, s_end), their rows starting at `base`.
@@ -240,11 +241,10 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                 // thread's steps read rows of every share.
                 const Index p0 = detail::split(rows, k, parts, 1), p1 = detail::split(rows, k + 1, parts, 1);
                 StepWeights<T>& w_in = w_inputs[static_cast<size_t>(k)];
-                const Index max_share = (z.rows() + parts - 1) / parts;
                 const bool packed_in = error.run([&] {
-                    if (!w_in.holds(wt.w_ih.data(), G * H, max_share)) {
+                    if (!w_in.holds(wt.w_ih.data(), G * H)) {
                         w_in.template pack<Eigen::RowMajor>(wt.w_ih.data(), wt.w_ih.outerStride(), G * H, wt.w_ih.cols(),
-                                                            max_share, rows);
+                                                            z.rows(), rows);
                     }
                 });
                 if (packed_in && p1 > p0) {
@@ -269,8 +269,12 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                 const Index stride = wt.w_hh.outerStride();
                 const T* data = wt.w_hh.data() + c0_ * stride;
                 const Index rows_per_segment = width == H ? G * H : width, segments = width == H ? 1 : G;
-                if (!w_band.holds(data, rows_per_segment, last - first, segments)) {
-                    w_band.template pack<Eigen::RowMajor>(data, stride, rows_per_segment, P, last - first, T_, segments, H);
+                if (!w_band.holds(data, rows_per_segment, segments)) {
+                    w_band.template pack<Eigen::RowMajor>(data, stride, rows_per_segment, P, B, T_, segments, H);
+                }
+                StepWeights<T>* w_proj = proj ? &w_projs[static_cast<size_t>(k)] : nullptr;
+                if (w_proj != nullptr && !w_proj->holds(wt.w_hr.data(), P)) {
+                    w_proj->template pack<Eigen::RowMajor>(wt.w_hr.data(), wt.w_hr.outerStride(), P, H, B, T_);
                 }
             });
             const Index ld = hs.outerStride(), zld = z.outerStride();
@@ -337,8 +341,10 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                         }
                         Cell::template forward<T>(fb);
                         if (proj) {  // by items: this thread has every unit of its rows
-                            hs.middleRows(st.offset + r0, m).noalias() =
-                                unprojected.middleRows(r0, m) * wt.w_hr.transpose();
+                            hs.middleRows(st.offset + r0, m).setZero();
+                            w_projs[static_cast<size_t>(k)].multiply_add(
+                                unprojected.data() + r0 * unprojected.outerStride(), unprojected.outerStride(), m,
+                                hs.data() + (st.offset + r0) * ld, ld);
                         }
                     }
                 }
@@ -410,6 +416,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
     FirstError error;
     // Each thread's columns of W_hh, packed in the first chunk and kept for the others.
     std::vector<StepWeights<T>> w_bands(static_cast<size_t>(threads));
+    std::vector<StepWeights<T>> w_projs(static_cast<size_t>(proj ? threads : 0));  // W_hr^T, for each thread
     // Processing order: s = T_-1 down to 0, step t = s (forward) or T_-1-s (reverse).
     Index s_next = T_ - 1;
     while (s_next >= 0) {
@@ -442,8 +449,12 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
             const bool ready = error.run([&] {
                 if (last <= first || width <= 0) return;
                 const T* data = wt.w_hh.data() + p0;
-                if (!w_band.holds(data, pw, last - first)) {
-                    w_band.template pack<Eigen::ColMajor>(data, wt.w_hh.outerStride(), pw, G * H, last - first, T_);
+                if (!w_band.holds(data, pw)) {
+                    w_band.template pack<Eigen::ColMajor>(data, wt.w_hh.outerStride(), pw, G * H, B, T_);
+                }
+                StepWeights<T>* w_proj = proj ? &w_projs[static_cast<size_t>(k)] : nullptr;
+                if (w_proj != nullptr && !w_proj->holds(wt.w_hr.data(), H)) {
+                    w_proj->template pack<Eigen::ColMajor>(wt.w_hr.data(), wt.w_hr.outerStride(), H, P, B, T_);
                 }
             });
             for (Index s = s_begin; s >= s_end; --s) {
@@ -458,7 +469,10 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                     if (dhs.rows() != 0) carry += dhs.block(st.offset + st.a, p0, m_all, pw);
                     if (proj) {  // by items: this thread has every unit of its rows
                         dh_chunk.middleRows(oc + st.a, m_all) = carry;
-                        d_unprojected.middleRows(st.a, m_all).noalias() = carry * wt.w_hr;
+                        d_unprojected.middleRows(st.a, m_all).setZero();
+                        w_projs[static_cast<size_t>(k)].multiply_add(carry.data(), carry.outerStride(), m_all,
+                                                                     d_unprojected.data() + st.a * d_unprojected.outerStride(),
+                                                                     d_unprojected.outerStride());
                     }
                     for (int part = 0; part < 2; ++part) {
                         const Index r0 = part == 0 ? st.a : st.cont, r1 = part == 0 ? st.cont : st.b;

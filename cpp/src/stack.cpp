@@ -467,8 +467,9 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
 
     const bool dropout = cache.masks.rows() != 0;
     const RowMatrix<T> none(0, P), no_cell(0, H), no_aux(0, 0);
-    // The directions run side by side when there are two threads; each then needs its own dz and input
-    // gradient (the second direction's is added in afterwards). dz holds a chunk of steps (see recurrent_backward).
+    // The directions run side by side when there are two threads; each then needs its own dz. The second
+    // direction's input gradient is made apart and added in afterwards, whatever the threads: the sums of every
+    // element in the same order. dz holds a chunk of steps (see recurrent_backward).
     const int dir_threads = D == 2 ? detail::threads_for(2, 1) : 1;
     const Index chunk_rows = std::min(R, std::max(pk.steps.size_or_zero(0), kBackwardChunkRows));
     // dz (and the GRU's dzh) of each direction thread, kept per thread for the next call (workspace.hpp).
@@ -501,7 +502,7 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
         MatrixMap<T> d_in = l == 0 ? MatrixMap<T>(dx_out.data(), d_in_rows, in_size, Eigen::OuterStride<>(std::max<Index>(dx_out.outerStride(), 1)))
                                    : matrix(d_x.data(), 0, R, DP);
         d_in.setZero();
-        if (dir_threads > 1) d_in_second.setZero(d_in_rows, in_size);
+        if (D == 2) d_in_second.setZero(d_in_rows, in_size);
         detail::parallel(dir_threads, [&](int k, int parts) {
             for (Index d = k; d < D; d += parts) {
                 const DirectionLayout p = direction_layout(cfg, direction_offset(cfg, l, d), l);
@@ -511,7 +512,7 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
                 const ConstMatrixRef<T> d_hs = l < L - 1               ? ConstMatrixRef<T>(d_y.middleCols(d * P, P))
                                                : d_out_in.rows() != 0 ? ConstMatrixRef<T>(d_out_in.middleCols(d * P, P))
                                                                       : ConstMatrixRef<T>(none);
-                MatrixRef<T> d_in_dir = k == 1 ? MatrixRef<T>(d_in_second) : MatrixRef<T>(d_in);
+                MatrixRef<T> d_in_dir = d == 1 ? MatrixRef<T>(d_in_second) : MatrixRef<T>(d_in);
                 RowMatrix<T> no_grad(0, 0);
                 const detail::LayerGrads<T> g{matrix(grads, p.w_ih, GH, p.in), matrix(grads, p.w_hh, GH, P),
                                               Eigen::Map<RowVector<T>>(grads + p.b_ih, bias_size),
@@ -530,7 +531,7 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
                     dz.rows(k * chunk_rows, chunk_rows), dzh.rows(k * dzh_rows, dzh_rows));
             }
         });
-        if (dir_threads > 1 && d_in_rows != 0) d_in += d_in_second;
+        if (D == 2 && d_in_rows != 0) d_in += d_in_second;
         if (l > 0) {
             if (dropout) {
                 d_y = d_x.cwiseProduct(cache.masks.middleRows((l - 1) * R, R));

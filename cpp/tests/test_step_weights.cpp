@@ -1,5 +1,6 @@
 // The weight layouts of the recurrence's per-step products (cpp/src/packed_product.hpp) against Eigen's product,
-// over the row counts, widths and depths that reach every register tile and partial packet.
+// over the row counts, widths and depths that reach every register tile and partial packet; and the bits of each
+// result element independent of the block of rows and the band of units it was computed in.
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
@@ -28,7 +29,7 @@ Matrix<T> random_matrix(Index rows, Index cols, std::mt19937& gen) {
 // res [n, rows] += x [n, depth] * A^T for A given as rows of a weight matrix (RowMajor) or columns of one
 // (ColMajor), operands with row strides wider than their widths; columns outside [0, rows) must stay untouched.
 template <class T, int Order>
-void check_layouts(Index rows, Index depth, Index n, Index max_n, Index steps) {
+void check_layouts(Index rows, Index depth, Index n, Index batch, Index steps) {
     std::mt19937 gen(static_cast<unsigned>(rows * 100000 + depth * 100 + n));
     const Index pad = 3;
     const Matrix<T> a = random_matrix<T>(rows, depth, gen);
@@ -46,37 +47,59 @@ void check_layouts(Index rows, Index depth, Index n, Index max_n, Index steps) {
     expected.leftCols(rows) += x.leftCols(depth) * a.transpose();
 
     rnnfast::detail::StepWeights<T> step;
-    step.template pack<Order>(store.data(), store.cols(), rows, depth, max_n, steps);
+    step.template pack<Order>(store.data(), store.cols(), rows, depth, batch, steps);
     Matrix<T> got = res0;
     step.multiply_add(x.data(), x.cols(), n, got.data(), got.cols());
-    EXPECT_TRUE(step.holds(store.data(), rows, max_n));
-    EXPECT_FALSE(step.holds(store.data(), rows, max_n + 1));
-    EXPECT_FALSE(step.holds(store.data(), rows, max_n, 2));
+    EXPECT_TRUE(step.holds(store.data(), rows));
+    EXPECT_FALSE(step.holds(store.data(), rows + 1));
+    EXPECT_FALSE(step.holds(store.data(), rows, 2));
 
-    rnnfast::detail::BroadcastWeights<T> broadcast;
-    broadcast.template pack<Order>(store.data(), store.cols(), rows, depth);
-    Matrix<T> got_broadcast = res0;
-    broadcast.multiply_add(x.data(), x.cols(), n, got_broadcast.data(), got_broadcast.cols());
+    rnnfast::detail::PanelWeights<T> panels;
+    panels.template pack<Order>(store.data(), store.cols(), rows, depth);
+    Matrix<T> got_panels = res0;
+    panels.multiply_add(x.data(), x.cols(), n, got_panels.data(), got_panels.cols(), 0);
 
     const double tol = std::is_same<T, float>::value ? 1e-4 : 1e-12;
-    for (const Matrix<T>* result : {&got, &got_broadcast}) {
+    for (const Matrix<T>* result : {&got, &got_panels}) {
         EXPECT_LE((*result - expected).cwiseAbs().maxCoeff(), tol * depth)
-            << "rows " << rows << " depth " << depth << " n " << n << " max_n " << max_n << " steps " << steps;
+            << "rows " << rows << " depth " << depth << " n " << n << " batch " << batch << " steps " << steps;
         EXPECT_EQ(result->rightCols(pad), res0.rightCols(pad));
+    }
+
+    // The same bits for each element when its row is multiplied alone, or within a block starting elsewhere, and
+    // when only a band of units [u0, rows) is laid out (how threads split the recurrence).
+    if (n > 1) {
+        const Index split = n / 2 + 1;
+        Matrix<T> parts = res0;
+        step.multiply_add(x.data(), x.cols(), split, parts.data(), parts.cols());
+        for (Index r = split; r < n; ++r) step.multiply_add(x.data() + r * x.cols(), x.cols(), 1, parts.data() + r * parts.cols(), parts.cols());
+        EXPECT_EQ(parts, got) << "rows " << rows << " depth " << depth << " n " << n << " batch " << batch;
+    }
+    for (Index u0 : {Index(1), rows / 2}) {
+        if (u0 <= 0 || u0 >= rows) continue;
+        const T* band = Order == Eigen::RowMajor ? store.data() + u0 * store.cols() : store.data() + u0;
+        rnnfast::detail::StepWeights<T> part;
+        part.template pack<Order>(band, store.cols(), rows - u0, depth, batch, steps);
+        Matrix<T> banded = res0;
+        part.multiply_add(x.data(), x.cols(), n, banded.data() + u0, banded.cols());
+        EXPECT_EQ(banded.middleCols(u0, rows - u0), got.middleCols(u0, rows - u0))
+            << "band from " << u0 << ": rows " << rows << " depth " << depth << " n " << n << " batch " << batch;
     }
 }
 
 template <class T>
 void check_all() {
-    // Every layout StepWeights picks: GEMM-packed (max_n >= 8), broadcast, and in place (one-row steps of a large
-    // W_hh or of a short call); depths and widths off and on whole packets of every instruction-set level.
+    // Every layout StepWeights picks: panels, and in place (a batch of one item: one-row steps of a large W_hh
+    // or of a short call); depths and widths off and on whole packets of every instruction-set level, row counts
+    // past two register tiles.
     for (Index rows : {1, 3, 8, 9, 16, 17, 20, 33, 64, 100, 130}) {
         for (Index depth : {1, 5, 20, 70}) {
-            for (Index n = 1; n <= 10; ++n) {
-                for (Index max_n : {n, Index(12)}) {
+            for (Index n = 1; n <= 18; ++n) {
+                for (Index batch : {Index(1), Index(12)}) {
+                    if (batch == 1 && n > 1) continue;
                     for (Index steps : {Index(1), Index(100)}) {
-                        check_layouts<T, Eigen::RowMajor>(rows, depth, n, max_n, steps);
-                        check_layouts<T, Eigen::ColMajor>(rows, depth, n, max_n, steps);
+                        check_layouts<T, Eigen::RowMajor>(rows, depth, n, batch, steps);
+                        check_layouts<T, Eigen::ColMajor>(rows, depth, n, batch, steps);
                     }
                 }
             }
@@ -99,15 +122,15 @@ void check_segments(Index rows, Index depth, Index n, Index segments, Index gap)
         expected.middleCols(g * gap, rows) += x * a_all.middleRows(g * gap, rows).transpose();
     }
     const double tol = std::is_same<T, float>::value ? 1e-4 : 1e-12;
-    for (Index max_n : {n, Index(12)}) {
+    for (Index batch : {n, Index(12)}) {
         for (Index steps : {Index(1), Index(100)}) {
             rnnfast::detail::StepWeights<T> step;
-            step.template pack<Order>(store.data(), store.cols(), rows, depth, max_n, steps, segments, gap);
-            EXPECT_TRUE(step.holds(store.data(), rows, max_n, segments));
+            step.template pack<Order>(store.data(), store.cols(), rows, depth, batch, steps, segments, gap);
+            EXPECT_TRUE(step.holds(store.data(), rows, segments));
             Matrix<T> got = res0;
             step.multiply_add(x.data(), x.cols(), n, got.data(), got.cols(), gap);
             EXPECT_LE((got - expected).cwiseAbs().maxCoeff(), tol * depth)
-                << "rows " << rows << " depth " << depth << " n " << n << " segments " << segments << " max_n " << max_n;
+                << "rows " << rows << " depth " << depth << " n " << n << " segments " << segments << " batch " << batch;
         }
     }
 }
