@@ -1,6 +1,7 @@
 // Unit benchmarks of the kernels (Google Benchmark): layer forward, layer backward, stack forward/backward and
 // one cell step, over the speed grid, float32, each reporting a GFLOP/s counter; the gated_* ones run the stack
-// grid with LSTM and GRU cells.
+// grid and one cell step with LSTM and GRU cells; step_product times the recurrence's per-step product (W_hh laid
+// out once, then one step's rows), beside eigen_product, Eigen's GEMM of the same shape.
 //
 //   ./rnnfast_benchmarks --benchmark_filter=layer_forward
 #include <benchmark/benchmark.h>
@@ -9,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "packed_product.hpp"
 #include "rnnfast/checksum.hpp"
 #include "rnnfast/config.hpp"
 #include "rnnfast/elman.hpp"
@@ -224,6 +226,69 @@ void gated_stack_train_step(benchmark::State& state) {
     set_flops(state, 3.0 * f.flops(state.range(0), state.range(1)));
 }
 
+// One LSTMCell / GRUCell step (a one-step stack): Args B, I, H, kind (1 LSTM, 2 GRU).
+void gated_cell_step(benchmark::State& state) {
+    rnnfast::StackConfig cfg;
+    cfg.cell = state.range(3) == 1 ? rnnfast::CellKind::lstm : rnnfast::CellKind::gru;
+    cfg.input_size = state.range(1);
+    cfg.hidden_size = state.range(2);
+    const Index B = state.range(0);
+    std::mt19937 gen(4);
+    std::vector<float> params(static_cast<size_t>(rnnfast::param_count(cfg)));
+    std::uniform_real_distribution<float> dist(-0.1f, 0.1f);
+    for (float& p : params) p = dist(gen);
+    const Matrix x = random_matrix(B, cfg.input_size, gen), h = random_matrix(B, cfg.hidden_size, gen);
+    const Matrix c = cfg.has_cell_state() ? random_matrix(B, cfg.hidden_size, gen) : Matrix(0, cfg.hidden_size);
+    const Matrix no_masks(0, cfg.output_size());
+    Matrix out(B, cfg.hidden_size), h_n(B, cfg.hidden_size), c_n(c.rows(), cfg.hidden_size);
+    for (auto _ : state) {
+        rnnfast::stack_forward<float>(cfg, params.data(), x, 1, {}, h, c, no_masks, out, h_n, c_n, nullptr);
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, cfg.gates() * layer_flops(1, B, cfg.input_size, cfg.hidden_size));
+}
+
+// The recurrence's product of one step, res [B, G*H] += h [B, H] * W_hh^T, W_hh [G*H, H] laid out once (as a
+// call does) and the step repeated: Args B, H, G.
+void step_product(benchmark::State& state) {
+    const Index B = state.range(0), H = state.range(1), GH = state.range(2) * H;
+    std::mt19937 gen(5);
+    const Matrix w = random_matrix(GH, H, gen), h = random_matrix(B, H, gen);
+    Matrix res = Matrix::Zero(B, GH);
+    rnnfast::detail::StepWeights<float> weights;
+    weights.pack<Eigen::RowMajor>(w.data(), w.cols(), GH, H, B, 100);
+    for (auto _ : state) {
+        weights.multiply_add(h.data(), h.cols(), B, res.data(), res.cols());
+        benchmark::DoNotOptimize(res.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, 2.0 * B * GH * H);
+}
+
+// The same product through Eigen's GEMM (which packs W_hh again on every call), for reference.
+void eigen_product(benchmark::State& state) {
+    const Index B = state.range(0), H = state.range(1), GH = state.range(2) * H;
+    std::mt19937 gen(5);
+    const Matrix w = random_matrix(GH, H, gen), h = random_matrix(B, H, gen);
+    Matrix res = Matrix::Zero(B, GH);
+    for (auto _ : state) {
+        res.noalias() += h * w.transpose();
+        benchmark::DoNotOptimize(res.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, 2.0 * B * GH * H);
+}
+
+// The steps of the speed grid's cases (B, H) for one gate (Elman), three (GRU) and four (LSTM).
+void product_grid(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"B", "H", "G"});
+    for (const std::vector<int64_t>& c : {std::vector<int64_t>{3, 20}, {1, 64}, {16, 128}, {32, 128}, {64, 256},
+                                          {64, 512}}) {
+        for (int64_t gates : {1, 3, 4}) b->Args({c[0], c[1], gates});
+    }
+}
+
 // The speed grid: T, B, I, H (+ L, bidirectional for the stack).
 void layer_grid(benchmark::internal::Benchmark* b) {
     b->ArgNames({"T", "B", "I", "H"});
@@ -275,6 +340,9 @@ BENCHMARK(stack_train_step_borrowing)->Apply(borrowing_grid);
 BENCHMARK(gated_stack_forward)->Apply(gated_grid);
 BENCHMARK(gated_stack_train_step)->Apply(gated_grid);
 BENCHMARK(cell_forward)->ArgNames({"B", "I", "H"})->Args({1, 20, 20})->Args({1, 128, 128});
+BENCHMARK(gated_cell_step)->ArgNames({"B", "I", "H", "kind"})->ArgsProduct({{1}, {20, 128}, {20, 128}, {1, 2}});
+BENCHMARK(step_product)->Apply(product_grid);
+BENCHMARK(eigen_product)->Apply(product_grid);
 
 }  // namespace
 

@@ -124,43 +124,73 @@ private:
         }
     }
 
-    // Every row of x against one panel of NP packets: tiles of kTileRows rows, then the rest.
+    // Depth per pass over a panel's rows: the panel's slice then stays in L1 while every row tile reads it. A tile
+    // that takes several passes keeps its accumulators in `partial_` between them, which changes no bit of its
+    // sums (each element is still summed in order of k from zero and added to res last).
+    static constexpr Index kDepthBlock = std::max<Index>(64, (24 * 1024) / (kTilePackets * P * sizeof(T)));
+
+    // Every row of x against one panel of NP packets: tiles of kTileRows rows, then the rest; depth blocks outside.
     template <int NP>
     void rows_of(const Panel& panel, const T* x, Index x_stride, Index n, T* out, Index out_stride) const {
         const T* w = data_.data() + panel.offset;
         const Index valid = std::min(panel.packets * P, rows_ - panel.u0);
-        Index r = 0;
-        for (; r + kTileRows <= n; r += kTileRows) {
-            tile<kTileRows, NP>(x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid);
+        const Index tile_size = NP * P;
+        if (depth_ > kDepthBlock && static_cast<Index>(partial_.size()) < n * tile_size) {
+            partial_.resize(static_cast<size_t>(n * tile_size));
         }
-        rest<kTileRows - 1, NP>(n - r, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid);
+        T* const scratch = depth_ > kDepthBlock ? partial_.data() : nullptr;  // one pass: none
+        for (Index k0 = 0; k0 < depth_; k0 += kDepthBlock) {
+            Pass pass{k0, std::min(depth_, k0 + kDepthBlock), k0 == 0, k0 + kDepthBlock >= depth_};
+            Index r = 0;
+            for (; r + kTileRows <= n; r += kTileRows) {
+                tile<kTileRows, NP>(pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid,
+                                    scratch != nullptr ? scratch + r * tile_size : nullptr);
+            }
+            rest<kTileRows - 1, NP>(n - r, pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride,
+                                    valid, scratch != nullptr ? scratch + r * tile_size : nullptr);
+        }
     }
 
+    struct Pass {
+        Index k0, k1;     // the depth block
+        bool first, last; // accumulators start at zero / are added to res
+    };
+
     template <int R, int NP>
-    void rest(Index left, const T* x, Index x_stride, const T* w, T* out, Index out_stride, Index valid) const {
+    void rest(Index left, const Pass& pass, const T* x, Index x_stride, const T* w, T* out, Index out_stride,
+              Index valid, T* partial) const {
         if constexpr (R > 0) {
             if (left == R) {
-                tile<R, NP>(x, x_stride, w, out, out_stride, valid);
+                tile<R, NP>(pass, x, x_stride, w, out, out_stride, valid, partial);
             } else {
-                rest<R - 1, NP>(left, x, x_stride, w, out, out_stride, valid);
+                rest<R - 1, NP>(left, pass, x, x_stride, w, out, out_stride, valid, partial);
             }
         }
     }
 
-    // out rows [0, R), columns [0, valid) += x rows [0, R) * the panel (NP packets wide).
+    // out rows [0, R), columns [0, valid) += x rows [0, R) * the panel (NP packets wide), over the pass's depth
+    // block; `partial` [R, NP packets] keeps the accumulators between passes.
     template <int R, int NP>
-    void tile(const T* x, Index x_stride, const T* w, T* out, Index out_stride, Index valid) const {
+    void tile(const Pass& pass, const T* x, Index x_stride, const T* w, T* out, Index out_stride, Index valid,
+              T* partial) const {
         using namespace Eigen::internal;
         Packet acc[R][NP];
         for (int r = 0; r < R; ++r)
-            for (int j = 0; j < NP; ++j) acc[r][j] = pset1<Packet>(T(0));
-        for (Index k = 0; k < depth_; ++k, w += NP * P) {
+            for (int j = 0; j < NP; ++j)
+                acc[r][j] = pass.first ? pset1<Packet>(T(0)) : ploadu<Packet>(partial + (r * NP + j) * P);
+        w += pass.k0 * NP * P;
+        for (Index k = pass.k0; k < pass.k1; ++k, w += NP * P) {
             Packet wk[NP];
             for (int j = 0; j < NP; ++j) wk[j] = pload<Packet>(w + j * P);
             for (int r = 0; r < R; ++r) {
                 const Packet xk = pset1<Packet>(x[r * x_stride + k]);
                 for (int j = 0; j < NP; ++j) acc[r][j] = pmadd(xk, wk[j], acc[r][j]);
             }
+        }
+        if (!pass.last) {
+            for (int r = 0; r < R; ++r)
+                for (int j = 0; j < NP; ++j) pstoreu(partial + (r * NP + j) * P, acc[r][j]);
+            return;
         }
         for (int j = 0; j < NP; ++j) {
             const Index col = j * P;
@@ -181,6 +211,7 @@ private:
     Index rows_ = 0, depth_ = 0;
     std::vector<Panel> panels_;
     Buffer<T> data_;  // written by pack before any read
+    mutable Buffer<T> partial_;  // accumulators between depth blocks (a StepWeights belongs to one thread)
 };
 
 // One-row steps multiplying by a row-major A where it lies: each unit a dot product of its row of A with x, over
@@ -243,17 +274,18 @@ public:
     static constexpr Index kMaxPanelVectorSize = 256 * 64;
     static constexpr Index kMinPanelVectorSteps = 16;
 
-    // A(i, k) and its segments as in PanelWeights::pack; the call has `batch` items and `steps` steps.
+    // A(i, k) and its segments as in PanelWeights::pack; the call has `batch` items and `steps` steps, and A is
+    // part (a thread's band) of a weight matrix of `whole_rows` rows (0: A is whole).
     template <int Order>
     void pack(const T* data, Index stride, Index rows, Index depth, Index batch, Index steps, Index segments = 1,
-              Index segment_step = 0) {
+              Index segment_step = 0, Index whole_rows = 0) {
         source_ = data;
         stride_ = stride;
         rows_ = rows;
         depth_ = depth;
         segments_ = segments;
         segment_step_ = segment_step;
-        const Index size = segments * rows * depth;
+        const Index size = (whole_rows > 0 ? whole_rows : segments * rows) * depth;
         if (Order == Eigen::RowMajor && batch == 1 && (size > kMaxPanelVectorSize || steps < kMinPanelVectorSteps)) {
             layout_ = Layout::in_place;
         } else {

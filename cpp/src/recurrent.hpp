@@ -270,7 +270,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                 const T* data = wt.w_hh.data() + c0_ * stride;
                 const Index rows_per_segment = width == H ? G * H : width, segments = width == H ? 1 : G;
                 if (!w_band.holds(data, rows_per_segment, segments)) {
-                    w_band.template pack<Eigen::RowMajor>(data, stride, rows_per_segment, P, B, T_, segments, H);
+                    w_band.template pack<Eigen::RowMajor>(data, stride, rows_per_segment, P, B, T_, segments, H, G * H);
                 }
                 StepWeights<T>* w_proj = proj ? &w_projs[static_cast<size_t>(k)] : nullptr;
                 if (w_proj != nullptr && !w_proj->holds(wt.w_hr.data(), P)) {
@@ -450,7 +450,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 if (last <= first || width <= 0) return;
                 const T* data = wt.w_hh.data() + p0;
                 if (!w_band.holds(data, pw)) {
-                    w_band.template pack<Eigen::ColMajor>(data, wt.w_hh.outerStride(), pw, G * H, B, T_);
+                    w_band.template pack<Eigen::ColMajor>(data, wt.w_hh.outerStride(), pw, G * H, B, T_, 1, 0, P);
                 }
                 StepWeights<T>* w_proj = proj ? &w_projs[static_cast<size_t>(k)] : nullptr;
                 if (w_proj != nullptr && !w_proj->holds(wt.w_hr.data(), H)) {

@@ -79,7 +79,7 @@ void check_layouts(Index rows, Index depth, Index n, Index batch, Index steps) {
         if (u0 <= 0 || u0 >= rows) continue;
         const T* band = Order == Eigen::RowMajor ? store.data() + u0 * store.cols() : store.data() + u0;
         rnnfast::detail::StepWeights<T> part;
-        part.template pack<Order>(band, store.cols(), rows - u0, depth, batch, steps);
+        part.template pack<Order>(band, store.cols(), rows - u0, depth, batch, steps, 1, 0, rows);
         Matrix<T> banded = res0;
         part.multiply_add(x.data(), x.cols(), n, banded.data() + u0, banded.cols());
         EXPECT_EQ(banded.middleCols(u0, rows - u0), got.middleCols(u0, rows - u0))
@@ -103,6 +103,16 @@ void check_all() {
                     }
                 }
             }
+        }
+    }
+    // Depths of several passes over a panel (its depth block at every level and dtype is at most 1024).
+    for (Index rows : {9, 33, 100}) {
+        for (Index depth : {300, 1100}) {
+            for (Index n : {1, 3, 9, 17}) {
+                check_layouts<T, Eigen::RowMajor>(rows, depth, n, 12, 100);
+                check_layouts<T, Eigen::ColMajor>(rows, depth, n, 12, 100);
+            }
+            check_layouts<T, Eigen::RowMajor>(rows, depth, 1, 1, 100);
         }
     }
 }
