@@ -39,18 +39,23 @@ class PanelWeights {
 
 public:
     // Register tiles: kTileRows x kTilePackets accumulators, plus the panel's packets and one broadcast of x.
+    // Steps of one row take panels of up to kWidePackets packets instead: a tile of one row has one accumulator
+    // per packet, each a chain of dependent multiply-adds, and three chains would leave the FMA units waiting.
     static constexpr int kTilePackets = 3;
+    static constexpr int kWidePackets = 8;
     static constexpr int kTileRows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 8 : 4;
 
     // A(i, k) = data[i * stride + k] (RowMajor: rows of a weight matrix) or data[k * stride + i] (ColMajor:
-    // columns of one); segment g's row i is A(g * segment_step + i, k).
+    // columns of one); segment g's row i is A(g * segment_step + i, k). `one_row`: every step has one row.
     template <int Order>
-    void pack(const T* data, Index stride, Index rows, Index depth, Index segments = 1, Index segment_step = 0) {
+    void pack(const T* data, Index stride, Index rows, Index depth, Index segments = 1, Index segment_step = 0,
+              bool one_row = false) {
         rows_ = rows;
         depth_ = depth;
+        depth_block_ = one_row ? std::max<Index>(depth, 1) : kDepthBlock;  // one row: nothing to keep in L1 for
         panels_.clear();
-        const Index packets = (rows + P - 1) / P;
-        const Index count = (packets + kTilePackets - 1) / kTilePackets;
+        const Index packets = (rows + P - 1) / P, most = one_row ? kWidePackets : kTilePackets;
+        const Index count = (packets + most - 1) / most;
         Index size = 0;
         for (Index g = 0; g < segments; ++g) {
             Index u0 = 0;
@@ -77,7 +82,12 @@ public:
             switch (panel.packets) {
                 case 1: rows_of<1>(panel, x, x_stride, n, out, res_stride); break;
                 case 2: rows_of<2>(panel, x, x_stride, n, out, res_stride); break;
-                default: rows_of<3>(panel, x, x_stride, n, out, res_stride); break;
+                case 3: rows_of<3>(panel, x, x_stride, n, out, res_stride); break;
+                case 4: rows_of<4>(panel, x, x_stride, n, out, res_stride); break;
+                case 5: rows_of<5>(panel, x, x_stride, n, out, res_stride); break;
+                case 6: rows_of<6>(panel, x, x_stride, n, out, res_stride); break;
+                case 7: rows_of<7>(panel, x, x_stride, n, out, res_stride); break;
+                default: rows_of<8>(panel, x, x_stride, n, out, res_stride); break;
             }
         }
     }
@@ -86,7 +96,7 @@ private:
     struct Panel {
         Index segment, u0, packets, offset;  // its segment, first unit, width in packets, place in data_
     };
-    static_assert(kTilePackets == 3, "multiply_add dispatches widths 1 to 3");
+    static_assert(kTilePackets <= kWidePackets && kWidePackets == 8, "multiply_add dispatches widths 1 to 8");
 
     // Panel columns [0, width) for k in [0, depth) from segment rows [u0, u0 + width) of A, zero past rows_.
     template <int Order>
@@ -135,19 +145,27 @@ private:
         const T* w = data_.data() + panel.offset;
         const Index valid = std::min(panel.packets * P, rows_ - panel.u0);
         const Index tile_size = NP * P;
-        if (depth_ > kDepthBlock && static_cast<Index>(partial_.size()) < n * tile_size) {
+        const Index block = depth_block_;
+        if (depth_ > block && static_cast<Index>(partial_.size()) < n * tile_size) {
             partial_.resize(static_cast<size_t>(n * tile_size));
         }
-        T* const scratch = depth_ > kDepthBlock ? partial_.data() : nullptr;  // one pass: none
-        for (Index k0 = 0; k0 < depth_; k0 += kDepthBlock) {
-            Pass pass{k0, std::min(depth_, k0 + kDepthBlock), k0 == 0, k0 + kDepthBlock >= depth_};
+        T* const scratch = depth_ > block ? partial_.data() : nullptr;  // one pass: none
+        for (Index k0 = 0; k0 < depth_; k0 += block) {
+            Pass pass{k0, std::min(depth_, k0 + block), k0 == 0, k0 + block >= depth_};
             Index r = 0;
-            for (; r + kTileRows <= n; r += kTileRows) {
-                tile<kTileRows, NP>(pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid,
-                                    scratch != nullptr ? scratch + r * tile_size : nullptr);
+            if constexpr (NP > kTilePackets) {  // wide panels: one row at a time
+                for (; r < n; ++r) {
+                    tile<1, NP>(pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid,
+                                scratch != nullptr ? scratch + r * tile_size : nullptr);
+                }
+            } else {
+                for (; r + kTileRows <= n; r += kTileRows) {
+                    tile<kTileRows, NP>(pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid,
+                                        scratch != nullptr ? scratch + r * tile_size : nullptr);
+                }
+                rest<kTileRows - 1, NP>(n - r, pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride,
+                                        valid, scratch != nullptr ? scratch + r * tile_size : nullptr);
             }
-            rest<kTileRows - 1, NP>(n - r, pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride,
-                                    valid, scratch != nullptr ? scratch + r * tile_size : nullptr);
         }
     }
 
@@ -208,7 +226,7 @@ private:
         }
     }
 
-    Index rows_ = 0, depth_ = 0;
+    Index rows_ = 0, depth_ = 0, depth_block_ = kDepthBlock;
     std::vector<Panel> panels_;
     Buffer<T> data_;  // written by pack before any read
     mutable Buffer<T> partial_;  // accumulators between depth blocks (a StepWeights belongs to one thread)
@@ -290,7 +308,7 @@ public:
             layout_ = Layout::in_place;
         } else {
             layout_ = Layout::panels;
-            panels_.template pack<Order>(data, stride, rows, depth, segments, segment_step);
+            panels_.template pack<Order>(data, stride, rows, depth, segments, segment_step, batch == 1);
         }
     }
 
