@@ -3,15 +3,20 @@
 # UndefinedBehaviorSanitizer (CMake option RNNFAST_SANITIZE), run CTest and the pytest suite under them, and fail
 # on any sanitizer report (every sanitizer error aborts the process that hit it, which fails its test run).
 #
-#   scripts/sanitize.sh              # everything (C++ tests, then the Python suite)
+#   scripts/sanitize.sh              # everything (C++ tests, then the Python suite): one build of both
 #   scripts/sanitize.sh cpp          # C++ tests only
 #   scripts/sanitize.sh python       # Python suite only
 #   JOBS=1 scripts/sanitize.sh       # build with one job (default 2)
 #   PYTEST_ARGS="tests/test_robustness.py" scripts/sanitize.sh python
-#   SANITIZE_SKIP_INSTALL=1 scripts/sanitize.sh python   # reuse the instrumented venv as it is
+#   SANITIZE_SKIP_INSTALL=1 scripts/sanitize.sh python   # reuse the instrumented venv (and build) as they are
+#   SANITIZE_BUILD_ONLY=1 scripts/sanitize.sh            # build, run nothing (then SANITIZE_SKIP_INSTALL=1 runs)
 #
-# Builds go to build/sanitize/ (C++ tests: build/sanitize/cpp; extension: build/sanitize/py, installed into the venv
-# build/sanitize/venv), apart from the normal builds. Needs a C++17 compiler with libasan/libubsan (gcc or clang),
+# Builds go to build/sanitize/ (C++ tests alone: build/sanitize/cpp; extension: build/sanitize/py, installed into
+# the venv build/sanitize/venv), apart from the normal builds. Everything (the default) builds the C++ tests in the
+# extension's build, build/sanitize/py, linked to the core of its first level (RNNFAST_TESTS_LEVEL): the sanitized
+# core takes most of a build's time, and is compiled once; `cpp` alone tests the core of RNNFAST_ARCH, as CTest's
+# normal build does. Compiled at -O1 -g1 (AddressSanitizer's recommended optimization; line tables put file:line in
+# reports): about half the compile time of -O2 -g. Needs a C++17 compiler with libasan/libubsan (gcc or clang),
 # CMake, Ninja, GoogleTest (libgtest-dev) and Eigen for the C++ tests; pip reaches PyPI for the extension's build
 # requirements. CPython leaks by design, so the Python run has leak detection off; the C++ tests have it on.
 set -euo pipefail
@@ -47,30 +52,63 @@ check_reports() {
   if ((status != 0)); then exit "$status"; fi
 }
 
-if [[ "$what" == all || "$what" == cpp ]]; then
-  phase "configure and build the C++ tests"
-  cmake -S . -B "$out/cpp" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRNNFAST_SANITIZE=ON \
-        -DRNNFAST_BUILD_TESTS=ON -DRNNFAST_BUILD_BENCHMARKS=OFF -DRNNFAST_BUILD_PYTHON=OFF >/dev/null
-  cmake --build "$out/cpp" -j "$jobs"
-  phase "run the C++ tests"
-  # LeakSanitizer needs ptrace-like access that some containers forbid; SANITIZE_CPP_LEAKS=0 turns it off there.
-  status=0
+# RelWithDebInfo's flags, lighter: see the header.
+build_flags="-O1 -g1 -DNDEBUG"
+levels="${SANITIZE_LEVELS:-baseline}"  # one instruction-set level by default (e.g. "baseline;avx2"): the same code
+first_level="${levels%%;*}"
+first_level="${first_level%%=*}"
+
+built() {
+  if [[ -n "${SANITIZE_BUILD_ONLY:-}" ]]; then
+    phase "built (SANITIZE_BUILD_ONLY: no test run)"
+    exit 0
+  fi
+}
+
+# LeakSanitizer needs ptrace-like access that some containers forbid; SANITIZE_CPP_LEAKS=0 turns it off there.
+run_ctest() {
+  phase "run the C++ tests ($1)"
+  local status=0
   ASAN_OPTIONS="$common_asan:detect_leaks=${SANITIZE_CPP_LEAKS:-1}" \
-    ctest --test-dir "$out/cpp" --output-on-failure -j "$jobs" || status=$?
+    ctest --test-dir "$1" --output-on-failure --no-tests=error -j "$jobs" || status=$?
   check_reports "$status"
+}
+
+if [[ "$what" == cpp ]]; then
+  phase "configure and build the C++ tests"
+  cmake -S . -B "$out/cpp" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$build_flags" -DRNNFAST_SANITIZE=ON -DRNNFAST_BUILD_TESTS=ON \
+        -DRNNFAST_BUILD_BENCHMARKS=OFF -DRNNFAST_BUILD_PYTHON=OFF >/dev/null
+  cmake --build "$out/cpp" -j "$jobs"
+  built
+  run_ctest "$out/cpp"
 fi
 
 if [[ "$what" == all || "$what" == python ]]; then
   if [[ -z "${SANITIZE_SKIP_INSTALL:-}" || ! -x "$out/venv/bin/python" ]]; then
-    phase "build the extension into $out/venv"
+    if [[ "$what" == all ]]; then
+      phase "build the extension and the C++ tests ($out/py), install the extension into $out/venv"
+    else
+      phase "build the extension into $out/venv"
+    fi
     if [[ ! -x "$out/venv/bin/python" ]]; then
       "$python" -m venv "$out/venv"
     fi
     "$out/venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    # One instruction-set level by default (SANITIZE_LEVELS, e.g. "baseline;avx2"): each is the same code.
+    with_tests=()
+    if [[ "$what" == all ]]; then
+      with_tests=(-C cmake.define.RNNFAST_BUILD_TESTS=ON -C "cmake.define.RNNFAST_TESTS_LEVEL=$first_level")
+    else
+      with_tests=(-C cmake.define.RNNFAST_BUILD_TESTS=OFF -C cmake.define.RNNFAST_TESTS_LEVEL=)
+    fi
     CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$out/venv/bin/python" -m pip install -q ".[test]" \
       -C cmake.define.RNNFAST_SANITIZE=ON -C cmake.build-type=RelWithDebInfo -C build-dir="$out/py" \
-      -C "cmake.define.RNNFAST_ISA_LEVELS=${SANITIZE_LEVELS:-baseline}"
+      -C "cmake.define.CMAKE_CXX_FLAGS_RELWITHDEBINFO=$build_flags" \
+      -C "cmake.define.RNNFAST_ISA_LEVELS=$levels" "${with_tests[@]}"
+  fi
+  built
+  if [[ "$what" == all ]]; then
+    run_ctest "$out/py"
   fi
   # The interpreter is not instrumented: the ASan runtime must be loaded first, from the compiler that built _core.
   # libstdc++ is preloaded too: ASan resolves its __cxa_throw interceptor at startup, and the interpreter does not
