@@ -264,7 +264,7 @@ def timed(T):
     out, _, cache = model.forward(x, return_cache=True)
     return x, time.perf_counter() - t0
 
-_, small = timed(1000)
+small = min(timed(1000)[1] for _ in range(3))  # the best of 3: one call stalled on a busy machine made T tiny
 T = int(1000 * min(max(4.0 / small, 2), 100))  # up to about 4 s of work
 x, _ = timed(1000)
 x = rng.standard_normal((T, 4, 8)).astype(np.float32)
@@ -292,7 +292,9 @@ lag, total = measure(lambda: model.forward(x))
 print("forward lag %.3f of %.2f" % (lag, total))
 np.testing.assert_array_equal(model(x[:50])[0], expected)   # the next call works
 
-out, _, cache = model.forward(x, return_cache=True)
+# Half the sequence: its backward pass still takes about as long as the forward pass of all of it, and the
+# uninterrupted forward pass that makes the cache costs half as much.
+out, _, cache = model.forward(x[:T // 2], return_cache=True)
 g = np.ones_like(out)
 before = {k: v.copy() for k, v in model.grads.items()}
 lag_b, total_b = measure(lambda: model.backward(cache, g))
