@@ -313,7 +313,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                         if (h_src != nullptr) {
                             T* target = Cell::kSeparateHidden ? hid : zrow;
                             const Index target_ld = Cell::kSeparateHidden ? hidden.outerStride() : zld;
-                            w_band.multiply_add(h_src, h_src_ld, m, target, target_ld, H);
+                            w_band.multiply_add(h_src, h_src_ld, m, target, target_ld, H, (s & 1) != 0);
                         }
                         ForwardBlock<T> fb;
                         fb.m = m;
@@ -344,7 +344,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                             hs.middleRows(st.offset + r0, m).setZero();
                             w_projs[static_cast<size_t>(k)].multiply_add(
                                 unprojected.data() + r0 * unprojected.outerStride(), unprojected.outerStride(), m,
-                                hs.data() + (st.offset + r0) * ld, ld);
+                                hs.data() + (st.offset + r0) * ld, ld, 0, (s & 1) != 0);
                         }
                     }
                 }
@@ -472,7 +472,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                         d_unprojected.middleRows(st.a, m_all).setZero();
                         w_projs[static_cast<size_t>(k)].multiply_add(carry.data(), carry.outerStride(), m_all,
                                                                      d_unprojected.data() + st.a * d_unprojected.outerStride(),
-                                                                     d_unprojected.outerStride());
+                                                                     d_unprojected.outerStride(), 0, (s & 1) != 0);
                     }
                     for (int part = 0; part < 2; ++part) {
                         const Index r0 = part == 0 ? st.a : st.cont, r1 = part == 0 ? st.cont : st.b;
@@ -528,7 +528,8 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 if (!split.by_items) bands_done.wait(parts);
                 if (ready && st.b > st.a && width > 0) {
                     w_band.multiply_add(dzhc.data() + (oc + st.a) * dzhc.outerStride(), dzhc.outerStride(),
-                                        st.b - st.a, dh0.data() + st.a * dh0.outerStride() + p0, dh0.outerStride());
+                                        st.b - st.a, dh0.data() + st.a * dh0.outerStride() + p0, dh0.outerStride(), 0,
+                                        (s & 1) != 0);
                 }
             }
         });

@@ -57,7 +57,7 @@ void check_layouts(Index rows, Index depth, Index n, Index batch, Index steps) {
     rnnfast::detail::PanelWeights<T> panels;
     panels.template pack<Order>(store.data(), store.cols(), rows, depth);
     Matrix<T> got_panels = res0;
-    panels.multiply_add(x.data(), x.cols(), n, got_panels.data(), got_panels.cols(), 0);
+    panels.multiply_add(x.data(), x.cols(), n, got_panels.data(), got_panels.cols(), 0, false);
 
     const double tol = std::is_same<T, float>::value ? 1e-4 : 1e-12;
     for (const Matrix<T>* result : {&got, &got_panels}) {
@@ -66,8 +66,12 @@ void check_layouts(Index rows, Index depth, Index n, Index batch, Index steps) {
         EXPECT_EQ(result->rightCols(pad), res0.rightCols(pad));
     }
 
-    // The same bits for each element when its row is multiplied alone, or within a block starting elsewhere, and
-    // when only a band of units [u0, rows) is laid out (how threads split the recurrence).
+    // The same bits for each element when the units are visited backwards (as every other step does), when its
+    // row is multiplied alone, or within a block starting elsewhere, and when only a band of units [u0, rows) is
+    // laid out (how threads split the recurrence).
+    Matrix<T> backwards = res0;
+    step.multiply_add(x.data(), x.cols(), n, backwards.data(), backwards.cols(), 0, true);
+    EXPECT_EQ(backwards, got) << "backwards: rows " << rows << " depth " << depth << " n " << n << " batch " << batch;
     if (n > 1) {
         const Index split = n / 2 + 1;
         Matrix<T> parts = res0;
@@ -141,6 +145,9 @@ void check_segments(Index rows, Index depth, Index n, Index segments, Index gap)
             step.multiply_add(x.data(), x.cols(), n, got.data(), got.cols(), gap);
             EXPECT_LE((got - expected).cwiseAbs().maxCoeff(), tol * depth)
                 << "rows " << rows << " depth " << depth << " n " << n << " segments " << segments << " batch " << batch;
+            Matrix<T> backwards = res0;
+            step.multiply_add(x.data(), x.cols(), n, backwards.data(), backwards.cols(), gap, true);
+            EXPECT_EQ(backwards, got) << "backwards: rows " << rows << " segments " << segments << " batch " << batch;
         }
     }
 }
