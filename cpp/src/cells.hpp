@@ -92,6 +92,41 @@ void tanh_span(T* v, Index n) {
     }
 }
 
+// Units [u, u + n) of one row, n at most a packet: loads and stores of whole packets, and for a row's last,
+// partial packet through a zero-padded copy. Gate math written over these gives every unit the same bits wherever
+// it falls (a packet, a row's tail, a thread's band), in one pass over the row.
+template <class T>
+struct Lanes {
+    using Packet = typename Eigen::internal::packet_traits<T>::type;
+    static constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
+    Index n;
+
+    Packet load(const T* p) const {
+        if (n == P) return Eigen::internal::ploadu<Packet>(p);
+        alignas(sizeof(Packet)) T part[P] = {};
+        std::copy(p, p + n, part);
+        return Eigen::internal::pload<Packet>(part);
+    }
+    void store(T* p, const Packet& v) const {
+        if (n == P) {
+            Eigen::internal::pstoreu(p, v);
+            return;
+        }
+        alignas(sizeof(Packet)) T part[P];
+        Eigen::internal::pstore(part, v);
+        std::copy(part, part + n, p);
+    }
+};
+
+// body(lanes, r, u) for each row r in [0, m) and each packet of units starting at u in [0, w).
+template <class T, class Body>
+void for_each_packet(Index m, Index w, Body&& body) {
+    constexpr Index P = Lanes<T>::P;
+    for (Index r = 0; r < m; ++r) {
+        for (Index u = 0; u < w; u += P) body(Lanes<T>{std::min(P, w - u)}, r, u);
+    }
+}
+
 // z <- act(z), in place.
 template <class T, class Z>
 void activate(Z&& z, Activation act) {
@@ -156,40 +191,48 @@ struct LstmCell {
 
     template <class T>
     static void forward(const ForwardBlock<T>& b) {
-        const Index m = b.m, w = b.w, H = b.H;
-        BlockMap<T> i = block(b.gates, m, w, b.gates_ld), f = block(b.gates + H, m, w, b.gates_ld);
-        BlockMap<T> g = block(b.gates + 2 * H, m, w, b.gates_ld), o = block(b.gates + 3 * H, m, w, b.gates_ld);
-        i = i.unaryExpr(LogisticOp<T>());
-        f = f.unaryExpr(LogisticOp<T>());
-        g = g.unaryExpr(TanhOp<T>());
-        o = o.unaryExpr(LogisticOp<T>());
-        BlockMap<T> c = block(b.aux, m, w, b.aux_ld);
-        if (b.c_prev != nullptr) {
-            c = f * block(b.c_prev, m, w, b.c_prev_ld) + i * g;
-        } else {
-            c = i * g;
-        }
-        block(b.h, m, w, b.h_ld) = o * c.unaryExpr(TanhOp<T>());
+        using namespace Eigen::internal;
+        const Index H = b.H;
+        for_each_packet<T>(b.m, b.w, [&](const Lanes<T>& l, Index r, Index u) {
+            T* z = b.gates + r * b.gates_ld + u;
+            const auto i = LogisticOp<T>::packet(l.load(z)), f = LogisticOp<T>::packet(l.load(z + H));
+            const auto g = TanhOp<T>::packet(l.load(z + 2 * H)), o = LogisticOp<T>::packet(l.load(z + 3 * H));
+            l.store(z, i);
+            l.store(z + H, f);
+            l.store(z + 2 * H, g);
+            l.store(z + 3 * H, o);
+            auto c = pmul(i, g);
+            if (b.c_prev != nullptr) c = padd(pmul(f, l.load(b.c_prev + r * b.c_prev_ld + u)), c);
+            l.store(b.aux + r * b.aux_ld + u, c);
+            l.store(b.h + r * b.h_ld + u, pmul(o, TanhOp<T>::packet(c)));
+        });
     }
 
     template <class T>
     static void backward(const BackwardBlock<T>& b) {
-        const Index m = b.m, w = b.w, H = b.H;
-        ConstBlockMap<T> i = block(b.gates, m, w, b.gates_ld), f = block(b.gates + H, m, w, b.gates_ld);
-        ConstBlockMap<T> g = block(b.gates + 2 * H, m, w, b.gates_ld), o = block(b.gates + 3 * H, m, w, b.gates_ld);
-        const Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> tc = block(b.aux, m, w, b.aux_ld).unaryExpr(TanhOp<T>());
-        BlockMap<T> dh = block(b.dh, m, w, b.dh_ld), dc = block(b.dc, m, w, b.dc_ld);
-        dc += dh * o * (T(1) - tc.square());
-        block(b.dz + 3 * H, m, w, b.dz_ld) = dh * tc * o * (T(1) - o);
-        block(b.dz, m, w, b.dz_ld) = dc * g * i * (T(1) - i);
-        block(b.dz + 2 * H, m, w, b.dz_ld) = dc * i * (T(1) - g.square());
-        if (b.c_prev != nullptr) {
-            block(b.dz + H, m, w, b.dz_ld) = dc * block(b.c_prev, m, w, b.c_prev_ld) * f * (T(1) - f);
-        } else {
-            block(b.dz + H, m, w, b.dz_ld).setZero();
-        }
-        dc *= f;
-        dh.setZero();
+        using namespace Eigen::internal;
+        using Packet = typename Lanes<T>::Packet;
+        const Index H = b.H;
+        const Packet one = pset1<Packet>(T(1));
+        for_each_packet<T>(b.m, b.w, [&](const Lanes<T>& l, Index r, Index u) {
+            const T* z = b.gates + r * b.gates_ld + u;
+            const Packet i = l.load(z), f = l.load(z + H), g = l.load(z + 2 * H), o = l.load(z + 3 * H);
+            const Packet tc = TanhOp<T>::packet(l.load(b.aux + r * b.aux_ld + u));
+            T* dh_p = b.dh + r * b.dh_ld + u;
+            T* dc_p = b.dc + r * b.dc_ld + u;
+            T* dz = b.dz + r * b.dz_ld + u;
+            const Packet dh = l.load(dh_p);
+            const Packet dc = padd(l.load(dc_p), pmul(pmul(dh, o), psub(one, pmul(tc, tc))));
+            l.store(dz + 3 * H, pmul(pmul(pmul(dh, tc), o), psub(one, o)));
+            l.store(dz, pmul(pmul(pmul(dc, g), i), psub(one, i)));
+            l.store(dz + 2 * H, pmul(pmul(dc, i), psub(one, pmul(g, g))));
+            const Packet df = b.c_prev != nullptr
+                                  ? pmul(pmul(pmul(dc, l.load(b.c_prev + r * b.c_prev_ld + u)), f), psub(one, f))
+                                  : pset1<Packet>(T(0));
+            l.store(dz + H, df);
+            l.store(dc_p, pmul(dc, f));
+            l.store(dh_p, pset1<Packet>(T(0)));
+        });
     }
 };
 
@@ -204,39 +247,51 @@ struct GruCell {
 
     template <class T>
     static void forward(const ForwardBlock<T>& b) {
-        const Index m = b.m, w = b.w, H = b.H;
-        BlockMap<T> r = block(b.gates, m, w, b.gates_ld), z = block(b.gates + H, m, w, b.gates_ld);
-        BlockMap<T> n = block(b.gates + 2 * H, m, w, b.gates_ld);
-        r = (r + block(b.hidden, m, w, b.hidden_ld)).unaryExpr(LogisticOp<T>());
-        z = (z + block(b.hidden + H, m, w, b.hidden_ld)).unaryExpr(LogisticOp<T>());
-        BlockMap<T> hn = block(b.aux, m, w, b.aux_ld);
-        hn = block(b.hidden + 2 * H, m, w, b.hidden_ld);
-        n = (n + r * hn).unaryExpr(TanhOp<T>());
-        if (b.h_prev != nullptr) {
-            block(b.h, m, w, b.h_ld) = (T(1) - z) * n + z * block(b.h_prev, m, w, b.h_prev_ld);
-        } else {
-            block(b.h, m, w, b.h_ld) = (T(1) - z) * n;
-        }
+        using namespace Eigen::internal;
+        const Index H = b.H;
+        for_each_packet<T>(b.m, b.w, [&](const Lanes<T>& l, Index row, Index u) {
+            T* gz = b.gates + row * b.gates_ld + u;
+            const T* hz = b.hidden + row * b.hidden_ld + u;
+            const auto r = LogisticOp<T>::packet(padd(l.load(gz), l.load(hz)));
+            const auto z = LogisticOp<T>::packet(padd(l.load(gz + H), l.load(hz + H)));
+            const auto hn = l.load(hz + 2 * H);
+            const auto n = TanhOp<T>::packet(padd(l.load(gz + 2 * H), pmul(r, hn)));
+            l.store(gz, r);
+            l.store(gz + H, z);
+            l.store(gz + 2 * H, n);
+            l.store(b.aux + row * b.aux_ld + u, hn);
+            auto h = pmul(psub(pset1<typename Lanes<T>::Packet>(T(1)), z), n);
+            if (b.h_prev != nullptr) h = padd(h, pmul(z, l.load(b.h_prev + row * b.h_prev_ld + u)));
+            l.store(b.h + row * b.h_ld + u, h);
+        });
     }
 
     template <class T>
     static void backward(const BackwardBlock<T>& b) {
-        const Index m = b.m, w = b.w, H = b.H;
-        ConstBlockMap<T> r = block(b.gates, m, w, b.gates_ld), z = block(b.gates + H, m, w, b.gates_ld);
-        ConstBlockMap<T> n = block(b.gates + 2 * H, m, w, b.gates_ld), hn = block(b.aux, m, w, b.aux_ld);
-        BlockMap<T> dh = block(b.dh, m, w, b.dh_ld);
-        BlockMap<T> dn = block(b.dz + 2 * H, m, w, b.dz_ld);  // d(pre-activation of n), the input part
-        dn = dh * (T(1) - z) * (T(1) - n.square());
-        if (b.h_prev != nullptr) {
-            block(b.dz + H, m, w, b.dz_ld) = dh * (block(b.h_prev, m, w, b.h_prev_ld) - n) * z * (T(1) - z);
-        } else {
-            block(b.dz + H, m, w, b.dz_ld) = dh * (-n) * z * (T(1) - z);
-        }
-        block(b.dz, m, w, b.dz_ld) = dn * hn * r * (T(1) - r);
-        block(b.dzh, m, w, b.dzh_ld) = block(b.dz, m, w, b.dz_ld);
-        block(b.dzh + H, m, w, b.dzh_ld) = block(b.dz + H, m, w, b.dz_ld);
-        block(b.dzh + 2 * H, m, w, b.dzh_ld) = dn * r;
-        dh *= z;
+        using namespace Eigen::internal;
+        using Packet = typename Lanes<T>::Packet;
+        const Index H = b.H;
+        const Packet one = pset1<Packet>(T(1));
+        for_each_packet<T>(b.m, b.w, [&](const Lanes<T>& l, Index row, Index u) {
+            const T* gz = b.gates + row * b.gates_ld + u;
+            const Packet r = l.load(gz), z = l.load(gz + H), n = l.load(gz + 2 * H);
+            const Packet hn = l.load(b.aux + row * b.aux_ld + u);
+            T* dh_p = b.dh + row * b.dh_ld + u;
+            T* dz = b.dz + row * b.dz_ld + u;
+            T* dzh = b.dzh + row * b.dzh_ld + u;
+            const Packet dh = l.load(dh_p);
+            const Packet dn = pmul(pmul(dh, psub(one, z)), psub(one, pmul(n, n)));
+            const Packet h_minus_n = b.h_prev != nullptr ? psub(l.load(b.h_prev + row * b.h_prev_ld + u), n) : pnegate(n);
+            const Packet dzz = pmul(pmul(pmul(dh, h_minus_n), z), psub(one, z));
+            const Packet dzr = pmul(pmul(pmul(dn, hn), r), psub(one, r));
+            l.store(dz + 2 * H, dn);
+            l.store(dz + H, dzz);
+            l.store(dz, dzr);
+            l.store(dzh, dzr);
+            l.store(dzh + H, dzz);
+            l.store(dzh + 2 * H, pmul(dn, r));
+            l.store(dh_p, pmul(dh, z));
+        });
     }
 };
 
