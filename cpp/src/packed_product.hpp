@@ -115,24 +115,23 @@ private:
             return;
         }
         // A transpose: P x P blocks through registers (element by element would stride through one side and cost
-        // dozens of matrix-vector products on a large W_hh), the edges element by element.
+        // dozens of matrix-vector products on a large W_hh), rows past `valid` zero; the depth past whole packets
+        // element by element.
         using namespace Eigen::internal;
-        const Index valid_p = valid / P * P, depth_p = depth / P * P;
-        for (Index j0 = 0; j0 < valid_p; j0 += P) {
-            const T* a = src + (panel.u0 + j0) * stride;
+        const Index depth_p = depth / P * P;
+        for (Index j0 = 0; j0 < width; j0 += P) {
+            const Index jn = std::min(P, std::max<Index>(valid - j0, 0));  // rows of A in this block
+            const T* a = src + (panel.u0 + std::min(j0, valid)) * stride;
             for (Index k0 = 0; k0 < depth_p; k0 += P) {
                 PacketBlock<Packet, static_cast<int>(P)> block;
-                for (Index q = 0; q < P; ++q) block.packet[q] = ploadu<Packet>(a + q * stride + k0);
+                for (Index q = 0; q < P; ++q) {
+                    block.packet[q] = q < jn ? ploadu<Packet>(a + q * stride + k0) : pset1<Packet>(T(0));
+                }
                 ptranspose(block);
                 for (Index q = 0; q < P; ++q) pstoreu(out + (k0 + q) * width + j0, block.packet[q]);
             }
-            for (Index j = j0; j < j0 + P; ++j) {
-                for (Index k = depth_p; k < depth; ++k) out[k * width + j] = src[(panel.u0 + j) * stride + k];
-            }
-        }
-        for (Index k = 0; k < depth; ++k) {
-            for (Index j = valid_p; j < width; ++j) {
-                out[k * width + j] = j < valid ? src[(panel.u0 + j) * stride + k] : T(0);
+            for (Index k = depth_p; k < depth; ++k) {
+                for (Index q = 0; q < P; ++q) out[k * width + j0 + q] = q < jn ? a[q * stride + k] : T(0);
             }
         }
     }

@@ -157,6 +157,9 @@ struct StepRows {
     }
 };
 
+// Multiply-adds of an input projection below which a forward computes it with the per-step kernel.
+constexpr double kMaxSmallProjection = 1 << 21;
+
 // Rows of the gate buffer a forward without a cache needs (recurrent_forward's `gates` as a workspace): the
 // projections of as many whole steps as fit in about kForwardChunkBytes, at least one step. A forward that keeps
 // every step's gates for backward needs them all; one that does not would otherwise fault in tens of megabytes per
@@ -188,6 +191,10 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     const bool proj = wt.w_hr.rows() != 0;
     MatrixRef<T> z = Cell::kInPlace ? hs : gates;  // the pre-activations [R or fewer, G*H]
     const bool chunked = !Cell::kInPlace && gates.rows() < steps.rows();
+    // The input projection inside the step loop, with the per-step kernel: chunks of it, or a small one whole
+    // (Eigen's GEMM packs both operands, which for a small call costs more than the product itself).
+    const bool project_in_steps =
+        chunked || (!Cell::kInPlace && static_cast<double>(steps.rows()) * z.cols() * x.cols() < kMaxSmallProjection);
     if (chunked && gates.rows() < steps.size_or_zero(0)) {
         throw std::invalid_argument("gates: expected a workspace of at least " + std::to_string(steps.size(0)) +
                                     " rows, got " + std::to_string(gates.rows()));
@@ -198,7 +205,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
         bias = wt.b_ih;
         if (!Cell::kSeparateHidden) bias += wt.b_hh;
     }
-    if (!chunked) {
+    if (!project_in_steps) {
         // The input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
         interruptible_rows_product(z, x, wt.w_ih.transpose(), false);
         if (bias.size() != 0) z.rowwise() += bias;
@@ -215,9 +222,10 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     const double step_work = static_cast<double>(B) * G * H * P;
     Barrier step_done;
     FirstError error;
-    // Each thread's rows of W_hh, packed in the first chunk and kept for the others; chunked: W_ih too, each
+    // Each thread's rows of W_hh, packed in the first chunk and kept for the others; project_in_steps: W_ih too, each
     // thread projecting a share of every chunk's rows.
-    std::vector<StepWeights<T>> w_bands(static_cast<size_t>(threads)), w_inputs(static_cast<size_t>(chunked ? threads : 0));
+    std::vector<StepWeights<T>> w_bands(static_cast<size_t>(threads));
+    std::vector<StepWeights<T>> w_inputs(static_cast<size_t>(project_in_steps ? threads : 0));
     std::vector<StepWeights<T>> w_projs(static_cast<size_t>(proj ? threads : 0));  // W_hr, for each thread
     // Processing order: s = 0 .. T_-1, step t = s (forward) or T_-1-s (reverse).
     for (Index s_begin = 0, s_end = 0; s_begin < T_; s_begin = s_end) {
@@ -236,7 +244,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
         parallel(threads, [&](int k, int parts) {
             Index first = 0, last = 0, c0_ = 0, width = 0;
             split.tile(steps, H, k, parts, first, last, c0_, width);
-            if (chunked) {
+            if (project_in_steps) {
                 // This thread's share of the chunk's input projection, with W_ih packed once per call; every
                 // thread's steps read rows of every share.
                 const Index p0 = detail::split(rows, k, parts, 1), p1 = detail::split(rows, k + 1, parts, 1);
@@ -299,14 +307,16 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                         }
                         T* zrow = z.data() + (st.offset - base + r0) * zld + c0_;
                         T* hid = Cell::kSeparateHidden ? hidden.data() + r0 * hidden.outerStride() + c0_ : nullptr;
-                        if (Cell::kSeparateHidden) {
-                            for (int g = 0; g < G; ++g) {
-                                BlockMap<T> hb = block(hid + g * H, m, width, hidden.outerStride());
-                                if (wt.b_hh.size() != 0) {
-                                    // Row by row: a replicate expression indexes every element modulo the rows.
-                                    for (Index r = 0; r < m; ++r) hb.row(r) = wt.b_hh.segment(g * H + c0_, width).array();
-                                } else {
-                                    hb.setZero();
+                        if (Cell::kSeparateHidden) {  // the recurrent part starts from b_hh
+                            const T* b_hh = wt.b_hh.size() != 0 ? wt.b_hh.data() : nullptr;
+                            for (Index r = 0; r < m; ++r) {
+                                T* row = hid + r * hidden.outerStride();
+                                for (int g = 0; g < G; ++g) {
+                                    if (b_hh != nullptr) {
+                                        std::copy(b_hh + g * H + c0_, b_hh + g * H + c0_ + width, row + g * H);
+                                    } else {
+                                        std::fill(row + g * H, row + g * H + width, T(0));
+                                    }
                                 }
                             }
                         }
