@@ -250,16 +250,20 @@ void gated_cell_step(benchmark::State& state) {
 }
 
 // The recurrence's product of one step, res [B, G*H] += h [B, H] * W_hh^T, W_hh [G*H, H] laid out once (as a
-// call does) and the step repeated: Args B, H, G.
+// call does) and the step repeated: Args B, H, G, and A: 1 visits W's units backwards every other step, as the
+// recurrence does (a step starts on what the step before left in cache), 0 always forwards.
 void step_product(benchmark::State& state) {
     const Index B = state.range(0), H = state.range(1), GH = state.range(2) * H;
+    const bool alternate = state.range(3) != 0;
     std::mt19937 gen(5);
     const Matrix w = random_matrix(GH, H, gen), h = random_matrix(B, H, gen);
     Matrix res = Matrix::Zero(B, GH);
     rnnfast::detail::StepWeights<float> weights;
     weights.pack<Eigen::RowMajor>(w.data(), w.cols(), GH, H, B, 100);
+    bool backwards = false;
     for (auto _ : state) {
-        weights.multiply_add(h.data(), h.cols(), B, res.data(), res.cols());
+        backwards = alternate && !backwards;
+        weights.multiply_add(h.data(), h.cols(), B, res.data(), res.cols(), 0, backwards);
         benchmark::DoNotOptimize(res.data());
         benchmark::ClobberMemory();
     }
@@ -280,7 +284,19 @@ void eigen_product(benchmark::State& state) {
     set_flops(state, 2.0 * B * GH * H);
 }
 
-// The steps of the speed grid's cases (B, H) for one gate (Elman), three (GRU) and four (LSTM).
+// The steps of the speed grid's cases (B, H) for one gate (Elman), three (GRU) and four (LSTM), alternating as
+// the recurrence does; one-row steps and the largest also always forwards, for comparison.
+void step_product_grid(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"B", "H", "G", "A"});
+    for (const std::vector<int64_t>& c : {std::vector<int64_t>{3, 20}, {1, 64}, {16, 128}, {32, 128}, {64, 256},
+                                          {64, 512}}) {
+        for (int64_t gates : {1, 3, 4}) {
+            b->Args({c[0], c[1], gates, 1});
+            if (c[0] == 1 || c[1] == 512) b->Args({c[0], c[1], gates, 0});
+        }
+    }
+}
+
 void product_grid(benchmark::internal::Benchmark* b) {
     b->ArgNames({"B", "H", "G"});
     for (const std::vector<int64_t>& c : {std::vector<int64_t>{3, 20}, {1, 64}, {16, 128}, {32, 128}, {64, 256},
@@ -341,7 +357,7 @@ BENCHMARK(gated_stack_forward)->Apply(gated_grid);
 BENCHMARK(gated_stack_train_step)->Apply(gated_grid);
 BENCHMARK(cell_forward)->ArgNames({"B", "I", "H"})->Args({1, 20, 20})->Args({1, 128, 128});
 BENCHMARK(gated_cell_step)->ArgNames({"B", "I", "H", "kind"})->ArgsProduct({{1}, {20, 128}, {20, 128}, {1, 2}});
-BENCHMARK(step_product)->Apply(product_grid);
+BENCHMARK(step_product)->Apply(step_product_grid);
 BENCHMARK(eigen_product)->Apply(product_grid);
 
 }  // namespace
