@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cells.hpp"
@@ -37,14 +38,19 @@ constexpr double kMinStepWork = 1 << 16;
 constexpr Index kMinItemRows = 8;
 
 // dst = lhs * rhs (or += with `add`), the rows of dst split across threads (gemm.hpp: Eigen's GEMM over packing
-// buffers that persist per thread).
+// buffers that persist per thread). With `bias` (dst.cols() values), dst = bias + lhs * rhs in every row: each
+// thread starts its rows from it (one pass over dst, where zeroing and adding it after would be two).
 template <class Dst, class Lhs, class Rhs>
-void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
+void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
+                  const typename std::decay_t<Dst>::Scalar* bias = nullptr) {
     const int threads = threads_for(static_cast<double>(dst.rows()) * dst.cols() * lhs.cols(), kMinProductWork);
     parallel(threads, [&](int k, int parts) {
         const Index r0 = split(dst.rows(), k, parts, 8), r1 = split(dst.rows(), k + 1, parts, 8);
         if (r1 <= r0) return;
-        gemm(dst.middleRows(r0, r1 - r0), lhs.middleRows(r0, r1 - r0), rhs, add);
+        if (bias != nullptr) {
+            for (Index r = r0; r < r1; ++r) std::copy(bias, bias + dst.cols(), &dst.coeffRef(r, 0));
+        }
+        gemm(dst.middleRows(r0, r1 - r0), lhs.middleRows(r0, r1 - r0), rhs, add || bias != nullptr);
     });
 }
 
@@ -54,20 +60,21 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
 constexpr double kChunkWork = 1 << 29, kChunkElements = 1 << 24;
 
 template <class Dst, class Lhs, class Rhs>
-void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add) {
+void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
+                                const typename std::decay_t<Dst>::Scalar* bias = nullptr) {
     const double cols = static_cast<double>(std::max<Index>(dst.cols(), 1));
     const double per_row = cols * static_cast<double>(std::max<Index>(lhs.cols(), 1));
     const double by_work = kChunkWork * std::max(1, thread_limit()) / per_row;
     const double rows_per_chunk = std::min(by_work, kChunkElements / cols);
     const Index rows = dst.rows();
     if (rows_per_chunk >= static_cast<double>(rows)) {
-        rows_product(dst, lhs, rhs, add);
+        rows_product(dst, lhs, rhs, add, bias);
         return;
     }
     const Index chunk = std::max<Index>(64, static_cast<Index>(rows_per_chunk) / 8 * 8);
     for (Index r0 = 0; r0 < rows; r0 += chunk) {
         const Index n = std::min(chunk, rows - r0);
-        rows_product(dst.middleRows(r0, n), lhs.middleRows(r0, n), rhs, add);
+        rows_product(dst.middleRows(r0, n), lhs.middleRows(r0, n), rhs, add, bias);
         interruption_point(static_cast<double>(n) * per_row);
     }
 }
@@ -207,8 +214,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     }
     if (!project_in_steps) {
         // The input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
-        interruptible_rows_product(z, x, wt.w_ih.transpose(), false);
-        if (bias.size() != 0) z.rowwise() += bias;
+        interruptible_rows_product(z, x, wt.w_ih.transpose(), false, bias.size() != 0 ? bias.data() : nullptr);
     }
     if (T_ == 0 || steps.rows() == 0) return;
     const Index B = steps.batch();
