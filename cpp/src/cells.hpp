@@ -16,12 +16,6 @@
 
 namespace rnnfast::detail {
 
-template <class T>
-using BlockMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
-template <class T>
-using ConstBlockMap =
-    Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0, Eigen::OuterStride<>>;
-
 // What a cell's forward sees of one block of one step.
 template <class T>
 struct ForwardBlock {
@@ -66,32 +60,6 @@ struct BackwardBlock {
     Index dzh_ld = 0;
 };
 
-template <class T>
-BlockMap<T> block(T* p, Index rows, Index cols, Index ld) {
-    return BlockMap<T>(p, rows, cols, Eigen::OuterStride<>(ld));
-}
-template <class T>
-ConstBlockMap<T> block(const T* p, Index rows, Index cols, Index ld) {
-    return ConstBlockMap<T>(p, rows, cols, Eigen::OuterStride<>(ld));
-}
-
-// v <- tanh(v) over n contiguous values. A span's tail would go through whole packets one scalar at a time; for a
-// few rows of a small layer (20 states: one 16-wide packet and 4 scalars) those would dominate, so the tail goes
-// through one packet-sized buffer instead.
-template <class T>
-void tanh_span(T* v, Index n) {
-    constexpr Index P = Eigen::internal::packet_traits<T>::size;
-    const Index head = n / P * P;
-    Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> body(v, head);
-    body = body.unaryExpr(TanhOp<T>());
-    if (head < n) {
-        Eigen::Array<T, P, 1> tail = Eigen::Array<T, P, 1>::Zero();
-        std::copy(v + head, v + n, tail.data());
-        tail = tail.unaryExpr(TanhOp<T>());
-        std::copy(tail.data(), tail.data() + (n - head), v + head);
-    }
-}
-
 // Units [u, u + n) of one row, n at most a packet: loads and stores of whole packets, and for a row's last,
 // partial packet through a zero-padded copy. Gate math written over these gives every unit the same bits wherever
 // it falls (a packet, a row's tail, a thread's band), in one pass over the row.
@@ -124,6 +92,17 @@ void for_each_packet(Index m, Index w, Body&& body) {
     constexpr Index P = Lanes<T>::P;
     for (Index r = 0; r < m; ++r) {
         for (Index u = 0; u < w; u += P) body(Lanes<T>{std::min(P, w - u)}, r, u);
+    }
+}
+
+// v <- tanh(v) over n contiguous values, a packet at a time (the last, partial one through Lanes' padded copy: for
+// a few rows of a small layer, 20 states, one-element packets for the 4 left over would dominate).
+template <class T>
+void tanh_span(T* v, Index n) {
+    constexpr Index P = Lanes<T>::P;
+    for (Index u = 0; u < n; u += P) {
+        const Lanes<T> l{std::min(P, n - u)};
+        l.store(v + u, TanhOp<T>::packet(l.load(v + u)));
     }
 }
 

@@ -37,6 +37,20 @@ constexpr double kMinStepWork = 1 << 16;
 // Items per thread below which the recurrence is split by bands of units instead.
 constexpr Index kMinItemRows = 8;
 
+// Rows [r0, r1) of dst set to `bias` (dst.cols() values), or to zeros where it is null: where a product's result
+// starts from.
+template <class Dst, class T>
+void start_rows(Dst&& dst, Index r0, Index r1, const T* bias) {
+    for (Index r = r0; r < r1; ++r) {
+        T* row = &dst.coeffRef(r, 0);
+        if (bias != nullptr) {
+            std::copy(bias, bias + dst.cols(), row);
+        } else {
+            std::fill(row, row + dst.cols(), T(0));
+        }
+    }
+}
+
 // dst = lhs * rhs (or += with `add`), the rows of dst split across threads (gemm.hpp: Eigen's GEMM over packing
 // buffers that persist per thread). With `bias` (dst.cols() values), dst = bias + lhs * rhs in every row: each
 // thread starts its rows from it (one pass over dst, where zeroing and adding it after would be two).
@@ -47,9 +61,7 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
     parallel(threads, [&](int k, int parts) {
         const Index r0 = split(dst.rows(), k, parts, 8), r1 = split(dst.rows(), k + 1, parts, 8);
         if (r1 <= r0) return;
-        if (bias != nullptr) {
-            for (Index r = r0; r < r1; ++r) std::copy(bias, bias + dst.cols(), &dst.coeffRef(r, 0));
-        }
+        if (bias != nullptr) start_rows(dst, r0, r1, bias);
         gemm(dst.middleRows(r0, r1 - r0), lhs.middleRows(r0, r1 - r0), rhs, add || bias != nullptr);
     });
 }
@@ -263,11 +275,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                 });
                 if (packed_in && p1 > p0) {
                     MatrixMap<T> share(z.data() + p0 * z.outerStride(), p1 - p0, G * H, Eigen::OuterStride<>(z.outerStride()));
-                    if (bias.size() != 0) {
-                        share.rowwise() = bias;
-                    } else {
-                        share.setZero();
-                    }
+                    start_rows(share, 0, share.rows(), bias.size() != 0 ? bias.data() : nullptr);
                     w_in.multiply_add(x.data() + (base + p0) * x.outerStride(), x.outerStride(), p1 - p0, share.data(),
                                       share.outerStride());
                 }
