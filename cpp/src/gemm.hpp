@@ -35,14 +35,22 @@ T* packing_buffer(int which, Index size) {
 }  // namespace
 
 // Eigen's level-3 blocking (the sizes its own product would choose) over this thread's packing buffers.
+// `row_major_rhs`: Eigen packs the right-hand side from rows far apart (each panel of nr columns reads one cache line
+// per row of depth); a depth block of more lines than about two thirds of L1 then drops the lines the next panel
+// needs. Such a depth is split in even blocks below that (weight gradients over a few thousand rows: 7-20% faster).
 template <class T>
 class ThreadBlocking : public Eigen::internal::level3_blocking<T, T> {
 public:
-    ThreadBlocking(Index rows, Index cols, Index depth) {
+    ThreadBlocking(Index rows, Index cols, Index depth, bool row_major_rhs) {
         this->m_mc = rows;
         this->m_nc = cols;
         this->m_kc = depth;
         Eigen::internal::computeProductBlockingSizes<T, T, 1>(this->m_kc, this->m_mc, this->m_nc, Index(1));
+        const Index max_depth = std::max<Index>(64, Eigen::l1CacheSize() / 96);
+        if (row_major_rhs && this->m_kc > max_depth) {
+            const Index blocks = (this->m_kc + max_depth - 1) / max_depth;
+            this->m_kc = ((this->m_kc + blocks - 1) / blocks + 7) / 8 * 8;
+        }
         this->m_blockA = packing_buffer<T>(0, this->m_mc * this->m_kc);
         this->m_blockB = packing_buffer<T>(1, this->m_kc * this->m_nc);
     }
@@ -62,7 +70,7 @@ void gemm(Index m, Index n, Index k, const T* a, Index lda, bool a_trans, const 
     // op(B) is B itself (row-major), and op(A)^T likewise.
     using Eigen::ColMajor;
     using Eigen::RowMajor;
-    ThreadBlocking<T> blocking(n, m, k);
+    ThreadBlocking<T> blocking(n, m, k, a_trans);
     if (!b_trans && !a_trans) {
         Eigen::internal::general_matrix_matrix_product<Index, T, ColMajor, false, T, ColMajor, false, ColMajor, 1>::run(
             n, m, k, b, ldb, a, lda, c, 1, ldc, T(1), blocking, nullptr);
