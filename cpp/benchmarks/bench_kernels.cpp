@@ -1,7 +1,8 @@
 // Unit benchmarks of the kernels (Google Benchmark): layer forward, layer backward, stack forward/backward and
 // one cell step, over the speed grid, float32, each reporting a GFLOP/s counter; the gated_* ones run the stack
 // grid and one cell step with LSTM and GRU cells; step_product times the recurrence's per-step product (W_hh laid
-// out once, then one step's rows), beside eigen_product, Eigen's GEMM of the same shape.
+// out once, then one step's rows), beside eigen_product, Eigen's GEMM of the same shape; weight_gradient times a
+// weight gradient's product (dW += dz^T h over a chunk's rows) as the backward makes it, beside Eigen's own.
 //
 //   ./rnnfast_benchmarks --benchmark_filter=layer_forward
 #include <benchmark/benchmark.h>
@@ -10,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "gemm.hpp"
 #include "packed_product.hpp"
 #include "rnnfast/checksum.hpp"
 #include "rnnfast/config.hpp"
@@ -284,6 +286,36 @@ void eigen_product(benchmark::State& state) {
     set_flops(state, 2.0 * B * GH * H);
 }
 
+// A weight gradient of one thread's share, dW [M, N] += dz^T h, dz [K, M] and h [K, N] row-major (K: a chunk's
+// rows, M: this thread's gate units): Args M, N, K, and E: 0 through gemm.hpp as the backward does (depth blocks
+// sized for the strided packing of dz), 1 through Eigen's own product and blocking.
+void weight_gradient(benchmark::State& state) {
+    const Index M = state.range(0), N = state.range(1), K = state.range(2);
+    const bool eigen = state.range(3) != 0;
+    std::mt19937 gen(6);
+    const Matrix dz = random_matrix(K, M, gen), h = random_matrix(K, N, gen);
+    Matrix dw = Matrix::Zero(M, N);
+    for (auto _ : state) {
+        if (eigen) {
+            dw.noalias() += dz.transpose() * h;
+        } else {
+            rnnfast::detail::gemm(dw, dz.transpose(), h, true);
+        }
+        benchmark::DoNotOptimize(dw.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, 2.0 * M * N * K);
+}
+
+// Per thread at two threads: LSTM mid (dW_ih, dW_hh of 800 rows), LSTM big H256 and H512 (chunks of 1600 rows).
+void weight_gradient_grid(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"M", "N", "K", "E"});
+    for (const std::vector<int64_t>& c : {std::vector<int64_t>{256, 64, 800}, {256, 128, 800}, {512, 256, 1600},
+                                          {1024, 512, 1600}}) {
+        for (int64_t eigen : {0, 1}) b->Args({c[0], c[1], c[2], eigen});
+    }
+}
+
 // The steps of the speed grid's cases (B, H) for one gate (Elman), three (GRU) and four (LSTM), alternating as
 // the recurrence does; one-row steps and the largest also always forwards, for comparison.
 void step_product_grid(benchmark::internal::Benchmark* b) {
@@ -359,6 +391,7 @@ BENCHMARK(cell_forward)->ArgNames({"B", "I", "H"})->Args({1, 20, 20})->Args({1, 
 BENCHMARK(gated_cell_step)->ArgNames({"B", "I", "H", "kind"})->ArgsProduct({{1}, {20, 128}, {20, 128}, {1, 2}});
 BENCHMARK(step_product)->Apply(step_product_grid);
 BENCHMARK(eigen_product)->Apply(product_grid);
+BENCHMARK(weight_gradient)->Apply(weight_gradient_grid);
 
 }  // namespace
 
