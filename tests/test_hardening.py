@@ -286,17 +286,18 @@ def measure(call, expected):
     for attempt in range(3):
         sent = interrupt_after(delay)
         t0 = time.perf_counter()
+        ended = None
         try:
             call()
+            ended = time.perf_counter()
+            time.sleep(delay + 5)  # the call beat the signal: take it here
         except KeyboardInterrupt:
-            return time.perf_counter() - sent[0], time.perf_counter() - t0
-        took = time.perf_counter() - t0
-        try:  # the call beat the signal: take it here and try again, sooner
-            time.sleep(delay + 5)
-        except KeyboardInterrupt:
-            pass
-        print("the call ended without KeyboardInterrupt after %.2f s" % took)
-        delay = took / 4
+            if ended is None:
+                return time.perf_counter() - sent[0], time.perf_counter() - t0
+        if sent[0] < ended - 0.1:
+            raise SystemExit("the call ran %.2f s past a SIGINT and ended normally" % (ended - sent[0]))
+        print("the call ended without KeyboardInterrupt after %.2f s" % (ended - t0))
+        delay = (ended - t0) / 4  # try again, sooner
     raise SystemExit("the call ended before the signal three times")
 
 expected = model(x[:50])[0]

@@ -37,7 +37,7 @@ T* packing_buffer(int which, Index size) {
 // Eigen's level-3 blocking (the sizes its own product would choose) over this thread's packing buffers.
 // `row_major_rhs`: Eigen packs the right-hand side from rows far apart (each panel of nr columns reads one cache line
 // per row of depth); a depth block of more lines than about two thirds of L1 then drops the lines the next panel
-// needs. Such a depth is split in even blocks below that (weight gradients over a few thousand rows: 7-20% faster).
+// needs. Such a depth is split in even blocks below that (the weight gradients: bench_kernels' weight_gradient).
 template <class T>
 class ThreadBlocking : public Eigen::internal::level3_blocking<T, T> {
 public:
