@@ -74,23 +74,31 @@ public:
     }
 
     // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T; segment g's columns
-    // start at res + g * res_segment_step. `backwards`: the panels in reverse order (see StepWeights).
+    // start at res + g * res_segment_step. `backwards`: the panels in reverse order (see StepWeights). With
+    // `start` (one row laid out as res's), res = start + x A^T instead, whatever res held: the same bits as copying
+    // start into every row first, without that pass.
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step,
-                      bool backwards) {
-        if (rows_ == 0 || depth_ == 0 || n == 0) return;
+                      bool backwards, const T* start = nullptr) {
+        if (rows_ == 0 || n == 0 || (depth_ == 0 && start == nullptr)) return;
         const size_t count = panels_.size();
         for (size_t i = 0; i < count; ++i) {
             const Panel& panel = panels_[backwards ? count - 1 - i : i];
             T* out = res + panel.segment * res_segment_step + panel.u0;
+            const T* from = start != nullptr ? start + panel.segment * res_segment_step + panel.u0 : nullptr;
+            if (depth_ == 0) {
+                const Index valid = std::min(panel.packets * P, rows_ - panel.u0);
+                for (Index r = 0; r < n; ++r) std::copy(from, from + valid, out + r * res_stride);
+                continue;
+            }
             switch (panel.packets) {
-                case 1: rows_of<1>(panel, x, x_stride, n, out, res_stride); break;
-                case 2: rows_of<2>(panel, x, x_stride, n, out, res_stride); break;
-                case 3: rows_of<3>(panel, x, x_stride, n, out, res_stride); break;
-                case 4: rows_of<4>(panel, x, x_stride, n, out, res_stride); break;
-                case 5: rows_of<5>(panel, x, x_stride, n, out, res_stride); break;
-                case 6: rows_of<6>(panel, x, x_stride, n, out, res_stride); break;
-                case 7: rows_of<7>(panel, x, x_stride, n, out, res_stride); break;
-                default: rows_of<8>(panel, x, x_stride, n, out, res_stride); break;
+                case 1: rows_of<1>(panel, x, x_stride, n, out, res_stride, from); break;
+                case 2: rows_of<2>(panel, x, x_stride, n, out, res_stride, from); break;
+                case 3: rows_of<3>(panel, x, x_stride, n, out, res_stride, from); break;
+                case 4: rows_of<4>(panel, x, x_stride, n, out, res_stride, from); break;
+                case 5: rows_of<5>(panel, x, x_stride, n, out, res_stride, from); break;
+                case 6: rows_of<6>(panel, x, x_stride, n, out, res_stride, from); break;
+                case 7: rows_of<7>(panel, x, x_stride, n, out, res_stride, from); break;
+                default: rows_of<8>(panel, x, x_stride, n, out, res_stride, from); break;
             }
         }
     }
@@ -143,7 +151,7 @@ private:
 
     // Every row of x against one panel of NP packets: tiles of kTileRows rows, then the rest; depth blocks outside.
     template <int NP>
-    void rows_of(const Panel& panel, const T* x, Index x_stride, Index n, T* out, Index out_stride) {
+    void rows_of(const Panel& panel, const T* x, Index x_stride, Index n, T* out, Index out_stride, const T* start) {
         const T* w = data_.data() + panel.offset;
         const Index valid = std::min(panel.packets * P, rows_ - panel.u0);
         const Index tile_size = NP * P;
@@ -153,7 +161,7 @@ private:
         }
         T* const scratch = depth_ > block ? partial_.data() : nullptr;  // one pass: none
         for (Index k0 = 0; k0 < depth_; k0 += block) {
-            Pass pass{k0, std::min(depth_, k0 + block), k0 == 0, k0 + block >= depth_};
+            Pass pass{k0, std::min(depth_, k0 + block), k0 == 0, k0 + block >= depth_, start};
             Index r = 0;
             if constexpr (NP > kTilePackets) {  // wide panels: one row at a time
                 for (; r < n; ++r) {
@@ -174,6 +182,7 @@ private:
     struct Pass {
         Index k0, k1;     // the depth block
         bool first, last; // accumulators start at zero / are added to res
+        const T* start;   // the last pass writes start + sum (null: res + sum)
     };
 
     template <int R, int NP>
@@ -217,12 +226,13 @@ private:
             if (col >= valid) break;
             for (int r = 0; r < R; ++r) {
                 T* dst = out + r * out_stride + col;
+                const T* from = pass.start != nullptr ? pass.start + col : dst;
                 if (col + P <= valid) {
-                    pstoreu(dst, padd(ploadu<Packet>(dst), acc[r][j]));
+                    pstoreu(dst, padd(ploadu<Packet>(from), acc[r][j]));
                 } else {  // the last, partial packet of a segment
                     alignas(sizeof(Packet)) T part[P];
                     pstoreu(part, acc[r][j]);
-                    for (Index q = 0; col + q < valid; ++q) dst[q] += part[q];
+                    for (Index q = 0; col + q < valid; ++q) dst[q] = from[q] + part[q];
                 }
             }
         }
@@ -328,14 +338,20 @@ public:
     // Steps that alternate it begin where the step before ended, on the part of W still in cache: when W is larger
     // than a cache level, about as much of it as that cache holds is read from it instead of the next level
     // (benchmark step_product, one row, W_hh of an LSTM with H 64, 64 KB, L1 48 KB: 1.26x).
+    //
+    // `start`: res = start + x A^T instead (PanelWeights::multiply_add).
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step = 0,
-                      bool backwards = false) {
+                      bool backwards = false, const T* start = nullptr) {
         switch (layout_) {
             case Layout::panels:
-                panels_.multiply_add(x, x_stride, n, res, res_stride, res_segment_step, backwards);
+                panels_.multiply_add(x, x_stride, n, res, res_stride, res_segment_step, backwards, start);
                 break;
             case Layout::in_place:
                 for (Index r = 0; r < n; ++r) {
+                    for (Index g = 0; start != nullptr && g < segments_; ++g) {
+                        const T* from = start + g * res_segment_step;
+                        std::copy(from, from + rows_, res + r * res_stride + g * res_segment_step);
+                    }
                     dot_multiply_add(source_, stride_, rows_, depth_, segments_, segment_step_, x + r * x_stride,
                                      res + r * res_stride, res_segment_step, backwards);
                 }

@@ -224,6 +224,13 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
         bias = wt.b_ih;
         if (!Cell::kSeparateHidden) bias += wt.b_hh;
     }
+    // Where the per-step kernel's products start: the input projection from `bias` (zeros without), the GRU's
+    // recurrent part from b_hh (zeros without).
+    const RowVector<T> input_start =
+        project_in_steps ? (bias.size() != 0 ? bias : RowVector<T>(RowVector<T>::Zero(z.cols()))) : RowVector<T>();
+    const RowVector<T> hidden_start =
+        Cell::kSeparateHidden ? (wt.b_hh.size() != 0 ? RowVector<T>(wt.b_hh) : RowVector<T>(RowVector<T>::Zero(G * H)))
+                              : RowVector<T>();
     if (!project_in_steps) {
         // The input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
         interruptible_rows_product(z, x, wt.w_ih.transpose(), false, bias.size() != 0 ? bias.data() : nullptr);
@@ -274,10 +281,8 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                     }
                 });
                 if (packed_in && p1 > p0) {
-                    MatrixMap<T> share(z.data() + p0 * z.outerStride(), p1 - p0, G * H, Eigen::OuterStride<>(z.outerStride()));
-                    start_rows(share, 0, share.rows(), bias.size() != 0 ? bias.data() : nullptr);
-                    w_in.multiply_add(x.data() + (base + p0) * x.outerStride(), x.outerStride(), p1 - p0, share.data(),
-                                      share.outerStride());
+                    w_in.multiply_add(x.data() + (base + p0) * x.outerStride(), x.outerStride(), p1 - p0,
+                                      z.data() + p0 * z.outerStride(), z.outerStride(), 0, false, input_start.data());
                 }
                 step_done.wait(parts);
             }
@@ -321,23 +326,22 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                         }
                         T* zrow = z.data() + (st.offset - base + r0) * zld + c0_;
                         T* hid = Cell::kSeparateHidden ? hidden.data() + r0 * hidden.outerStride() + c0_ : nullptr;
-                        if (Cell::kSeparateHidden) {  // the recurrent part starts from b_hh
-                            const T* b_hh = wt.b_hh.size() != 0 ? wt.b_hh.data() : nullptr;
+                        if (Cell::kSeparateHidden && h_src == nullptr) {  // the recurrent part is b_hh alone
                             for (Index r = 0; r < m; ++r) {
                                 T* row = hid + r * hidden.outerStride();
                                 for (int g = 0; g < G; ++g) {
-                                    if (b_hh != nullptr) {
-                                        std::copy(b_hh + g * H + c0_, b_hh + g * H + c0_ + width, row + g * H);
-                                    } else {
-                                        std::fill(row + g * H, row + g * H + width, T(0));
-                                    }
+                                    const T* from = hidden_start.data() + g * H + c0_;
+                                    std::copy(from, from + width, row + g * H);
                                 }
                             }
                         }
                         if (h_src != nullptr) {
-                            T* target = Cell::kSeparateHidden ? hid : zrow;
-                            const Index target_ld = Cell::kSeparateHidden ? hidden.outerStride() : zld;
-                            w_band.multiply_add(h_src, h_src_ld, m, target, target_ld, H, (s & 1) != 0);
+                            if (Cell::kSeparateHidden) {  // b_hh + h_{t-1} W_hh^T
+                                w_band.multiply_add(h_src, h_src_ld, m, hid, hidden.outerStride(), H, (s & 1) != 0,
+                                                    hidden_start.data() + c0_);
+                            } else {
+                                w_band.multiply_add(h_src, h_src_ld, m, zrow, zld, H, (s & 1) != 0);
+                            }
                         }
                         ForwardBlock<T> fb;
                         fb.m = m;

@@ -66,6 +66,23 @@ void check_layouts(Index rows, Index depth, Index n, Index batch, Index steps) {
         EXPECT_EQ(result->rightCols(pad), res0.rightCols(pad));
     }
 
+    // With a start row, the same bits as copying it into every row first, whatever the rows held; the padding
+    // untouched.
+    const Matrix<T> start = random_matrix<T>(1, rows, gen);
+    for (bool panel_object : {false, true}) {
+        Matrix<T> copied = res0, started = res0 * T(3);
+        copied.leftCols(rows).rowwise() = start.row(0);
+        if (panel_object) {
+            panels.multiply_add(x.data(), x.cols(), n, copied.data(), copied.cols(), 0, false);
+            panels.multiply_add(x.data(), x.cols(), n, started.data(), started.cols(), 0, true, start.data());
+        } else {
+            step.multiply_add(x.data(), x.cols(), n, copied.data(), copied.cols());
+            step.multiply_add(x.data(), x.cols(), n, started.data(), started.cols(), 0, true, start.data());
+        }
+        EXPECT_EQ(started.leftCols(rows), copied.leftCols(rows)) << "start: rows " << rows << " depth " << depth << " n " << n;
+        EXPECT_EQ(started.rightCols(pad), (res0 * T(3)).rightCols(pad));
+    }
+
     // The same bits for each element when the units are visited backwards (as every other step does), when its
     // row is multiplied alone, or within a block starting elsewhere, and when only a band of units [u0, rows) is
     // laid out (how threads split the recurrence).
@@ -148,6 +165,16 @@ void check_segments(Index rows, Index depth, Index n, Index segments, Index gap)
             Matrix<T> backwards = res0;
             step.multiply_add(x.data(), x.cols(), n, backwards.data(), backwards.cols(), gap, true);
             EXPECT_EQ(backwards, got) << "backwards: rows " << rows << " segments " << segments << " batch " << batch;
+            // A start row laid out as res's: each segment starts from its own columns of it, the gaps untouched.
+            const Matrix<T> start = random_matrix<T>(1, total, gen);
+            Matrix<T> copied = res0;
+            for (Index g = 0; g < segments; ++g) {
+                copied.middleCols(g * gap, rows).rowwise() = start.middleCols(g * gap, rows).row(0);
+            }
+            step.multiply_add(x.data(), x.cols(), n, copied.data(), copied.cols(), gap);
+            Matrix<T> started = res0;
+            step.multiply_add(x.data(), x.cols(), n, started.data(), started.cols(), gap, false, start.data());
+            EXPECT_EQ(started, copied) << "start: rows " << rows << " segments " << segments << " batch " << batch;
         }
     }
 }
@@ -173,5 +200,20 @@ TEST(StepWeights, SegmentsFloat) { check_all_segments<float>(); }
 TEST(StepWeights, SegmentsDouble) { check_all_segments<double>(); }
 
 TEST(StepWeights, DoubleMatchesEigenProduct) { check_all<double>(); }
+
+TEST(StepWeights, StartRowWithoutDepthIsCopied) {
+    const Matrix<float> none(5, 1), x(3, 1), start = Matrix<float>::Constant(1, 5, 2.5f);
+    for (Index batch : {Index(1), Index(12)}) {
+        rnnfast::detail::StepWeights<float> step;
+        step.pack<Eigen::RowMajor>(none.data(), 1, 5, 0, batch, 100);
+        Matrix<float> res = Matrix<float>::Constant(3, 6, -1.0f);
+        step.multiply_add(x.data(), 1, 3, res.data(), 6, 0, false, start.data());
+        EXPECT_TRUE((res.leftCols(5).array() == 2.5f).all()) << res;
+        EXPECT_TRUE((res.col(5).array() == -1.0f).all());
+        Matrix<float> kept = Matrix<float>::Constant(3, 6, -1.0f);
+        step.multiply_add(x.data(), 1, 3, kept.data(), 6);
+        EXPECT_TRUE((kept.array() == -1.0f).all());
+    }
+}
 
 }  // namespace
