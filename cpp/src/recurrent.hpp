@@ -179,10 +179,17 @@ struct StepRows {
 // Multiply-adds of an input projection up to which a forward computes it whole with the per-step kernel, in one
 // stretch without an interruption point (as a chunk of interruptible_rows_product). The kernel starts each row from
 // the bias, where Eigen's GEMM needs the bias copied in first and packs both operands: the per-step kernel measured
-// faster at every size tried (LSTM T50 B16 H128 inference 0.78 -> 0.73 ms, T1000 B1 H64 0.73 -> 0.69 ms, float64
-// T50 B16 H128 2.29 -> 2.04 ms; training steps level), so Eigen's GEMM is left the projections of long calls that
-// keep their gates (those of calls without a cache run in such chunks anyway).
+// faster at every size tried (LSTM T50 B16 H128 inference 0.78 -> 0.73 ms, float64 2.29 -> 2.04 ms; training
+// steps level), so Eigen's GEMM is left the projections of long calls that keep their gates (those of calls without
+// a cache run in such chunks anyway), and those that the recurrence's threads would share among fewer threads than
+// the GEMM's (one item of a wide input: a projection on one thread took 1.3-2x as long).
 constexpr double kMaxWholeStepProjection = kChunkWork;
+
+// Threads a split of `work` could use on this machine whatever set_num_threads says, so that a choice between two
+// ways of computing that compares them gives the same bits at every setting.
+inline double useful_threads(double work, double min_work) {
+    return std::min<double>(usable_threads(), std::max(1.0, work / min_work));
+}
 
 // Rows of the gate buffer a forward without a cache needs (recurrent_forward's `gates` as a workspace): the
 // projections of as many whole steps as fit in about kForwardChunkBytes, at least one step. A forward that keeps
@@ -216,8 +223,11 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     MatrixRef<T> z = Cell::kInPlace ? hs : gates;  // the pre-activations [R or fewer, G*H]
     const bool chunked = !Cell::kInPlace && gates.rows() < steps.rows();
     // The input projection inside the step loop, with the per-step kernel: chunks of it, or one whole.
+    const double projection_work = static_cast<double>(steps.rows()) * z.cols() * x.cols();
+    const double recurrence_work = static_cast<double>(steps.batch()) * G * H * P;
     const bool project_in_steps =
-        chunked || (!Cell::kInPlace && static_cast<double>(steps.rows()) * z.cols() * x.cols() <= kMaxWholeStepProjection);
+        chunked || (!Cell::kInPlace && projection_work <= kMaxWholeStepProjection &&
+                    useful_threads(recurrence_work, kMinStepWork) >= useful_threads(projection_work, kMinProductWork));
     if (chunked && gates.rows() < steps.size_or_zero(0)) {
         throw std::invalid_argument("gates: expected a workspace of at least " + std::to_string(steps.size(0)) +
                                     " rows, got " + std::to_string(gates.rows()));
