@@ -82,8 +82,10 @@ def _stack_run(kind: str, T: int, B: int, I: int, H: int, *, layers: int = 1, bi
 
 # (T, B, I, H): items split at 2 threads and bands at many (hidden 200, batch 20: a word-language-model layer);
 # items of odd counts and widths off whole packets; a batch of one item with a large W_hh (matrix-vector steps in
-# place) and a small one (panels); a large step, split by bands at any thread count.
-SHAPES = [(6, 20, 30, 200), (4, 37, 13, 15), (3, 67, 16, 33), (12, 1, 24, 160), (12, 1, 8, 16), (2, 64, 64, 512)]
+# place) and a small one (panels); a large step, split by bands at any thread count; a batch of one item whose input
+# projection could use more threads than its recurrence (the projection's path must not follow the thread count).
+SHAPES = [(6, 20, 30, 200), (4, 37, 13, 15), (3, 67, 16, 33), (12, 1, 24, 160), (12, 1, 8, 16), (2, 64, 64, 512),
+          (200, 1, 24, 40)]
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))

@@ -37,20 +37,6 @@ constexpr double kMinStepWork = 1 << 16;
 // Items per thread below which the recurrence is split by bands of units instead.
 constexpr Index kMinItemRows = 8;
 
-// Rows [r0, r1) of dst set to `bias` (dst.cols() values), or to zeros where it is null: where a product's result
-// starts from.
-template <class Dst, class T>
-void start_rows(Dst&& dst, Index r0, Index r1, const T* bias) {
-    for (Index r = r0; r < r1; ++r) {
-        T* row = &dst.coeffRef(r, 0);
-        if (bias != nullptr) {
-            std::copy(bias, bias + dst.cols(), row);
-        } else {
-            std::fill(row, row + dst.cols(), T(0));
-        }
-    }
-}
-
 // dst = lhs * rhs (or += with `add`), the rows of dst split across threads (gemm.hpp: Eigen's GEMM over packing
 // buffers that persist per thread). With `bias` (dst.cols() values), dst = bias + lhs * rhs in every row: each
 // thread starts its rows from it (one pass over dst, where zeroing and adding it after would be two).
@@ -61,7 +47,9 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
     parallel(threads, [&](int k, int parts) {
         const Index r0 = split(dst.rows(), k, parts, 8), r1 = split(dst.rows(), k + 1, parts, 8);
         if (r1 <= r0) return;
-        if (bias != nullptr) start_rows(dst, r0, r1, bias);
+        if (bias != nullptr) {
+            for (Index r = r0; r < r1; ++r) std::copy(bias, bias + dst.cols(), &dst.coeffRef(r, 0));
+        }
         gemm(dst.middleRows(r0, r1 - r0), lhs.middleRows(r0, r1 - r0), rhs, add || bias != nullptr);
     });
 }
@@ -232,22 +220,19 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
         throw std::invalid_argument("gates: expected a workspace of at least " + std::to_string(steps.size(0)) +
                                     " rows, got " + std::to_string(gates.rows()));
     }
-    // The bias that the input projection starts from: b_ih, plus b_hh for cells that add the recurrent part to it.
-    RowVector<T> bias;
+    // Where the input projection starts: b_ih, plus b_hh for cells that add the recurrent part to it (zeros without
+    // biases); the GRU's recurrent part starts from b_hh (zeros without).
+    RowVector<T> bias = RowVector<T>::Zero(G * H);
     if (wt.b_ih.size() != 0) {
         bias = wt.b_ih;
         if (!Cell::kSeparateHidden) bias += wt.b_hh;
     }
-    // Where the per-step kernel's products start: the input projection from `bias` (zeros without), the GRU's
-    // recurrent part from b_hh (zeros without).
-    const RowVector<T> input_start =
-        project_in_steps ? (bias.size() != 0 ? bias : RowVector<T>(RowVector<T>::Zero(z.cols()))) : RowVector<T>();
     const RowVector<T> hidden_start =
         Cell::kSeparateHidden ? (wt.b_hh.size() != 0 ? RowVector<T>(wt.b_hh) : RowVector<T>(RowVector<T>::Zero(G * H)))
                               : RowVector<T>();
     if (!project_in_steps) {
         // The input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
-        interruptible_rows_product(z, x, wt.w_ih.transpose(), false, bias.size() != 0 ? bias.data() : nullptr);
+        interruptible_rows_product(z, x, wt.w_ih.transpose(), false, bias.data());
     }
     if (T_ == 0 || steps.rows() == 0) return;
     const Index B = steps.batch();
@@ -296,7 +281,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                 });
                 if (packed_in && p1 > p0) {
                     w_in.multiply_add(x.data() + (base + p0) * x.outerStride(), x.outerStride(), p1 - p0,
-                                      z.data() + p0 * z.outerStride(), z.outerStride(), 0, false, input_start.data());
+                                      z.data() + p0 * z.outerStride(), z.outerStride(), 0, false, bias.data());
                 }
                 step_done.wait(parts);
             }
