@@ -11,6 +11,10 @@
 
 #include <algorithm>
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "activations.hpp"
 #include "rnnfast/types.hpp"
 
@@ -60,9 +64,53 @@ struct BackwardBlock {
     Index dzh_ld = 0;
 };
 
+// Lanes [0, n) of a packet, n < its size: a load that zeroes the others and a store that leaves the memory past
+// them alone. Masked instructions where the instruction set has them: a packet loaded from a copy that was just
+// written element by element waits for the stores to retire (no store forwarding), and at 20 units a row, half of
+// a small LSTM's gate math had been those waits. Elsewhere, through a zero-padded copy.
+// (Overloads on the packet type, picked by a null pointer to it: vector types as template arguments lose their
+// attributes.)
+template <class Packet, class T>
+Packet partial_load(const T* p, Index n, const Packet*) {
+    alignas(sizeof(Packet)) T part[sizeof(Packet) / sizeof(T)] = {};
+    std::copy(p, p + n, part);
+    return Eigen::internal::pload<Packet>(part);
+}
+template <class Packet, class T>
+void partial_store(T* p, const Packet& v, Index n) {
+    alignas(sizeof(Packet)) T part[sizeof(Packet) / sizeof(T)];
+    Eigen::internal::pstore(part, v);
+    std::copy(part, part + n, p);
+}
+
+#if defined(__AVX512F__)
+inline __m512 partial_load(const float* p, Index n, const __m512*) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+}
+inline void partial_store(float* p, const __m512& v, Index n) {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
+}
+inline __m512d partial_load(const double* p, Index n, const __m512d*) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p);
+}
+inline void partial_store(double* p, const __m512d& v, Index n) {
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
+}
+#endif
+#if defined(__AVX2__)
+inline __m256i lane_mask_32(Index n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline __m256i lane_mask_64(Index n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
+inline __m256 partial_load(const float* p, Index n, const __m256*) { return _mm256_maskload_ps(p, lane_mask_32(n)); }
+inline void partial_store(float* p, const __m256& v, Index n) { _mm256_maskstore_ps(p, lane_mask_32(n), v); }
+inline __m256d partial_load(const double* p, Index n, const __m256d*) { return _mm256_maskload_pd(p, lane_mask_64(n)); }
+inline void partial_store(double* p, const __m256d& v, Index n) { _mm256_maskstore_pd(p, lane_mask_64(n), v); }
+#endif
+
 // Units [u, u + n) of one row, n at most a packet: loads and stores of whole packets, and for a row's last,
-// partial packet through a zero-padded copy. Gate math written over these gives every unit the same bits wherever
-// it falls (a packet, a row's tail, a thread's band), in one pass over the row.
+// partial packet partial_load / partial_store. Gate math written over these gives every unit the same bits
+// wherever it falls (a packet, a row's tail, a thread's band), in one pass over the row.
 template <class T>
 struct Lanes {
     using Packet = typename Eigen::internal::packet_traits<T>::type;
@@ -71,18 +119,14 @@ struct Lanes {
 
     Packet load(const T* p) const {
         if (n == P) return Eigen::internal::ploadu<Packet>(p);
-        alignas(sizeof(Packet)) T part[P] = {};
-        std::copy(p, p + n, part);
-        return Eigen::internal::pload<Packet>(part);
+        return partial_load(p, n, static_cast<const Packet*>(nullptr));
     }
     void store(T* p, const Packet& v) const {
         if (n == P) {
             Eigen::internal::pstoreu(p, v);
             return;
         }
-        alignas(sizeof(Packet)) T part[P];
-        Eigen::internal::pstore(part, v);
-        std::copy(part, part + n, p);
+        partial_store(p, v, n);
     }
 };
 
@@ -95,8 +139,8 @@ void for_each_packet(Index m, Index w, Body&& body) {
     }
 }
 
-// v <- tanh(v) over n contiguous values, a packet at a time (the last, partial one through Lanes' padded copy: for
-// a few rows of a small layer, 20 states, one-element packets for the 4 left over would dominate).
+// v <- tanh(v) over n contiguous values, a packet at a time (the last one partial: for a few rows of a small layer,
+// 20 states, one-element packets for the 4 left over would dominate).
 template <class T>
 void tanh_span(T* v, Index n) {
     constexpr Index P = Lanes<T>::P;
