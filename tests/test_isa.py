@@ -71,9 +71,10 @@ def test_show_config_reports_the_level() -> None:
     assert rnnfast.show_config(file=io.StringIO())["isa_level"] == _core.isa_level
 
 
-def test_small_problems_run_on_the_avx2_level_only_when_the_best_is_avx512_and_nothing_is_forced() -> None:
+def test_small_problems_run_on_the_avx2_level_only_on_amd_when_the_best_is_avx512_and_nothing_is_forced() -> None:
     forced = os.environ.get("RNNFAST_ISA")
-    if not forced and _core.isa_level in ("avx512", "native") and "avx2" in RUNNABLE:
+    amd = _core.cpu_vendor() == "amd"
+    if not forced and amd and _core.isa_level in ("avx512", "native") and "avx2" in RUNNABLE:
         assert _core.small_isa_level == "avx2"
     else:
         assert _core.small_isa_level == _core.isa_level
@@ -126,3 +127,11 @@ def test_the_level_modules_share_no_process_wide_objects() -> None:
         unique = [name for _, kind, name in (line.split(maxsplit=2) for line in symbols if line.count(" ") >= 2)
                   if kind == "u" and "std::" not in name.split("(")[0]]
         assert not unique, (module.name, unique[:5])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="needs /proc/cpuinfo")
+def test_cpu_vendor_matches_cpuinfo() -> None:
+    with open("/proc/cpuinfo") as f:
+        ids = {line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")}
+    expected = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(next(iter(ids), ""), "")
+    assert _core.cpu_vendor() == expected

@@ -79,6 +79,15 @@ bool cpu_supports(const std::string& level) {
     return false;
 }
 
+std::string cpu_vendor() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_is("intel")) return "intel";
+    if (__builtin_cpu_is("amd")) return "amd";
+#endif
+    return "";
+}
+
 std::string compiler() {
 #if defined(__clang__)
     return std::string("clang ") + __clang_version__;

@@ -23,6 +23,7 @@ PYBIND11_MODULE(RNNFAST_MODULE_NAME, m) {
     m.attr("isa_level") = RNNFAST_ISA_LEVEL;
     m.def("cpu_supports", &rnnfast::cpu_supports, py::arg("level"),
           "Whether this CPU can run the kernels of an instruction-set level (baseline, avx2, avx512, native).");
+    m.def("cpu_vendor", &rnnfast::cpu_vendor, "\"intel\" or \"amd\" on x86 CPUs of those makers, \"\" elsewhere.");
     m.def("get_num_threads", &rnnfast::get_num_threads, "Threads the kernels split their work across.");
     m.def("set_num_threads", &rnnfast::set_num_threads, py::arg("n"), "Set the threads the kernels split their work across.");
     m.def("default_num_threads", &rnnfast::default_num_threads,

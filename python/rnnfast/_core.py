@@ -52,13 +52,14 @@ def _load() -> ModuleType:
 
 
 def _load_small(module: ModuleType) -> ModuleType:
-    """The module for small problems. On the AVX-512 level, Eigen's 16-wide kernels lose more to partial packets and
-    per-call overhead than they gain on problems of a few thousand multiply-adds per step; the AVX2 level's are
-    faster there (measured on Zen 4: seed_1layer inference 6.3 against 6.7 us per call, seed_4layer 15.0 against
-    16.7). Not when RNNFAST_ISA names a level: then every call runs that level, as the tests of each level need."""
+    """The module for small problems. On AMD's AVX-512 CPUs, which split 512-bit instructions in two, the AVX2
+    level's 8-wide kernels ran problems of a few thousand multiply-adds per step faster than the AVX-512 level's
+    (measured on Zen 4: seed_1layer inference 6.3 against 6.7 us per call, seed_4layer 15.0 against 16.7); on Intel's
+    the AVX-512 level's are faster (a Xeon: LSTM seed_1layer 10.2 against 11.5 us, GRU 9.8 against 10.0), and run
+    everything. Not when RNNFAST_ISA names a level: then every call runs that level, as the tests of each level need."""
     if os.environ.get("RNNFAST_ISA", "").strip() or module.isa_level not in ("avx512", "native"):
         return module
-    if "avx2" not in installed_levels() or not module.cpu_supports("avx2"):
+    if module.cpu_vendor() != "amd" or "avx2" not in installed_levels() or not module.cpu_supports("avx2"):
         return module
     return importlib.import_module(f"{__package__}._core_avx2")
 

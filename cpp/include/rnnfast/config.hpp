@@ -31,6 +31,9 @@ std::string eigen_version();
 // default), "avx2" (x86-64-v3: AVX2, FMA, BMI2, ...), "avx512" (x86-64-v4), "native" (only the machine that
 // built it: answered true, the loader checks it by importing). Unknown names are false.
 bool cpu_supports(const std::string& level);
+// "intel" or "amd" on x86 CPUs of those makers, "" elsewhere: which level's kernels run small problems faster
+// depends on how the CPU executes 512-bit instructions.
+std::string cpu_vendor();
 // Compiler name and version.
 std::string compiler();
 
