@@ -19,7 +19,7 @@ using rnnfast::detail::LogisticOp;
 using rnnfast::detail::TanhOp;
 
 std::vector<double> arguments() {
-    std::vector<double> xs = {0.0, -0.0, 1e-300, -1e-300, 1e-17, 1e-9, -1e-9, 1e-5, 0.1, -0.3, 0.5493, 0.55, 0.625,
+    std::vector<double> xs = {0.0, -0.0, 1e-300, -1e-300, 1e-17, 1e-9, -1e-9, 1e-5, 0.1, -0.3, 0.3499999999, 0.35, -0.35, 0.3500000001, 0.5493, 0.55, 0.625,
                               1.0, -1.0, 2.5, 8.0, 19.0, 19.1, 20.0, 21.0, -25.0, 300.0, -800.0};
     std::mt19937 gen(7);
     std::uniform_real_distribution<double> wide(-30.0, 30.0), narrow(-1.0, 1.0), tiny(-1e-6, 1e-6);
@@ -41,7 +41,7 @@ TEST(Activations, DoubleTanhWithinFewUlps) {
     const Eigen::ArrayXd t = a.unaryExpr(TanhOp<double>());
     double worst = 0;
     for (Index i = 0; i < a.size(); ++i) worst = std::max(worst, ulps(t[i], std::tanh(a[i])));
-    EXPECT_LE(worst, 8.0);
+    EXPECT_LE(worst, 3.0);  // 2 ulp from the exact value, and the C library's own error
     // Odd and bounded.
     for (Index i = 0; i < a.size(); ++i) {
         EXPECT_EQ(TanhOp<double>()(-a[i]), -TanhOp<double>()(a[i])) << a[i];
