@@ -173,6 +173,13 @@ struct StepRows {
 // the GEMM's (one item of a wide input: a projection on one thread took 1.3-2x as long).
 constexpr double kMaxWholeStepProjection = kChunkWork;
 
+// Multiply-adds of one row's input projection up to which a recurrence on one thread projects its rows itself even
+// where Eigen's GEMM could split the projection across threads: that thread then reads every row of the projection,
+// and rows another core computed come from that core's cache, which for a narrow input costs more than the split
+// saves (T500 B1, interleaved, GRU and LSTM with H 32-128: I 32 and 128 up to 1.7x faster in one thread, I 512 up
+// to 1.4x slower; GRU stream_T1000_B1 0.61 -> 0.51 ms).
+constexpr double kMaxOwnRowProjection = 1 << 15;
+
 // Threads a split of `work` could use on this machine whatever set_num_threads says, so that a choice between two
 // ways of computing that compares them gives the same bits at every setting.
 inline double useful_threads(double work, double min_work) {
@@ -213,9 +220,11 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     // The input projection inside the step loop, with the per-step kernel: chunks of it, or one whole.
     const double projection_work = static_cast<double>(steps.rows()) * z.cols() * x.cols();
     const double recurrence_work = static_cast<double>(steps.batch()) * G * H * P;
+    const double recurrence_threads = useful_threads(recurrence_work, kMinStepWork);
     const bool project_in_steps =
         chunked || (!Cell::kInPlace && projection_work <= kMaxWholeStepProjection &&
-                    useful_threads(recurrence_work, kMinStepWork) >= useful_threads(projection_work, kMinProductWork));
+                    (recurrence_threads >= useful_threads(projection_work, kMinProductWork) ||
+                     (recurrence_threads < 2 && static_cast<double>(z.cols()) * x.cols() <= kMaxOwnRowProjection)));
     if (chunked && gates.rows() < steps.size_or_zero(0)) {
         throw std::invalid_argument("gates: expected a workspace of at least " + std::to_string(steps.size(0)) +
                                     " rows, got " + std::to_string(gates.rows()));
