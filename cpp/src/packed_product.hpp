@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "buffer.hpp"
+#include "partial_packet.hpp"
 #include "rnnfast/types.hpp"
 
 // PacketBlock<__m256> and the like: GCC warns that a SIMD type's alignment attribute is dropped in a template
@@ -230,9 +231,8 @@ private:
                 if (col + P <= valid) {
                     pstoreu(dst, padd(ploadu<Packet>(from), acc[r][j]));
                 } else {  // the last, partial packet of a segment
-                    alignas(sizeof(Packet)) T part[P];
-                    pstoreu(part, acc[r][j]);
-                    for (Index q = 0; col + q < valid; ++q) dst[q] = from[q] + part[q];
+                    const Index n = valid - col;
+                    partial_store(dst, padd(partial_load(from, n, static_cast<const Packet*>(nullptr)), acc[r][j]), n);
                 }
             }
         }
