@@ -1,9 +1,10 @@
 // Products with a weight operand that every time step reuses: res [n, rows] += x [n, depth] * A^T, A laid out once
 // per call (StepWeights), each step reading only its small state operand.
 //
-// Every result element is computed the same way wherever it falls -- in which register tile, band of units, block
-// of rows or thread: its products are summed in order of k into one accumulator that starts at zero, and the sum
-// is added to res last. So the split of the recurrence across threads never changes a bit of the results (a
+// Every result element of a step is computed the same way wherever it falls -- in which register tile, band of
+// units, block of rows or thread: its products are summed in order of k (descending on the `backwards` steps of
+// one-row panels, a choice of the step alone) into one accumulator that starts at zero, and the sum is added to res
+// last. So the split of the recurrence across threads never changes a bit of the results (a
 // general GEMM kernel accumulates an element differently depending on its row and column position within a
 // block). Steps of many rows use register tiles of up to kTileRows rows x kTilePackets packets over W^T packed
 // into panels; one-row steps of a large W (or of a short call) multiply by A where it lies, one dot product per
@@ -53,6 +54,7 @@ public:
               bool one_row = false) {
         rows_ = rows;
         depth_ = depth;
+        one_row_ = one_row;
         depth_block_ = one_row ? std::max<Index>(depth, 1) : kDepthBlock;  // one row: nothing to keep in L1 for
         panels_.clear();
         const Index packets = (rows + P - 1) / P, most = one_row ? kWidePackets : kTilePackets;
@@ -75,7 +77,8 @@ public:
     }
 
     // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T; segment g's columns
-    // start at res + g * res_segment_step. `backwards`: the panels in reverse order (see StepWeights). With
+    // start at res + g * res_segment_step. `backwards`: the panels in reverse order, and one-row panels (one pass
+    // over the depth) each from its last k to its first (see StepWeights). With
     // `start` (one row laid out as res's), res = start + x A^T instead, whatever res held: the same bits as copying
     // start into every row first, without that pass.
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step,
@@ -92,14 +95,14 @@ public:
                 continue;
             }
             switch (panel.packets) {
-                case 1: rows_of<1>(panel, x, x_stride, n, out, res_stride, from); break;
-                case 2: rows_of<2>(panel, x, x_stride, n, out, res_stride, from); break;
-                case 3: rows_of<3>(panel, x, x_stride, n, out, res_stride, from); break;
-                case 4: rows_of<4>(panel, x, x_stride, n, out, res_stride, from); break;
-                case 5: rows_of<5>(panel, x, x_stride, n, out, res_stride, from); break;
-                case 6: rows_of<6>(panel, x, x_stride, n, out, res_stride, from); break;
-                case 7: rows_of<7>(panel, x, x_stride, n, out, res_stride, from); break;
-                default: rows_of<8>(panel, x, x_stride, n, out, res_stride, from); break;
+                case 1: rows_of<1>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
+                case 2: rows_of<2>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
+                case 3: rows_of<3>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
+                case 4: rows_of<4>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
+                case 5: rows_of<5>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
+                case 6: rows_of<6>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
+                case 7: rows_of<7>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
+                default: rows_of<8>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
             }
         }
     }
@@ -152,7 +155,8 @@ private:
 
     // Every row of x against one panel of NP packets: tiles of kTileRows rows, then the rest; depth blocks outside.
     template <int NP>
-    void rows_of(const Panel& panel, const T* x, Index x_stride, Index n, T* out, Index out_stride, const T* start) {
+    void rows_of(const Panel& panel, const T* x, Index x_stride, Index n, T* out, Index out_stride, const T* start,
+                 bool backwards) {
         const T* w = data_.data() + panel.offset;
         const Index valid = std::min(panel.packets * P, rows_ - panel.u0);
         const Index tile_size = NP * P;
@@ -161,6 +165,13 @@ private:
             partial_.resize(static_cast<size_t>(n * tile_size));
         }
         T* const scratch = depth_ > block ? partial_.data() : nullptr;  // one pass: none
+        if (one_row_ && backwards) {  // one pass, the depth last to first
+            const Pass pass{0, depth_, true, true, start};
+            for (Index r = 0; r < n; ++r) {
+                tile<1, NP, true>(pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid, nullptr);
+            }
+            return;
+        }
         for (Index k0 = 0; k0 < depth_; k0 += block) {
             Pass pass{k0, std::min(depth_, k0 + block), k0 == 0, k0 + block >= depth_, start};
             Index r = 0;
@@ -200,7 +211,7 @@ private:
 
     // out rows [0, R), columns [0, valid) += x rows [0, R) * the panel (NP packets wide), over the pass's depth
     // block; `partial` [R, NP packets] keeps the accumulators between passes.
-    template <int R, int NP>
+    template <int R, int NP, bool Descending = false>
     void tile(const Pass& pass, const T* x, Index x_stride, const T* w, T* out, Index out_stride, Index valid,
               T* partial) const {
         using namespace Eigen::internal;
@@ -208,14 +219,19 @@ private:
         for (int r = 0; r < R; ++r)
             for (int j = 0; j < NP; ++j)
                 acc[r][j] = pass.first ? pset1<Packet>(T(0)) : ploadu<Packet>(partial + (r * NP + j) * P);
-        w += pass.k0 * NP * P;
-        for (Index k = pass.k0; k < pass.k1; ++k, w += NP * P) {
+        const auto step = [&](Index k) {
+            const T* wp = w + k * NP * P;
             Packet wk[NP];
-            for (int j = 0; j < NP; ++j) wk[j] = pload<Packet>(w + j * P);
+            for (int j = 0; j < NP; ++j) wk[j] = pload<Packet>(wp + j * P);
             for (int r = 0; r < R; ++r) {
                 const Packet xk = pset1<Packet>(x[r * x_stride + k]);
                 for (int j = 0; j < NP; ++j) acc[r][j] = pmadd(xk, wk[j], acc[r][j]);
             }
+        };
+        if constexpr (Descending) {
+            for (Index k = pass.k1 - 1; k >= pass.k0; --k) step(k);
+        } else {
+            for (Index k = pass.k0; k < pass.k1; ++k) step(k);
         }
         if (!pass.last) {
             for (int r = 0; r < R; ++r)
@@ -239,6 +255,7 @@ private:
     }
 
     Index rows_ = 0, depth_ = 0, depth_block_ = kDepthBlock;
+    bool one_row_ = false;  // laid out for one-row steps: one pass over the depth, reversed on backwards steps
     std::vector<Panel> panels_;
     Buffer<T> data_;  // written by pack before any read
     Buffer<T> partial_;  // accumulators between depth blocks, kept for the next step (so: one thread's object)
@@ -334,10 +351,14 @@ public:
     // res [n, rows] (row stride res_stride) += x [n, depth] (row stride x_stride) * A^T; segment g's columns
     // start at res + g * res_segment_step. In place: one row at a time.
     //
-    // `backwards` visits the units in reverse order, which changes no bit (each element is a sum of its own).
-    // Steps that alternate it begin where the step before ended, on the part of W still in cache: when W is larger
-    // than a cache level, about as much of it as that cache holds is read from it instead of the next level
-    // (benchmark step_product, one row, W_hh of an LSTM with H 64, 64 KB, L1 48 KB: 1.26x).
+    // `backwards` visits the units in reverse order, and one-row panels also their depth, W's rows (k) last to
+    // first: a one-row step then reads W in exactly the reverse order of the step before. Steps that alternate it
+    // begin where the step before ended, on the part of W still in cache: when W is larger than a cache level,
+    // about as much of it as that cache holds is read from it instead of the next level (benchmark step_product,
+    // one row, W_hh of an LSTM with H 64, 64 KB, L1 48 KB: 1.26x with the units reversed; the depth too, LSTM
+    // stream_T1000_B1 inference another 1.05-1.09x). Reversing the units changes no bit (each element is a sum
+    // of its own); reversing the depth changes the rounding of a one-row step's sums, the same on every split
+    // into threads, as it depends on the step alone.
     //
     // `start`: res = start + x A^T instead (PanelWeights::multiply_add).
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step = 0,

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -183,6 +184,28 @@ constexpr double kMaxWholeStepProjection = kChunkWork;
 // to 1.4x slower; GRU stream_T1000_B1 0.61 -> 0.51 ms).
 constexpr double kMaxOwnRowProjection = 1 << 15;
 
+// A forward whose recurrence runs on one thread and projects its own inputs has them projected ahead by a second
+// thread when it has at least kMinAheadSteps steps (below, waking the thread costs more than the projection),
+// kAheadRows rows at a time (at least one step); the recurrence prefetches the rows kAheadPrefetch steps ahead of
+// the one it runs.
+constexpr Index kMinAheadSteps = 64, kAheadRows = 8, kAheadPrefetch = 2;
+
+// Prefetches the pre-activation rows of processing step s, when projected, into this core's cache.
+template <class T>
+inline void prefetch_step(const StepLayout& steps, Index s, Index s_end, bool reverse, Index base,
+                          const MatrixRef<T>& z, const std::atomic<Index>& projected) {
+    if (s >= s_end || projected.load(std::memory_order_acquire) <= s) return;
+    const Index t = reverse ? steps.seq_len() - 1 - s : s;
+    const char* p = reinterpret_cast<const char*>(z.data() + (steps.offset(t) - base) * z.outerStride());
+    const Index bytes = steps.size(t) * z.outerStride() * static_cast<Index>(sizeof(T));
+#if defined(__GNUC__)
+    for (Index b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 // Threads a split of `work` could use on this machine whatever set_num_threads says, so that a choice between two
 // ways of computing that compares them gives the same bits at every setting.
 inline double useful_threads(double work, double min_work) {
@@ -256,12 +279,18 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     // o * tanh(c) before projection. Each thread touches only its rows and units.
     RowMatrix<T> hidden(Cell::kSeparateHidden ? B : 0, G * H), unprojected(proj ? B : 0, H);
     const double step_work = static_cast<double>(B) * G * H * P;
+    // A recurrence on one thread that projects its own inputs hands the projection to a second thread, which runs
+    // ahead of it a block of steps at a time: the recurrence then only adds h W_hh^T (the rows reach it from the
+    // other core's cache, fetched a few steps before it reads them).
+    const bool ahead = project_in_steps && threads == 1 && T_ >= kMinAheadSteps &&
+                       threads_for(projection_work, kMinProductWork) >= 2;
+    const int workers = ahead ? 2 : threads;
     Barrier step_done;
     FirstError error;
     // Each thread's rows of W_hh, packed in the first chunk and kept for the others; project_in_steps: W_ih too, each
-    // thread projecting a share of every chunk's rows.
+    // thread projecting a share of every chunk's rows (ahead: thread 1 all of them).
     std::vector<StepWeights<T>> w_bands(static_cast<size_t>(threads));
-    std::vector<StepWeights<T>> w_inputs(static_cast<size_t>(project_in_steps ? threads : 0));
+    std::vector<StepWeights<T>> w_inputs(static_cast<size_t>(project_in_steps ? workers : 0));
     std::vector<StepWeights<T>> w_projs(static_cast<size_t>(proj ? threads : 0));  // W_hr, for each thread
     // Processing order: s = 0 .. T_-1, step t = s (forward) or T_-1-s (reverse).
     for (Index s_begin = 0, s_end = 0; s_begin < T_; s_begin = s_end) {
@@ -277,34 +306,57 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
         const Index base = chunked ? steps.offset(reverse ? T_ - s_end : s_begin) : 0;
         if (rows == 0) break;  // the remaining steps are empty
         StepStop stop;
-        parallel(threads, [&](int k, int parts) {
-            Index first = 0, last = 0, c0_ = 0, width = 0;
-            split.tile(steps, H, k, parts, first, last, c0_, width);
-            if (project_in_steps) {
-                // This thread's share of the chunk's input projection, with W_ih packed once per call. Split by
-                // items, the rows of its own items, step by step: rows another core projected would reach it from
-                // that core's cache (T50 B16 H128 inference 6-7% faster this way). By bands, every thread's steps
-                // read every row: a share of the chunk's rows each, then a barrier.
-                const bool own_rows = split.items_split(parts);
-                StepWeights<T>& w_in = w_inputs[static_cast<size_t>(k)];
-                const bool packed_in = error.run([&] {
+        std::atomic<Index> projected{s_begin};  // ahead: the steps before this one are projected
+        parallel(workers, [&](int k, int parts) {
+            // W_ih packed once per call, by each thread that projects.
+            const auto pack_input = [&](StepWeights<T>& w_in) {
+                return error.run([&] {
                     if (!w_in.holds(wt.w_ih.data(), G * H)) {
                         w_in.template pack<Eigen::RowMajor>(wt.w_ih.data(), wt.w_ih.outerStride(), G * H, wt.w_ih.cols(),
                                                             z.rows(), rows);
                     }
                 });
-                const auto project = [&](Index row, Index n) {  // chunk rows [row, row + n)
-                    w_in.multiply_add(x.data() + (base + row) * x.outerStride(), x.outerStride(), n,
-                                      z.data() + row * z.outerStride(), z.outerStride(), 0, false, bias.data());
-                };
+            };
+            const auto project = [&](StepWeights<T>& w_in, Index row, Index n) {  // chunk rows [row, row + n)
+                w_in.multiply_add(x.data() + (base + row) * x.outerStride(), x.outerStride(), n,
+                                  z.data() + row * z.outerStride(), z.outerStride(), 0, false, bias.data());
+            };
+            // Ahead, with both threads: thread 1 projects blocks of whole steps in processing order and publishes
+            // each (also on failure, so that the recurrence never waits for rows that will not come).
+            const bool projector = ahead && parts == 2;
+            if (projector && k == 1) {
+                StepWeights<T>& w_in = w_inputs[1];
+                const bool packed_in = pack_input(w_in);
+                for (Index s = s_begin; s < s_end;) {
+                    Index s1 = s, n = 0;
+                    for (; s1 < s_end && n < kAheadRows; ++s1) n += steps.size(reverse ? T_ - 1 - s1 : s1);
+                    // Steps [s, s1) in processing order hold contiguous rows, from its earliest time step.
+                    const Index t_lo = reverse ? T_ - s1 : s;
+                    if (packed_in && n > 0) project(w_in, steps.offset(t_lo) - base, n);
+                    projected.store(s1, std::memory_order_release);
+                    s = s1;
+                }
+                return;
+            }
+            const int rparts = projector ? 1 : parts;  // the recurrence's threads
+            Index first = 0, last = 0, c0_ = 0, width = 0;
+            split.tile(steps, H, k, rparts, first, last, c0_, width);
+            if (project_in_steps && !projector) {
+                // This thread's share of the chunk's input projection. Split by items, the rows of its own items,
+                // step by step: rows another core projected would reach it from that core's cache (T50 B16 H128
+                // inference 6-7% faster this way). By bands, every thread's steps read every row: a share of the
+                // chunk's rows each, then a barrier.
+                const bool own_rows = split.items_split(parts);
+                StepWeights<T>& w_in = w_inputs[static_cast<size_t>(k)];
+                const bool packed_in = pack_input(w_in);
                 if (packed_in && own_rows) {
                     for (Index s = s_begin; s < s_end; ++s) {
                         const StepRows st(steps, s, reverse, first, last);
-                        if (st.b > st.a) project(st.offset - base + st.a, st.b - st.a);
+                        if (st.b > st.a) project(w_in, st.offset - base + st.a, st.b - st.a);
                     }
                 } else if (packed_in) {
                     const Index p0 = detail::split(rows, k, parts, 1), p1 = detail::split(rows, k + 1, parts, 1);
-                    if (p1 > p0) project(p0, p1 - p0);
+                    if (p1 > p0) project(w_in, p0, p1 - p0);
                 }
                 if (!own_rows) step_done.wait(parts);
             }
@@ -330,6 +382,10 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
             for (Index s = s_begin; s < s_end; ++s) {
                 if (stop.before(s - s_begin, k, step_work)) break;
                 const StepRows st(steps, s, reverse, first, last);
+                if (projector) {
+                    spin_until([&] { return projected.load(std::memory_order_acquire) > s; });
+                    prefetch_step(steps, s + kAheadPrefetch, s_end, reverse, base, z, projected);
+                }
                 if (ready && st.b > st.a && width > 0) {
                     for (int part = 0; part < 2; ++part) {
                         const Index r0 = part == 0 ? st.a : st.cont, r1 = part == 0 ? st.cont : st.b;
@@ -398,7 +454,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                         }
                     }
                 }
-                if (!split.by_items) step_done.wait(parts);  // the next step reads every band of these rows
+                if (!split.by_items) step_done.wait(rparts);  // the next step reads every band of these rows
             }
         });
         error.rethrow();

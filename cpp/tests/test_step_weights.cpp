@@ -26,6 +26,35 @@ Matrix<T> random_matrix(Index rows, Index cols, std::mt19937& gen) {
     return m;
 }
 
+// Whether StepWeights packed for `batch` items, `steps` steps and a W of `size` elements reads W's depth last to first
+// on its `backwards` steps: its one-row panels do (each element's sum then runs in reverse order of k).
+template <int Order>
+bool reverses_depth(Index size, Index batch, Index steps) {
+    using Step = rnnfast::detail::StepWeights<float>;
+    return batch == 1 && !(Order == Eigen::RowMajor &&
+                           (size > Step::kMaxPanelVectorSize || steps < Step::kMinPanelVectorSteps));
+}
+
+// The weight storage of `Order` (A's rows, or A^T's) and x with the depth (k) in reverse: a forward product of these
+// sums every element in the order a backwards one-row step sums the originals.
+template <class T, int Order>
+Matrix<T> depth_reversed_store(const Matrix<T>& store, Index depth) {
+    Matrix<T> out = store;
+    if (Order == Eigen::RowMajor) {
+        out.leftCols(depth) = store.leftCols(depth).rowwise().reverse().eval();
+    } else {
+        out.topRows(depth) = store.topRows(depth).colwise().reverse().eval();
+    }
+    return out;
+}
+
+template <class T>
+Matrix<T> depth_reversed_x(const Matrix<T>& x, Index depth) {
+    Matrix<T> out = x;
+    out.leftCols(depth) = x.leftCols(depth).rowwise().reverse().eval();
+    return out;
+}
+
 // res [n, rows] += x [n, depth] * A^T for A given as rows of a weight matrix (RowMajor) or columns of one
 // (ColMajor), operands with row strides wider than their widths; columns outside [0, rows) must stay untouched.
 template <class T, int Order>
@@ -70,25 +99,39 @@ void check_layouts(Index rows, Index depth, Index n, Index batch, Index steps) {
     // untouched.
     const Matrix<T> start = random_matrix<T>(1, rows, gen);
     for (bool panel_object : {false, true}) {
-        Matrix<T> copied = res0, started = res0 * T(3);
-        copied.leftCols(rows).rowwise() = start.row(0);
-        if (panel_object) {
-            panels.multiply_add(x.data(), x.cols(), n, copied.data(), copied.cols(), 0, false);
-            panels.multiply_add(x.data(), x.cols(), n, started.data(), started.cols(), 0, true, start.data());
-        } else {
-            step.multiply_add(x.data(), x.cols(), n, copied.data(), copied.cols());
-            step.multiply_add(x.data(), x.cols(), n, started.data(), started.cols(), 0, true, start.data());
+        for (bool backwards : {false, true}) {
+            Matrix<T> copied = res0, started = res0 * T(3);
+            copied.leftCols(rows).rowwise() = start.row(0);
+            if (panel_object) {
+                panels.multiply_add(x.data(), x.cols(), n, copied.data(), copied.cols(), 0, backwards);
+                panels.multiply_add(x.data(), x.cols(), n, started.data(), started.cols(), 0, backwards, start.data());
+            } else {
+                step.multiply_add(x.data(), x.cols(), n, copied.data(), copied.cols(), 0, backwards);
+                step.multiply_add(x.data(), x.cols(), n, started.data(), started.cols(), 0, backwards, start.data());
+            }
+            EXPECT_EQ(started.leftCols(rows), copied.leftCols(rows))
+                << "start: rows " << rows << " depth " << depth << " n " << n << " backwards " << backwards;
+            EXPECT_EQ(started.rightCols(pad), (res0 * T(3)).rightCols(pad));
         }
-        EXPECT_EQ(started.leftCols(rows), copied.leftCols(rows)) << "start: rows " << rows << " depth " << depth << " n " << n;
-        EXPECT_EQ(started.rightCols(pad), (res0 * T(3)).rightCols(pad));
     }
 
-    // The same bits for each element when the units are visited backwards (as every other step does), when its
-    // row is multiplied alone, or within a block starting elsewhere, and when only a band of units [u0, rows) is
-    // laid out (how threads split the recurrence).
-    Matrix<T> backwards = res0;
+    // Visiting the units backwards (as every other step does) gives each element the same bits; a one-row panel
+    // layout also reads the depth last to first, the bits of the forward product with the depth reversed.
+    Matrix<T> backwards = res0, expected_backwards = got;
     step.multiply_add(x.data(), x.cols(), n, backwards.data(), backwards.cols(), 0, true);
-    EXPECT_EQ(backwards, got) << "backwards: rows " << rows << " depth " << depth << " n " << n << " batch " << batch;
+    if (reverses_depth<Order>(rows * depth, batch, steps)) {
+        const Matrix<T> store_r = depth_reversed_store<T, Order>(store, depth), x_r = depth_reversed_x(x, depth);
+        rnnfast::detail::StepWeights<T> step_r;
+        step_r.template pack<Order>(store_r.data(), store_r.cols(), rows, depth, batch, steps);
+        expected_backwards = res0;
+        step_r.multiply_add(x_r.data(), x_r.cols(), n, expected_backwards.data(), expected_backwards.cols());
+        EXPECT_LE((expected_backwards - expected).cwiseAbs().maxCoeff(), tol * depth);
+    }
+    EXPECT_EQ(backwards, expected_backwards)
+        << "backwards: rows " << rows << " depth " << depth << " n " << n << " batch " << batch << " steps " << steps;
+
+    // The same bits for each element when its row is multiplied alone, or within a block starting elsewhere, and
+    // when only a band of units [u0, rows) is laid out (how threads split the recurrence).
     if (n > 1) {
         const Index split = n / 2 + 1;
         Matrix<T> parts = res0;
@@ -162,9 +205,17 @@ void check_segments(Index rows, Index depth, Index n, Index segments, Index gap)
             step.multiply_add(x.data(), x.cols(), n, got.data(), got.cols(), gap);
             EXPECT_LE((got - expected).cwiseAbs().maxCoeff(), tol * depth)
                 << "rows " << rows << " depth " << depth << " n " << n << " segments " << segments << " batch " << batch;
-            Matrix<T> backwards = res0;
+            Matrix<T> backwards = res0, expected_backwards = got;
             step.multiply_add(x.data(), x.cols(), n, backwards.data(), backwards.cols(), gap, true);
-            EXPECT_EQ(backwards, got) << "backwards: rows " << rows << " segments " << segments << " batch " << batch;
+            if (reverses_depth<Order>(total / gap * rows * depth, batch, steps)) {
+                const Matrix<T> store_r = depth_reversed_store<T, Order>(store, depth), x_r = depth_reversed_x(x, depth);
+                rnnfast::detail::StepWeights<T> step_r;
+                step_r.template pack<Order>(store_r.data(), store_r.cols(), rows, depth, batch, steps, segments, gap);
+                expected_backwards = res0;
+                step_r.multiply_add(x_r.data(), x_r.cols(), n, expected_backwards.data(), expected_backwards.cols(), gap);
+            }
+            EXPECT_EQ(backwards, expected_backwards)
+                << "backwards: rows " << rows << " segments " << segments << " batch " << batch << " steps " << steps;
             // A start row laid out as res's: each segment starts from its own columns of it, the gaps untouched.
             const Matrix<T> start = random_matrix<T>(1, total, gen);
             Matrix<T> copied = res0;

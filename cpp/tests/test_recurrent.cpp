@@ -1,0 +1,93 @@
+// The recurrence driver's schedules (cpp/src/recurrent.hpp) for a batch of one item: a one-thread recurrence whose
+// input projection a second thread runs ahead of it, in both time directions, with and without the chunked gate
+// workspace of a forward that keeps no cache; and one-row steps that alternate the direction in which they read
+// W_hh. Each must give the bits of the one-thread schedule, and agree with the cell equations in double.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "cells.hpp"
+#include "recurrent.hpp"
+#include "rnnfast/config.hpp"
+
+namespace {
+
+using rnnfast::Index;
+template <class T>
+using Matrix = rnnfast::RowMatrix<T>;
+
+struct Lstm {
+    Index T, I, H;
+    Matrix<double> w_ih, w_hh, x;
+    Eigen::Matrix<double, 1, Eigen::Dynamic> b_ih, b_hh;
+};
+
+Lstm make_lstm(Index T, Index I, Index H) {
+    std::mt19937 gen(17);
+    std::uniform_real_distribution<double> dist(-0.3, 0.3);
+    Lstm m{T, I, H, Matrix<double>(4 * H, I), Matrix<double>(4 * H, H), Matrix<double>(T, I), {}, {}};
+    m.b_ih.resize(4 * H);
+    m.b_hh.resize(4 * H);
+    for (Matrix<double>* a : {&m.w_ih, &m.w_hh, &m.x})
+        for (Index i = 0; i < a->size(); ++i) a->data()[i] = dist(gen);
+    for (Index i = 0; i < 4 * H; ++i) {
+        m.b_ih[i] = dist(gen);
+        m.b_hh[i] = dist(gen);
+    }
+    return m;
+}
+
+// hs [T, H] of one item from zero states, by the cell equations (PyTorch's gate order i, f, g, o).
+Matrix<double> lstm_by_hand(const Lstm& m, bool reverse) {
+    Matrix<double> hs(m.T, m.H);
+    Eigen::VectorXd h = Eigen::VectorXd::Zero(m.H), c = Eigen::VectorXd::Zero(m.H);
+    const auto sigmoid = [](double v) { return 1.0 / (1.0 + std::exp(-v)); };
+    for (Index s = 0; s < m.T; ++s) {
+        const Index t = reverse ? m.T - 1 - s : s;
+        const Eigen::VectorXd z = m.w_ih * m.x.row(t).transpose() + m.w_hh * h + m.b_ih.transpose() + m.b_hh.transpose();
+        for (Index u = 0; u < m.H; ++u) {
+            c[u] = sigmoid(z[m.H + u]) * c[u] + sigmoid(z[u]) * std::tanh(z[2 * m.H + u]);
+            h[u] = sigmoid(z[3 * m.H + u]) * std::tanh(c[u]);
+        }
+        hs.row(t) = h.transpose();
+    }
+    return hs;
+}
+
+// recurrent_forward in float at `threads` threads; `gate_rows`: the gate buffer's rows (fewer than T: chunks).
+Matrix<float> lstm_forward(const Lstm& m, bool reverse, int threads, Index gate_rows) {
+    using rnnfast::detail::LayerWeights;
+    const Matrix<float> w_ih = m.w_ih.cast<float>(), w_hh = m.w_hh.cast<float>(), x = m.x.cast<float>(), none(0, m.H);
+    const Eigen::Matrix<float, 1, Eigen::Dynamic> b_ih = m.b_ih.cast<float>(), b_hh = m.b_hh.cast<float>();
+    const Matrix<float> no_proj(0, m.H);
+    LayerWeights<float> wt{w_ih, w_hh, b_ih, b_hh, no_proj};
+    Matrix<float> hs(m.T, m.H), gates(gate_rows, 4 * m.H), aux(m.T, m.H);
+    const int before = rnnfast::get_num_threads();
+    rnnfast::set_num_threads(threads);
+    rnnfast::detail::recurrent_forward<rnnfast::detail::LstmCell, float>(
+        wt, x, none, none, rnnfast::Activation::tanh, reverse, rnnfast::StepLayout::uniform(m.T, 1), hs, gates, aux);
+    rnnfast::set_num_threads(before);
+    return hs;
+}
+
+// Long enough for the projection to run ahead (kMinAheadSteps), narrow enough for the recurrence to stay on one
+// thread; W_hh small enough for panels, whose one-row steps alternate direction.
+TEST(RecurrentForward, ProjectionAheadGivesTheOneThreadBitsInBothDirections) {
+    const Lstm m = make_lstm(300, 24, 24);
+    for (bool reverse : {false, true}) {
+        const Matrix<double> want = lstm_by_hand(m, reverse);
+        for (Index gate_rows : {m.T, Index(70)}) {
+            const Matrix<float> one = lstm_forward(m, reverse, 1, gate_rows);
+            EXPECT_LT((one.cast<double>() - want).cwiseAbs().maxCoeff(), 1e-5) << "reverse " << reverse;
+            for (int threads : {2, 3}) {
+                const Matrix<float> many = lstm_forward(m, reverse, threads, gate_rows);
+                EXPECT_TRUE(many == one) << "reverse " << reverse << ", gate rows " << gate_rows << ", threads "
+                                         << threads;
+            }
+        }
+    }
+}
+
+}  // namespace
