@@ -462,6 +462,15 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     }
 }
 
+// The sum of m's rows [rows, cols], a row at a time (Eigen's colwise().sum() of a row-major matrix walks each packet
+// of columns down all the rows: 6% of an LSTM T50 B16 H128 backward, for two such sums).
+template <class T, class M>
+RowVector<T> row_sum(const M& m) {
+    RowVector<T> sum = RowVector<T>::Zero(m.cols());
+    for (Index r = 0; r < m.rows(); ++r) sum.noalias() += m.row(r);
+    return sum;
+}
+
 // BPTT of one direction of one layer. Only the recurrence is sequential; the weight, bias and input gradients are
 // products over many rows. The recurrence runs in chunks of whole steps that fit in dz, each followed by its
 // chunk's products: dz bounds the memory, and a chunk of a few thousand rows keeps the products as fast as one over
@@ -645,8 +654,10 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         rows_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
         if (dx.rows() != 0) rows_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
         if (grads.b_ih.size() != 0) {
-            grads.b_ih += dzc.colwise().sum();
-            grads.b_hh += dzhc.colwise().sum();
+            // The bias gradients: one sum for cells whose recurrent part shares dz (b_ih's and b_hh's are equal).
+            const RowVector<T> sums = row_sum<T>(dzc);
+            grads.b_ih += sums;
+            grads.b_hh += Cell::kSeparateHidden ? row_sum<T>(dzhc) : sums;
         }
         if (proj) {
             // dW_hr pairs each step's dL/dh with o * tanh(c), recomputed from the saved gates and c.

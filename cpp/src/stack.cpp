@@ -474,8 +474,8 @@ void stack_backward(const StackConfig& cfg, const T* params, const StackCache<T>
     const Index chunk_rows = std::min(R, std::max(pk.steps.size_or_zero(0), kBackwardChunkRows));
     // dz (and the GRU's dzh) of each direction thread, kept per thread for the next call (workspace.hpp).
     const Index dzh_rows = cfg.cell == CellKind::gru ? chunk_rows : 0;
-    detail::Workspace<T> dz(detail::WorkspaceSlot::backward_dz, dir_threads * chunk_rows, GH);
-    detail::Workspace<T> dzh(detail::WorkspaceSlot::backward_dzh, dir_threads * dzh_rows, GH);
+    detail::Workspace<T> dz(detail::WorkspaceSlot::backward_dz, dir_threads * chunk_rows, GH, true);
+    detail::Workspace<T> dzh(detail::WorkspaceSlot::backward_dzh, dir_threads * dzh_rows, GH, true);
     RowMatrix<T> d_y, d_x, d_in_second, dropped, dc_unused(0, 0);  // gradient into a layer's output, its input, ...
     if (L > 1) {
         d_y.resize(R, DP);

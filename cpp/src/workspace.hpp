@@ -37,12 +37,24 @@ KeptWorkspaces<T>& kept_workspaces() {
 
 }  // namespace
 
-// A [rows, cols] row-major workspace, uninitialized, for the duration of the object.
+// A row stride for `cols` values that does not map every row to the same few L1 sets: rows of a multiple of 512
+// bytes get a cache line more. (Eigen packs a row-major right-hand side by walking a few columns down hundreds of
+// rows; at a 2 KB stride those rows share 2 of L1's 64 sets and every read misses: an LSTM with H 128 spent 14% of
+// its backward packing dz for the weight gradients.)
+template <class T>
+Index padded_stride(Index cols) {
+    const Index bytes = cols * static_cast<Index>(sizeof(T));
+    return cols > 0 && bytes % 512 == 0 ? cols + 64 / static_cast<Index>(sizeof(T)) : cols;
+}
+
+// A [rows, cols] row-major workspace, uninitialized, for the duration of the object; `padded`: rows padded_stride
+// apart (else cols).
 template <class T>
 class Workspace {
 public:
-    Workspace(WorkspaceSlot slot, Index rows, Index cols) : rows_(rows), cols_(cols) {
-        const Index size = rows * cols;
+    Workspace(WorkspaceSlot slot, Index rows, Index cols, bool padded = false)
+        : rows_(rows), cols_(cols), stride_(std::max<Index>(padded ? padded_stride<T>(cols) : cols, 1)) {
+        const Index size = rows * stride_;
         KeptWorkspaces<T>& kept = kept_workspaces<T>();
         const int s = static_cast<int>(slot);
         // (A slot already in use on this thread gets a block of its own: the two must not share memory.)
@@ -65,10 +77,10 @@ public:
         if (busy_ != nullptr) *busy_ = false;
     }
 
-    MatrixMap<T> matrix() { return MatrixMap<T>(data_, rows_, cols_, Eigen::OuterStride<>(std::max<Index>(cols_, 1))); }
+    MatrixMap<T> matrix() { return MatrixMap<T>(data_, rows_, cols_, Eigen::OuterStride<>(stride_)); }
     // Rows [first, first + rows).
     MatrixMap<T> rows(Index first, Index rows) {
-        return MatrixMap<T>(data_ + first * cols_, rows, cols_, Eigen::OuterStride<>(std::max<Index>(cols_, 1)));
+        return MatrixMap<T>(data_ + first * stride_, rows, cols_, Eigen::OuterStride<>(stride_));
     }
 
     Workspace(const Workspace&) = delete;
@@ -76,7 +88,7 @@ public:
 
 private:
     using Buffer = detail::Buffer<T>;
-    Index rows_, cols_;
+    Index rows_, cols_, stride_;
     T* data_ = nullptr;
     bool* busy_ = nullptr;  // the slot's flag while this holds its kept block
     Buffer own_;
