@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -185,16 +186,50 @@ constexpr double kMaxWholeStepProjection = kChunkWork;
 constexpr double kMaxOwnRowProjection = 1 << 15;
 
 // A forward whose recurrence runs on one thread and projects its own inputs has them projected ahead by a second
-// thread when it has at least kMinAheadSteps steps (below, waking the thread costs more than the projection),
-// kAheadRows rows at a time (at least one step); the recurrence prefetches the rows kAheadPrefetch steps ahead of
+// thread when it has at least kMinAheadSteps steps (below, waking the thread costs more than the projection), in
+// blocks of kAheadRows rows (at least one step); the recurrence prefetches the rows kAheadPrefetch steps ahead of
 // the one it runs.
 constexpr Index kMinAheadSteps = 64, kAheadRows = 8, kAheadPrefetch = 2;
 
-// Prefetches the pre-activation rows of processing step s, when projected, into this core's cache.
+// The blocks of whole steps of a chunk that a projection ahead hands over. Either thread claims the next block,
+// in order, and publishes it when projected: the recurrence, too, when it needs a block that no one has claimed
+// (waking a pool thread can take as long as dozens of steps, 5-7% of LSTM stream_T1000_B1 spent waiting).
+class AheadBlocks {
+public:
+    AheadBlocks(const StepLayout& steps, Index s_begin, Index s_end, bool reverse) {
+        const Index T_ = steps.seq_len();
+        for (Index s = s_begin; s < s_end;) {
+            starts_.push_back(s);
+            for (Index n = 0; s < s_end && n < kAheadRows; ++s) n += steps.size(reverse ? T_ - 1 - s : s);
+        }
+        starts_.push_back(s_end);
+        ready_.reset(new std::atomic<bool>[static_cast<size_t>(count())]);
+        for (Index b = 0; b < count(); ++b) ready_[static_cast<size_t>(b)].store(false, std::memory_order_relaxed);
+    }
+
+    Index count() const { return static_cast<Index>(starts_.size()) - 1; }
+    // Block b's processing steps [first(b), end(b)).
+    Index first(Index b) const { return starts_[static_cast<size_t>(b)]; }
+    Index end(Index b) const { return starts_[static_cast<size_t>(b) + 1]; }
+    // The block of step s, searching from block `from` on.
+    Index block_of(Index s, Index from) const {
+        while (end(from) <= s) ++from;
+        return from;
+    }
+    // The next unclaimed block, count() when none is left.
+    Index claim() { return std::min(claimed_.fetch_add(1, std::memory_order_relaxed), count()); }
+    void publish(Index b) { ready_[static_cast<size_t>(b)].store(true, std::memory_order_release); }
+    bool ready(Index b) const { return ready_[static_cast<size_t>(b)].load(std::memory_order_acquire); }
+
+private:
+    std::vector<Index> starts_;
+    std::unique_ptr<std::atomic<bool>[]> ready_;
+    alignas(64) std::atomic<Index> claimed_{0};  // on a line of its own: the recurrence reads the members above
+};
+
+// Prefetches the pre-activation rows of processing step s into this core's cache.
 template <class T>
-inline void prefetch_step(const StepLayout& steps, Index s, Index s_end, bool reverse, Index base,
-                          const MatrixRef<T>& z, const std::atomic<Index>& projected) {
-    if (s >= s_end || projected.load(std::memory_order_acquire) <= s) return;
+inline void prefetch_step(const StepLayout& steps, Index s, bool reverse, Index base, const MatrixRef<T>& z) {
     const Index t = reverse ? steps.seq_len() - 1 - s : s;
     const char* p = reinterpret_cast<const char*>(z.data() + (steps.offset(t) - base) * z.outerStride());
     const Index bytes = steps.size(t) * z.outerStride() * static_cast<Index>(sizeof(T));
@@ -306,7 +341,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
         const Index base = chunked ? steps.offset(reverse ? T_ - s_end : s_begin) : 0;
         if (rows == 0) break;  // the remaining steps are empty
         StepStop stop;
-        std::atomic<Index> projected{s_begin};  // ahead: the steps before this one are projected
+        const std::unique_ptr<AheadBlocks> blocks(ahead ? new AheadBlocks(steps, s_begin, s_end, reverse) : nullptr);
         parallel(workers, [&](int k, int parts) {
             // W_ih packed once per call, by each thread that projects.
             const auto pack_input = [&](StepWeights<T>& w_in) {
@@ -321,21 +356,21 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                 w_in.multiply_add(x.data() + (base + row) * x.outerStride(), x.outerStride(), n,
                                   z.data() + row * z.outerStride(), z.outerStride(), 0, false, bias.data());
             };
-            // Ahead, with both threads: thread 1 projects blocks of whole steps in processing order and publishes
-            // each (also on failure, so that the recurrence never waits for rows that will not come).
+            // Ahead, with both threads: thread 1 projects the blocks it claims and publishes each (also on failure,
+            // so that the recurrence never waits for rows that will not come).
             const bool projector = ahead && parts == 2;
+            const auto project_block = [&](StepWeights<T>& w_in, bool packed_in, Index b) {
+                // The block's steps hold contiguous rows, from its earliest time step.
+                const Index s = blocks->first(b), s1 = blocks->end(b), t_lo = reverse ? T_ - s1 : s;
+                Index n = 0;
+                for (Index q = s; q < s1; ++q) n += steps.size(reverse ? T_ - 1 - q : q);
+                if (packed_in && n > 0) project(w_in, steps.offset(t_lo) - base, n);
+                blocks->publish(b);
+            };
             if (projector && k == 1) {
                 StepWeights<T>& w_in = w_inputs[1];
                 const bool packed_in = pack_input(w_in);
-                for (Index s = s_begin; s < s_end;) {
-                    Index s1 = s, n = 0;
-                    for (; s1 < s_end && n < kAheadRows; ++s1) n += steps.size(reverse ? T_ - 1 - s1 : s1);
-                    // Steps [s, s1) in processing order hold contiguous rows, from its earliest time step.
-                    const Index t_lo = reverse ? T_ - s1 : s;
-                    if (packed_in && n > 0) project(w_in, steps.offset(t_lo) - base, n);
-                    projected.store(s1, std::memory_order_release);
-                    s = s1;
-                }
+                for (Index b = blocks->claim(); b < blocks->count(); b = blocks->claim()) project_block(w_in, packed_in, b);
                 return;
             }
             const int rparts = projector ? 1 : parts;  // the recurrence's threads
@@ -379,12 +414,28 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                 }
             });
             const Index ld = hs.outerStride(), zld = z.outerStride();
+            Index block = 0, known = 0;
+            int packed_here = -1;  // projector: whether this thread packed W_ih to claim blocks itself (-1: not yet)
             for (Index s = s_begin; s < s_end; ++s) {
                 if (stop.before(s - s_begin, k, step_work)) break;
                 const StepRows st(steps, s, reverse, first, last);
                 if (projector) {
-                    spin_until([&] { return projected.load(std::memory_order_acquire) > s; });
-                    prefetch_step(steps, s + kAheadPrefetch, s_end, reverse, base, z, projected);
+                    // Blocks [0, known) are known to be ready: the flags, which the other thread writes, are read
+                    // only past them (each read after a write is a transfer between cores).
+                    block = blocks->block_of(s, block);
+                    if (block >= known) {
+                        if (!blocks->ready(block)) {  // claim blocks up to this one, then wait for any claimed before
+                            if (packed_here < 0) packed_here = pack_input(w_inputs[0]) ? 1 : 0;
+                            for (Index b = blocks->claim(); b < blocks->count(); b = blocks->claim()) {
+                                project_block(w_inputs[0], packed_here == 1, b);
+                                if (b >= block) break;
+                            }
+                            spin_until([&] { return blocks->ready(block); });
+                        }
+                        for (known = block + 1; known < blocks->count() && blocks->ready(known);) ++known;
+                    }
+                    const Index next = s + kAheadPrefetch;
+                    if (next < s_end && blocks->block_of(next, block) < known) prefetch_step(steps, next, reverse, base, z);
                 }
                 if (ready && st.b > st.a && width > 0) {
                     for (int part = 0; part < 2; ++part) {
