@@ -39,8 +39,8 @@ KeptWorkspaces<T>& kept_workspaces() {
 
 // A row stride for `cols` values that does not map every row to the same few L1 sets: rows of a multiple of 512
 // bytes get a cache line more. (Eigen packs a row-major right-hand side by walking a few columns down hundreds of
-// rows; at a 2 KB stride those rows share 2 of L1's 64 sets and every read misses: an LSTM with H 128 spent 14% of
-// its backward packing dz for the weight gradients.)
+// rows; at a 2 KB stride those rows share 2 of L1's 64 sets. Packing dz for the weight gradients took 14% of an
+// LSTM T50 B16 H128 backward at that stride, 10% padded; the training step 1.09x.)
 template <class T>
 Index padded_stride(Index cols) {
     const Index bytes = cols * static_cast<Index>(sizeof(T));
