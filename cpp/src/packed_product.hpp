@@ -107,6 +107,9 @@ public:
         }
     }
 
+    // Whether it is laid out for one-row steps, whose `backwards` steps read the depth last to first.
+    bool one_row() const { return one_row_; }
+
 private:
     struct Panel {
         Index segment, u0, packets, offset;  // its segment, first unit, width in packets, place in data_
@@ -342,6 +345,9 @@ public:
             panels_.template pack<Order>(data, stride, rows, depth, segments, segment_step, batch == 1);
         }
     }
+
+    // Whether its `backwards` steps sum each element's products last to first (one-row panels).
+    bool reverses_depth() const { return layout_ == Layout::panels && panels_.one_row(); }
 
     // Whether it holds `segments` segments of `rows` rows starting at `data`.
     bool holds(const T* data, Index rows, Index segments = 1) const {
