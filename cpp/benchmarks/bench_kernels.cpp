@@ -2,7 +2,7 @@
 // one cell step, over the speed grid, float32, each reporting a GFLOP/s counter; the gated_* ones run the stack
 // grid and one cell step with LSTM and GRU cells; step_product times the recurrence's per-step product (W_hh laid
 // out once, then one step's rows), beside eigen_product, Eigen's GEMM of the same shape; weight_gradient times a
-// weight gradient's product (dW += dz^T h over a chunk's rows) as the backward makes it, beside Eigen's own.
+// weight gradient's product (dW += dz^T h over a chunk's rows) both ways the backward makes it, beside Eigen's own.
 //
 //   ./rnnfast_benchmarks --benchmark_filter=layer_forward
 #include <benchmark/benchmark.h>
@@ -13,6 +13,7 @@
 
 #include "gemm.hpp"
 #include "packed_product.hpp"
+#include "workspace.hpp"
 #include "rnnfast/checksum.hpp"
 #include "rnnfast/config.hpp"
 #include "rnnfast/elman.hpp"
@@ -287,17 +288,25 @@ void eigen_product(benchmark::State& state) {
 }
 
 // A weight gradient of one thread's share, dW [M, N] += dz^T h, dz [K, M] and h [K, N] row-major (K: a chunk's
-// rows, M: this thread's gate units): Args M, N, K, and E: 0 through gemm.hpp as the backward does (depth blocks
-// sized for the strided packing of dz), 1 through Eigen's own product and blocking.
+// rows, M: this thread's gate units): Args M, N, K, and E: 0 through gemm.hpp as the backward does for a large
+// chunk (depth blocks sized for the strided packing of dz), 1 through Eigen's own product and blocking, 2 through
+// GradientProduct as the backward does for a chunk whose dz fits in L2 (recurrent.hpp, kGradientProductL2s).
 void weight_gradient(benchmark::State& state) {
     const Index M = state.range(0), N = state.range(1), K = state.range(2);
-    const bool eigen = state.range(3) != 0;
+    const int how = static_cast<int>(state.range(3));
     std::mt19937 gen(6);
-    const Matrix dz = random_matrix(K, M, gen), h = random_matrix(K, N, gen);
+    // dz's rows padded as the backward's workspace pads them (workspace.hpp).
+    const Matrix dz_rows = random_matrix(K, rnnfast::detail::padded_stride<float>(M), gen), h = random_matrix(K, N, gen);
+    const auto dz = dz_rows.leftCols(M);
     Matrix dw = Matrix::Zero(M, N);
+    std::vector<const float*> rows(static_cast<size_t>(K));
+    for (Index k = 0; k < K; ++k) rows[static_cast<size_t>(k)] = h.data() + k * N;
+    rnnfast::detail::Buffer<float> scratch;
     for (auto _ : state) {
-        if (eigen) {
+        if (how == 1) {
             dw.noalias() += dz.transpose() * h;
+        } else if (how == 2) {
+            rnnfast::detail::GradientProduct<float>::run(dz.data(), dz_rows.cols(), M, rows.data(), K, N, dw.data(), N, scratch);
         } else {
             rnnfast::detail::gemm(dw, dz.transpose(), h, true);
         }
@@ -312,7 +321,7 @@ void weight_gradient_grid(benchmark::internal::Benchmark* b) {
     b->ArgNames({"M", "N", "K", "E"});
     for (const std::vector<int64_t>& c : {std::vector<int64_t>{256, 64, 800}, {256, 128, 800}, {512, 256, 1600},
                                           {1024, 512, 1600}}) {
-        for (int64_t eigen : {0, 1}) b->Args({c[0], c[1], c[2], eigen});
+        for (int64_t how : {0, 1, 2}) b->Args({c[0], c[1], c[2], how});
     }
 }
 

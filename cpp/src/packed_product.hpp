@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "buffer.hpp"
@@ -314,6 +315,149 @@ void dot_multiply_add(const T* a, Index stride, Index rows, Index depth, Index s
         }
     }
 }
+
+// A weight gradient's product over a chunk of rows: res [n, cols] += dz^T [n, depth] * A [depth, cols], where dz
+// is [depth, n] row-major (row stride dz_stride: the pre-activation gradients of a chunk, a thread's units of them)
+// and A's row k lies at a_rows[k] (cols values: a state or input row where the forward left it). Eigen's GEMM packs
+// dz, walking a few of its columns down hundreds of rows, once per product; here dz is read where it lies, each
+// step of k broadcasting kTileRows units of one row of dz against a panel of A. A is copied a slice at a time (a
+// depth block of one panel, which every tile of rows then reads from L1): rows of A a power of two apart would
+// share a few L1 sets. Each element is summed in order of k from zero and added to res last, so any split of
+// res's rows among threads gives the same bits. `scratch`: the calling thread's own; `l2_bytes`: the L2 size that
+// the blocks of rows are cut for (0: this machine's; the bits do not depend on it).
+template <class T>
+class GradientProduct {
+    using Packet = typename Eigen::internal::packet_traits<T>::type;
+    static constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
+    static constexpr int kTilePackets = PanelWeights<T>::kTilePackets;
+    static constexpr int kTileRows = PanelWeights<T>::kTileRows;
+    static constexpr Index kDepthBlock = std::max<Index>(64, (24 * 1024) / (kTilePackets * P * sizeof(T)));
+    static constexpr Index kPrefetchRows = 16;
+
+public:
+    static void run(const T* dz, Index dz_stride, Index n, const T* const* a_rows, Index depth, Index cols, T* res,
+                    Index res_stride, Buffer<T>& scratch, Index l2_bytes = 0) {
+        if (n == 0 || cols == 0 || depth == 0) return;
+        const Index packets = (cols + P - 1) / P;
+        const Index count = (packets + kTilePackets - 1) / kTilePackets;
+        // The accumulators between depth blocks [n, kTilePackets packets], then A in panels ([depth][width] each,
+        // zero past cols).
+        const Index acc_size = n * kTilePackets * P, packed_size = depth * packets * P;
+        if (static_cast<Index>(scratch.size()) < acc_size + packed_size) scratch.resize(static_cast<size_t>(acc_size + packed_size));
+        T* const partial = scratch.data();
+        T* const packed = scratch.data() + acc_size;
+        for (Index p = 0, u0 = 0; p < count; ++p) {
+            const Index width = panel_packets(packets, count, p) * P, valid = std::min(width, cols - u0);
+            T* out = packed + u0 * depth;
+            for (Index k = 0; k < depth; ++k, out += width) {
+                std::copy(a_rows[k] + u0, a_rows[k] + u0 + valid, out);
+                std::fill(out + valid, out + width, T(0));
+            }
+            u0 += width;
+        }
+        // Blocks of res's rows whose columns of dz stay in L2 while every panel reads them: each row of dz is a
+        // new page, which the prefetchers do not cross, and a wide dz read from L3 once per panel ran at half the
+        // speed (M 1024, N 512, K 1600).
+        const Index l2 = l2_bytes > 0 ? l2_bytes : static_cast<Index>(Eigen::l2CacheSize());
+        const Index block_rows = std::max<Index>(kTileRows, l2 / 2 / (depth * static_cast<Index>(sizeof(T))) / kTileRows * kTileRows);
+        for (Index r0 = 0; r0 < n; r0 += block_rows) {
+            const Index rn = std::min(block_rows, n - r0);
+            for (Index p = 0, u0 = 0; p < count; ++p) {
+                const Index np = panel_packets(packets, count, p), valid = std::min(np * P, cols - u0);
+                for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) {
+                    const Index k1 = std::min(depth, k0 + kDepthBlock);
+                    const Pass pass{k0, k1, k0 == 0, k1 == depth};
+                    const T* slice = packed + u0 * depth + k0 * np * P;
+                    T* out = res + r0 * res_stride;
+                    switch (np) {
+                        case 1: rows_of<1>(pass, dz + r0, dz_stride, rn, slice, u0, valid, out, res_stride, partial); break;
+                        case 2: rows_of<2>(pass, dz + r0, dz_stride, rn, slice, u0, valid, out, res_stride, partial); break;
+                        default: rows_of<3>(pass, dz + r0, dz_stride, rn, slice, u0, valid, out, res_stride, partial); break;
+                    }
+                }
+                u0 += np * P;
+            }
+        }
+    }
+
+private:
+    // Panel p's width in packets: the packets split into `count` panels of nearly equal width.
+    static Index panel_packets(Index packets, Index count, Index p) { return packets / count + (p < packets % count ? 1 : 0); }
+
+    static_assert(kTilePackets == 3, "run dispatches panel widths 1 to 3");
+
+    struct Pass {
+        Index k0, k1;
+        bool first, last;
+    };
+
+    template <int NP>
+    static void rows_of(const Pass& pass, const T* dz, Index dz_stride, Index n, const T* slice, Index u0,
+                        Index valid, T* res, Index res_stride, T* partial) {
+        Index r = 0;
+        for (; r + kTileRows <= n; r += kTileRows) {
+            tile<kTileRows, NP>(pass, dz + r, dz_stride, slice, u0, valid, res + r * res_stride, res_stride,
+                                partial + r * NP * P);
+        }
+        rest<kTileRows - 1, NP>(n - r, pass, dz + r, dz_stride, slice, u0, valid, res + r * res_stride, res_stride,
+                                partial + r * NP * P);
+    }
+
+    template <int R, int NP>
+    static void rest(Index left, const Pass& pass, const T* dz, Index dz_stride, const T* slice, Index u0,
+                     Index valid, T* res, Index res_stride, T* partial) {
+        if constexpr (R > 0) {
+            if (left == R) {
+                tile<R, NP>(pass, dz, dz_stride, slice, u0, valid, res, res_stride, partial);
+            } else {
+                rest<R - 1, NP>(left, pass, dz, dz_stride, slice, u0, valid, res, res_stride, partial);
+            }
+        }
+    }
+
+    // res rows [0, R), columns [u0, u0 + valid) += dz's columns [0, R) over the pass's rows times the slice
+    // ([k1 - k0][NP packets]); `partial` [R, NP packets] keeps the accumulators between passes.
+    template <int R, int NP>
+    static void tile(const Pass& pass, const T* dz, Index dz_stride, const T* slice, Index u0, Index valid, T* res,
+                     Index res_stride, T* partial) {
+        using namespace Eigen::internal;
+        Packet acc[R][NP];
+        for (int r = 0; r < R; ++r)
+            for (int j = 0; j < NP; ++j)
+                acc[r][j] = pass.first ? pset1<Packet>(T(0)) : ploadu<Packet>(partial + (r * NP + j) * P);
+        for (Index k = pass.k0; k < pass.k1; ++k) {
+            const T* a = slice + (k - pass.k0) * NP * P;
+            Packet w[NP];
+            for (int j = 0; j < NP; ++j) w[j] = pload<Packet>(a + j * P);
+            const T* d = dz + k * dz_stride;
+#if defined(__GNUC__)
+            __builtin_prefetch(d + kPrefetchRows * dz_stride, 0, 3);
+#endif
+            for (int r = 0; r < R; ++r) {
+                const Packet x = pset1<Packet>(d[r]);
+                for (int j = 0; j < NP; ++j) acc[r][j] = pmadd(x, w[j], acc[r][j]);
+            }
+        }
+        if (!pass.last) {
+            for (int r = 0; r < R; ++r)
+                for (int j = 0; j < NP; ++j) pstoreu(partial + (r * NP + j) * P, acc[r][j]);
+            return;
+        }
+        for (int j = 0; j < NP; ++j) {
+            const Index col = j * P;
+            if (col >= valid) break;
+            for (int r = 0; r < R; ++r) {
+                T* dst = res + r * res_stride + u0 + col;
+                if (col + P <= valid) {
+                    pstoreu(dst, padd(ploadu<Packet>(dst), acc[r][j]));
+                } else {
+                    const Index m = valid - col;
+                    partial_store(dst, padd(partial_load(dst, m, static_cast<const Packet*>(nullptr)), acc[r][j]), m);
+                }
+            }
+        }
+    }
+};
 
 // W_hh (or a band of it) for one thread's recurrence, laid out once per call for the products its steps make.
 // The layout depends only on the call (its batch and steps), never on how the threads split it, so that every

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <initializer_list>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -524,6 +525,53 @@ RowVector<T> row_sum(const M& m) {
     return sum;
 }
 
+// Bytes of a chunk's dz up to which its weight gradients go through GradientProduct rather than Eigen's GEMM, as a
+// multiple of L2: a share of dz that stays in L2 (T50 B16 H128, per thread at two threads: dW_hh 1.14x, dW_ih
+// 1.26x, bench_kernels' weight_gradient); over several L2-sized blocks of rows Eigen's was level or faster. A
+// property of the call (never of the thread count), so that every setting computes the same bits.
+constexpr double kGradientProductL2s = 2;
+
+// (Internal linkage, as gemm.hpp's packing buffers.)
+namespace {
+template <class T>
+Buffer<T>& gradient_scratch() {
+    thread_local Buffer<T> scratch;
+    return scratch;
+}
+}  // namespace
+
+// A chunk's weight gradients dst_j [M, N_j] += dz_j^T [M, R] * A_j, A_j's row r at a_j[r]: each thread takes the
+// same rows of every dst.
+template <class T>
+struct ChunkGradient {
+    MatrixRef<T>* dst;
+    const T* dz;
+    Index dz_stride;
+    const T* const* a_rows;
+};
+
+template <class T>
+void chunk_gradients(std::initializer_list<ChunkGradient<T>> products, Index rows) {
+    // Threads as for the largest product alone (as rows_product would choose for it): tiny products stay on the
+    // calling thread.
+    double work = 0;
+    Index m = 0;
+    for (const ChunkGradient<T>& p : products) {
+        work = std::max(work, static_cast<double>(p.dst->rows()) * p.dst->cols() * rows);
+        m = std::max(m, p.dst->rows());
+    }
+    parallel(threads_for(work, kMinProductWork), [&](int k, int parts) {
+        const Index r0 = split(m, k, parts, 8), r1 = split(m, k + 1, parts, 8);
+        for (const ChunkGradient<T>& p : products) {
+            const Index end = std::min(r1, p.dst->rows());
+            if (end <= r0) continue;
+            GradientProduct<T>::run(p.dz + r0, p.dz_stride, end - r0, p.a_rows, rows, p.dst->cols(),
+                                    p.dst->data() + r0 * p.dst->outerStride(), p.dst->outerStride(),
+                                    gradient_scratch<T>());
+        }
+    });
+}
+
 // BPTT of one direction of one layer. Only the recurrence is sequential; the weight, bias and input gradients are
 // products over many rows. The recurrence runs in chunks of whole steps that fit in dz, each followed by its
 // chunk's products: dz bounds the memory, and a chunk of a few thousand rows keeps the products as fast as one over
@@ -571,9 +619,11 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
     const ConstMatrixRef<T>& saved = Cell::kInPlace ? hs : gates;  // the activated gates
     MatrixRef<T>& dz_hidden = Cell::kSeparateHidden ? dzh : dz;
     const Index B = steps.batch();
-    // Previous states of a packed chunk, gathered so that its dW_hh is one product; the projected LSTM's dL/dh of
-    // a chunk's rows and o * tanh(c) (for dW_hr), and dL/d(o * tanh c) of a step.
-    RowMatrix<T> h_prev(steps.is_uniform() ? 0 : dz.rows(), P);
+    // Previous states of a packed chunk, gathered so that its dW_hh is one Eigen product (made when first needed);
+    // the projected LSTM's dL/dh of a chunk's rows and o * tanh(c) (for dW_hr), and dL/d(o * tanh c) of a step.
+    RowMatrix<T> h_prev;
+    std::vector<const T*> x_rows, h_rows;  // a chunk's rows of x and its previous states, for chunk_gradients
+    const RowVector<T> zero_state = RowVector<T>::Zero(P);
     RowMatrix<T> dh_chunk(proj ? dz.rows() : 0, P), unprojected(proj ? dz.rows() : 0, H), d_unprojected(proj ? B : 0, H);
     int threads = threads_for(static_cast<double>(B) * G * H * P, kMinStepWork);
     // (A projected LSTM mixes the units after the cell: items only.)
@@ -704,7 +754,31 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         error.rethrow();
         stop.rethrow();
 
-        rows_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
+        const bool own_gradients = static_cast<double>(chunk_rows) * G * H * sizeof(T) <=
+                                   kGradientProductL2s * static_cast<double>(Eigen::l2CacheSize());
+        if (own_gradients) {
+            // dW_ih and dW_hh in one job, reading each row's input and the state before its step where they lie:
+            // h0 (or zeros) where an item starts, hs elsewhere.
+            x_rows.resize(static_cast<size_t>(chunk_rows));
+            h_rows.resize(static_cast<size_t>(chunk_rows));
+            for (Index r = 0; r < chunk_rows; ++r) x_rows[static_cast<size_t>(r)] = x.data() + (base + r) * x.outerStride();
+            for (Index t = t_lo; t <= t_hi; ++t) {
+                const Index n = steps.size(t), oc = steps.offset(t) - base;
+                const Index prev = reverse ? t + 1 : t - 1;
+                const Index cont = std::min(n, steps.size_or_zero(prev));
+                for (Index i = 0; i < n; ++i) {
+                    h_rows[static_cast<size_t>(oc + i)] =
+                        i < cont ? hs.data() + (steps.offset(prev) + i) * hs.outerStride()
+                                 : (h0.rows() != 0 ? h0.data() + i * h0.outerStride() : zero_state.data());
+                }
+            }
+            MatrixRef<T> dw_ih = grads.w_ih, dw_hh = grads.w_hh;
+            chunk_gradients<T>({{&dw_ih, dzc.data(), dzc.outerStride(), x_rows.data()},
+                                {&dw_hh, dzhc.data(), dzhc.outerStride(), h_rows.data()}},
+                               chunk_rows);
+        } else {
+            rows_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
+        }
         if (dx.rows() != 0) rows_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
         if (grads.b_ih.size() != 0) {
             // The bias gradients: one sum for cells whose recurrent part shares dz (b_ih's and b_hh's are equal).
@@ -721,7 +795,9 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
             rows_product(grads.w_hr, dh_chunk.topRows(chunk_rows).transpose(), unprojected.topRows(chunk_rows), true);
         }
         // dW_hh pairs each step's dz with the state before it: h0 where an item starts, hs elsewhere.
-        if (steps.is_uniform()) {
+        if (own_gradients) {
+            // (made above, beside dW_ih)
+        } else if (steps.is_uniform()) {
             // The sequence's first processed step (t = 0 forward, T_-1 reverse) starts from h0.
             const Index first = reverse ? T_ - 1 : 0;
             const bool has_first = t_lo <= first && first <= t_hi;
@@ -736,6 +812,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 rows_product(grads.w_hh, dzhc.middleRows(dz_row, rest).transpose(), hs.middleRows(h_row, rest), true);
             }
         } else {
+            h_prev.resize(dz.rows(), P);
             for (Index t = t_lo; t <= t_hi; ++t) {
                 const Index n = steps.size(t), oc = steps.offset(t) - base;
                 const Index prev = reverse ? t + 1 : t - 1;
