@@ -83,12 +83,21 @@ struct Lanes {
     }
 };
 
-// body(lanes, r, u) for each row r in [0, m) and each packet of units starting at u in [0, w).
+// body(lanes, r, u) for each row r in [0, m) and each packet of units starting at u in [0, w). Rows that end in a
+// partial packet go a packet of every row at a time: a row's partial packet, loaded right after the row's packet
+// before it was stored in place, overlaps that store's 64 bytes, and a masked load waits for such a store to retire
+// (no store forwarding), which chained each packet's gate math to the one before (GRU T10 B3 H20: see the commit).
 template <class T, class Body>
 void for_each_packet(Index m, Index w, Body&& body) {
     constexpr Index P = Lanes<T>::P;
-    for (Index r = 0; r < m; ++r) {
-        for (Index u = 0; u < w; u += P) body(Lanes<T>{std::min(P, w - u)}, r, u);
+    const Index packets = (w + P - 1) / P;
+    const bool by_packet = w % P != 0 && m > 1;
+    const Index outer = by_packet ? packets : m, inner = by_packet ? m : packets;
+    for (Index i = 0; i < outer; ++i) {
+        for (Index j = 0; j < inner; ++j) {
+            const Index r = by_packet ? j : i, u = (by_packet ? i : j) * P;
+            body(Lanes<T>{std::min(P, w - u)}, r, u);
+        }
     }
 }
 
