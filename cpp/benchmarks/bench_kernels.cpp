@@ -290,7 +290,8 @@ void eigen_product(benchmark::State& state) {
 // A weight gradient of one thread's share, dW [M, N] += dz^T h, dz [K, M] and h [K, N] row-major (K: a chunk's
 // rows, M: this thread's gate units): Args M, N, K, and E: 0 through gemm.hpp as the backward does for a large
 // chunk (depth blocks sized for the strided packing of dz), 1 through Eigen's own product and blocking, 2 through
-// GradientProduct as the backward does for a chunk whose dz fits in L2 (recurrent.hpp, kGradientProductL2s).
+// PanelWeights' transposed product as the backward does for a chunk whose dz fits in L2 (recurrent.hpp,
+// kPanelGradientL2s).
 void weight_gradient(benchmark::State& state) {
     const Index M = state.range(0), N = state.range(1), K = state.range(2);
     const int how = static_cast<int>(state.range(3));
@@ -301,12 +302,13 @@ void weight_gradient(benchmark::State& state) {
     Matrix dw = Matrix::Zero(M, N);
     std::vector<const float*> rows(static_cast<size_t>(K));
     for (Index k = 0; k < K; ++k) rows[static_cast<size_t>(k)] = h.data() + k * N;
-    rnnfast::detail::Buffer<float> scratch;
+    rnnfast::detail::PanelWeights<float> panels;
     for (auto _ : state) {
         if (how == 1) {
             dw.noalias() += dz.transpose() * h;
         } else if (how == 2) {
-            rnnfast::detail::GradientProduct<float>::run(dz.data(), dz_rows.cols(), M, rows.data(), K, N, dw.data(), N, scratch);
+            panels.pack_rows(rows.data(), N, K);
+            panels.multiply_add_transposed(dz.data(), dz_rows.cols(), M, dw.data(), N);
         } else {
             rnnfast::detail::gemm(dw, dz.transpose(), h, true);
         }

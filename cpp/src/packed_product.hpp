@@ -1,5 +1,6 @@
 // Products with a weight operand that every time step reuses: res [n, rows] += x [n, depth] * A^T, A laid out once
-// per call (StepWeights), each step reading only its small state operand.
+// per call (StepWeights), each step reading only its small state operand. The same panels and register tiles make
+// the weight gradients of a backward chunk, dW += dz^T A, with dz read where it lies (multiply_add_transposed).
 //
 // Every result element of a step is computed the same way wherever it falls -- in which register tile, band of
 // units, block of rows or thread: its products are summed in order of k (descending on the `backwards` steps of
@@ -15,7 +16,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
 #include "buffer.hpp"
@@ -53,27 +53,23 @@ public:
     template <int Order>
     void pack(const T* data, Index stride, Index rows, Index depth, Index segments = 1, Index segment_step = 0,
               bool one_row = false) {
-        rows_ = rows;
-        depth_ = depth;
-        one_row_ = one_row;
-        depth_block_ = one_row ? std::max<Index>(depth, 1) : kDepthBlock;  // one row: nothing to keep in L1 for
-        panels_.clear();
-        const Index packets = (rows + P - 1) / P, most = one_row ? kWidePackets : kTilePackets;
-        const Index count = (packets + most - 1) / most;
-        Index size = 0;
-        for (Index g = 0; g < segments; ++g) {
-            Index u0 = 0;
-            for (Index p = 0; p < count; ++p) {
-                const Index np = packets / count + (p < packets % count ? 1 : 0);
-                panels_.push_back(Panel{g, u0, np, size});
-                size += depth * np * P;
-                u0 += np * P;
-            }
-        }
-        data_.resize(static_cast<size_t>(size));
+        layout(rows, depth, segments, one_row);
         for (const Panel& panel : panels_) {
             const T* src = data + panel.segment * segment_step * (Order == Eigen::RowMajor ? stride : 1);
             fill_panel<Order>(panel, src, stride);
+        }
+    }
+
+    // A(i, k) = a_rows[k][i]: A^T's rows where they lie (a weight gradient's states or inputs, rows of a chunk).
+    void pack_rows(const T* const* a_rows, Index rows, Index depth) {
+        layout(rows, depth, 1, false);
+        for (const Panel& panel : panels_) {
+            const Index width = panel.packets * P, valid = std::min(width, rows_ - panel.u0);
+            T* out = data_.data() + panel.offset;
+            for (Index k = 0; k < depth; ++k, out += width) {
+                std::copy(a_rows[k] + panel.u0, a_rows[k] + panel.u0 + valid, out);
+                std::fill(out + valid, out + width, T(0));
+            }
         }
     }
 
@@ -108,6 +104,31 @@ public:
         }
     }
 
+    // res [n, rows] (row stride res_stride) += xt^T [n, depth] * A^T, where xt is [depth, n] (row stride xt_stride):
+    // a weight gradient, dW += dz^T A over a chunk's rows, with dz read where it lies (Eigen's GEMM packs it,
+    // walking a few of its columns down hundreds of rows). Each step of k broadcasts kTileRows units of one row of
+    // xt. res's rows go in blocks whose columns of xt stay in L2 while every panel reads them (each row of xt is a
+    // new page, which the prefetchers do not cross; a wide dz read from L3 once per panel ran at half the speed,
+    // M 1024, N 512, K 1600), cut for an L2 of `l2_bytes` (0: this machine's; the bits do not depend on it). As
+    // multiply_add, any split of res's rows gives every element the same bits. Not for one-row layouts.
+    void multiply_add_transposed(const T* xt, Index xt_stride, Index n, T* res, Index res_stride, Index l2_bytes = 0) {
+        if (rows_ == 0 || n == 0 || depth_ == 0) return;
+        const Index l2 = l2_bytes > 0 ? l2_bytes : static_cast<Index>(Eigen::l2CacheSize());
+        const Index per_row = depth_ * static_cast<Index>(sizeof(T));
+        const Index block = std::max<Index>(kTileRows, l2 / 2 / per_row / kTileRows * kTileRows);
+        for (Index r0 = 0; r0 < n; r0 += block) {
+            const Index rn = std::min(block, n - r0);
+            for (const Panel& panel : panels_) {
+                T* out = res + r0 * res_stride + panel.u0;
+                switch (panel.packets) {
+                    case 1: rows_of<1, true>(panel, xt + r0, xt_stride, rn, out, res_stride, nullptr, false); break;
+                    case 2: rows_of<2, true>(panel, xt + r0, xt_stride, rn, out, res_stride, nullptr, false); break;
+                    default: rows_of<3, true>(panel, xt + r0, xt_stride, rn, out, res_stride, nullptr, false); break;
+                }
+            }
+        }
+    }
+
     // Whether it is laid out for one-row steps, whose `backwards` steps read the depth last to first.
     bool one_row() const { return one_row_; }
 
@@ -116,6 +137,28 @@ private:
         Index segment, u0, packets, offset;  // its segment, first unit, width in packets, place in data_
     };
     static_assert(kTilePackets <= kWidePackets && kWidePackets == 8, "multiply_add dispatches widths 1 to 8");
+
+    // Panels of A [rows, depth] in `segments` segments, data_ sized for them.
+    void layout(Index rows, Index depth, Index segments, bool one_row) {
+        rows_ = rows;
+        depth_ = depth;
+        one_row_ = one_row;
+        depth_block_ = one_row ? std::max<Index>(depth, 1) : kDepthBlock;  // one row: nothing to keep in L1 for
+        panels_.clear();
+        const Index packets = (rows + P - 1) / P, most = one_row ? kWidePackets : kTilePackets;
+        const Index count = (packets + most - 1) / most;
+        Index size = 0;
+        for (Index g = 0; g < segments; ++g) {
+            Index u0 = 0;
+            for (Index p = 0; p < count; ++p) {
+                const Index np = packets / count + (p < packets % count ? 1 : 0);
+                panels_.push_back(Panel{g, u0, np, size});
+                size += depth * np * P;
+                u0 += np * P;
+            }
+        }
+        data_.resize(static_cast<size_t>(size));
+    }
 
     // Panel columns [0, width) for k in [0, depth) from segment rows [u0, u0 + width) of A, zero past rows_.
     template <int Order>
@@ -158,9 +201,11 @@ private:
     static constexpr Index kDepthBlock = std::max<Index>(64, (24 * 1024) / (kTilePackets * P * sizeof(T)));
 
     // Every row of x against one panel of NP packets: tiles of kTileRows rows, then the rest; depth blocks outside.
-    template <int NP>
+    // XT: x given transposed, its row r, element k at x[k * x_stride + r].
+    template <int NP, bool XT = false>
     void rows_of(const Panel& panel, const T* x, Index x_stride, Index n, T* out, Index out_stride, const T* start,
                  bool backwards) {
+        const Index x_step = XT ? 1 : x_stride;  // from one row of x to the next
         const T* w = data_.data() + panel.offset;
         const Index valid = std::min(panel.packets * P, rows_ - panel.u0);
         const Index tile_size = NP * P;
@@ -172,7 +217,8 @@ private:
         if (one_row_ && backwards) {  // one pass, the depth last to first
             const Pass pass{0, depth_, true, true, start};
             for (Index r = 0; r < n; ++r) {
-                tile<1, NP, true>(pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid, nullptr);
+                tile<1, NP, true, XT>(pass, x + r * x_step, x_stride, w, out + r * out_stride, out_stride, valid,
+                                      nullptr);
             }
             return;
         }
@@ -181,16 +227,16 @@ private:
             Index r = 0;
             if constexpr (NP > kTilePackets) {  // wide panels: one row at a time
                 for (; r < n; ++r) {
-                    tile<1, NP>(pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid,
-                                scratch != nullptr ? scratch + r * tile_size : nullptr);
+                    tile<1, NP, false, XT>(pass, x + r * x_step, x_stride, w, out + r * out_stride, out_stride, valid,
+                                           scratch != nullptr ? scratch + r * tile_size : nullptr);
                 }
             } else {
                 for (; r + kTileRows <= n; r += kTileRows) {
-                    tile<kTileRows, NP>(pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride, valid,
-                                        scratch != nullptr ? scratch + r * tile_size : nullptr);
+                    tile<kTileRows, NP, false, XT>(pass, x + r * x_step, x_stride, w, out + r * out_stride, out_stride,
+                                                   valid, scratch != nullptr ? scratch + r * tile_size : nullptr);
                 }
-                rest<kTileRows - 1, NP>(n - r, pass, x + r * x_stride, x_stride, w, out + r * out_stride, out_stride,
-                                        valid, scratch != nullptr ? scratch + r * tile_size : nullptr);
+                rest<kTileRows - 1, NP, XT>(n - r, pass, x + r * x_step, x_stride, w, out + r * out_stride,
+                                            out_stride, valid, scratch != nullptr ? scratch + r * tile_size : nullptr);
             }
         }
     }
@@ -201,21 +247,25 @@ private:
         const T* start;   // the last pass writes start + sum (null: res + sum)
     };
 
-    template <int R, int NP>
+    template <int R, int NP, bool XT>
     void rest(Index left, const Pass& pass, const T* x, Index x_stride, const T* w, T* out, Index out_stride,
               Index valid, T* partial) const {
         if constexpr (R > 0) {
             if (left == R) {
-                tile<R, NP>(pass, x, x_stride, w, out, out_stride, valid, partial);
+                tile<R, NP, false, XT>(pass, x, x_stride, w, out, out_stride, valid, partial);
             } else {
-                rest<R - 1, NP>(left, pass, x, x_stride, w, out, out_stride, valid, partial);
+                rest<R - 1, NP, XT>(left, pass, x, x_stride, w, out, out_stride, valid, partial);
             }
         }
     }
 
+    // Rows of a transposed x ahead of the one a tile reads that it prefetches: each is a new page to the
+    // prefetchers (weight gradients, LSTM T50 B16 H128 training 1.07x with, against without).
+    static constexpr Index kPrefetchRows = 16;
+
     // out rows [0, R), columns [0, valid) += x rows [0, R) * the panel (NP packets wide), over the pass's depth
-    // block; `partial` [R, NP packets] keeps the accumulators between passes.
-    template <int R, int NP, bool Descending = false>
+    // block; `partial` [R, NP packets] keeps the accumulators between passes. XT: x transposed (rows_of).
+    template <int R, int NP, bool Descending = false, bool XT = false>
     void tile(const Pass& pass, const T* x, Index x_stride, const T* w, T* out, Index out_stride, Index valid,
               T* partial) const {
         using namespace Eigen::internal;
@@ -227,9 +277,20 @@ private:
             const T* wp = w + k * NP * P;
             Packet wk[NP];
             for (int j = 0; j < NP; ++j) wk[j] = pload<Packet>(wp + j * P);
-            for (int r = 0; r < R; ++r) {
-                const Packet xk = pset1<Packet>(x[r * x_stride + k]);
-                for (int j = 0; j < NP; ++j) acc[r][j] = pmadd(xk, wk[j], acc[r][j]);
+            if constexpr (XT) {
+                const T* xk_row = x + k * x_stride;
+#if defined(__GNUC__)
+                __builtin_prefetch(xk_row + kPrefetchRows * x_stride, 0, 3);
+#endif
+                for (int r = 0; r < R; ++r) {
+                    const Packet xk = pset1<Packet>(xk_row[r]);
+                    for (int j = 0; j < NP; ++j) acc[r][j] = pmadd(xk, wk[j], acc[r][j]);
+                }
+            } else {
+                for (int r = 0; r < R; ++r) {
+                    const Packet xk = pset1<Packet>(x[r * x_stride + k]);
+                    for (int j = 0; j < NP; ++j) acc[r][j] = pmadd(xk, wk[j], acc[r][j]);
+                }
             }
         };
         if constexpr (Descending) {
@@ -315,149 +376,6 @@ void dot_multiply_add(const T* a, Index stride, Index rows, Index depth, Index s
         }
     }
 }
-
-// A weight gradient's product over a chunk of rows: res [n, cols] += dz^T [n, depth] * A [depth, cols], where dz
-// is [depth, n] row-major (row stride dz_stride: the pre-activation gradients of a chunk, a thread's units of them)
-// and A's row k lies at a_rows[k] (cols values: a state or input row where the forward left it). Eigen's GEMM packs
-// dz, walking a few of its columns down hundreds of rows, once per product; here dz is read where it lies, each
-// step of k broadcasting kTileRows units of one row of dz against a panel of A. A is copied a slice at a time (a
-// depth block of one panel, which every tile of rows then reads from L1): rows of A a power of two apart would
-// share a few L1 sets. Each element is summed in order of k from zero and added to res last, so any split of
-// res's rows among threads gives the same bits. `scratch`: the calling thread's own; `l2_bytes`: the L2 size that
-// the blocks of rows are cut for (0: this machine's; the bits do not depend on it).
-template <class T>
-class GradientProduct {
-    using Packet = typename Eigen::internal::packet_traits<T>::type;
-    static constexpr Index P = Eigen::internal::unpacket_traits<Packet>::size;
-    static constexpr int kTilePackets = PanelWeights<T>::kTilePackets;
-    static constexpr int kTileRows = PanelWeights<T>::kTileRows;
-    static constexpr Index kDepthBlock = std::max<Index>(64, (24 * 1024) / (kTilePackets * P * sizeof(T)));
-    static constexpr Index kPrefetchRows = 16;
-
-public:
-    static void run(const T* dz, Index dz_stride, Index n, const T* const* a_rows, Index depth, Index cols, T* res,
-                    Index res_stride, Buffer<T>& scratch, Index l2_bytes = 0) {
-        if (n == 0 || cols == 0 || depth == 0) return;
-        const Index packets = (cols + P - 1) / P;
-        const Index count = (packets + kTilePackets - 1) / kTilePackets;
-        // The accumulators between depth blocks [n, kTilePackets packets], then A in panels ([depth][width] each,
-        // zero past cols).
-        const Index acc_size = n * kTilePackets * P, packed_size = depth * packets * P;
-        if (static_cast<Index>(scratch.size()) < acc_size + packed_size) scratch.resize(static_cast<size_t>(acc_size + packed_size));
-        T* const partial = scratch.data();
-        T* const packed = scratch.data() + acc_size;
-        for (Index p = 0, u0 = 0; p < count; ++p) {
-            const Index width = panel_packets(packets, count, p) * P, valid = std::min(width, cols - u0);
-            T* out = packed + u0 * depth;
-            for (Index k = 0; k < depth; ++k, out += width) {
-                std::copy(a_rows[k] + u0, a_rows[k] + u0 + valid, out);
-                std::fill(out + valid, out + width, T(0));
-            }
-            u0 += width;
-        }
-        // Blocks of res's rows whose columns of dz stay in L2 while every panel reads them: each row of dz is a
-        // new page, which the prefetchers do not cross, and a wide dz read from L3 once per panel ran at half the
-        // speed (M 1024, N 512, K 1600).
-        const Index l2 = l2_bytes > 0 ? l2_bytes : static_cast<Index>(Eigen::l2CacheSize());
-        const Index block_rows = std::max<Index>(kTileRows, l2 / 2 / (depth * static_cast<Index>(sizeof(T))) / kTileRows * kTileRows);
-        for (Index r0 = 0; r0 < n; r0 += block_rows) {
-            const Index rn = std::min(block_rows, n - r0);
-            for (Index p = 0, u0 = 0; p < count; ++p) {
-                const Index np = panel_packets(packets, count, p), valid = std::min(np * P, cols - u0);
-                for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) {
-                    const Index k1 = std::min(depth, k0 + kDepthBlock);
-                    const Pass pass{k0, k1, k0 == 0, k1 == depth};
-                    const T* slice = packed + u0 * depth + k0 * np * P;
-                    T* out = res + r0 * res_stride;
-                    switch (np) {
-                        case 1: rows_of<1>(pass, dz + r0, dz_stride, rn, slice, u0, valid, out, res_stride, partial); break;
-                        case 2: rows_of<2>(pass, dz + r0, dz_stride, rn, slice, u0, valid, out, res_stride, partial); break;
-                        default: rows_of<3>(pass, dz + r0, dz_stride, rn, slice, u0, valid, out, res_stride, partial); break;
-                    }
-                }
-                u0 += np * P;
-            }
-        }
-    }
-
-private:
-    // Panel p's width in packets: the packets split into `count` panels of nearly equal width.
-    static Index panel_packets(Index packets, Index count, Index p) { return packets / count + (p < packets % count ? 1 : 0); }
-
-    static_assert(kTilePackets == 3, "run dispatches panel widths 1 to 3");
-
-    struct Pass {
-        Index k0, k1;
-        bool first, last;
-    };
-
-    template <int NP>
-    static void rows_of(const Pass& pass, const T* dz, Index dz_stride, Index n, const T* slice, Index u0,
-                        Index valid, T* res, Index res_stride, T* partial) {
-        Index r = 0;
-        for (; r + kTileRows <= n; r += kTileRows) {
-            tile<kTileRows, NP>(pass, dz + r, dz_stride, slice, u0, valid, res + r * res_stride, res_stride,
-                                partial + r * NP * P);
-        }
-        rest<kTileRows - 1, NP>(n - r, pass, dz + r, dz_stride, slice, u0, valid, res + r * res_stride, res_stride,
-                                partial + r * NP * P);
-    }
-
-    template <int R, int NP>
-    static void rest(Index left, const Pass& pass, const T* dz, Index dz_stride, const T* slice, Index u0,
-                     Index valid, T* res, Index res_stride, T* partial) {
-        if constexpr (R > 0) {
-            if (left == R) {
-                tile<R, NP>(pass, dz, dz_stride, slice, u0, valid, res, res_stride, partial);
-            } else {
-                rest<R - 1, NP>(left, pass, dz, dz_stride, slice, u0, valid, res, res_stride, partial);
-            }
-        }
-    }
-
-    // res rows [0, R), columns [u0, u0 + valid) += dz's columns [0, R) over the pass's rows times the slice
-    // ([k1 - k0][NP packets]); `partial` [R, NP packets] keeps the accumulators between passes.
-    template <int R, int NP>
-    static void tile(const Pass& pass, const T* dz, Index dz_stride, const T* slice, Index u0, Index valid, T* res,
-                     Index res_stride, T* partial) {
-        using namespace Eigen::internal;
-        Packet acc[R][NP];
-        for (int r = 0; r < R; ++r)
-            for (int j = 0; j < NP; ++j)
-                acc[r][j] = pass.first ? pset1<Packet>(T(0)) : ploadu<Packet>(partial + (r * NP + j) * P);
-        for (Index k = pass.k0; k < pass.k1; ++k) {
-            const T* a = slice + (k - pass.k0) * NP * P;
-            Packet w[NP];
-            for (int j = 0; j < NP; ++j) w[j] = pload<Packet>(a + j * P);
-            const T* d = dz + k * dz_stride;
-#if defined(__GNUC__)
-            __builtin_prefetch(d + kPrefetchRows * dz_stride, 0, 3);
-#endif
-            for (int r = 0; r < R; ++r) {
-                const Packet x = pset1<Packet>(d[r]);
-                for (int j = 0; j < NP; ++j) acc[r][j] = pmadd(x, w[j], acc[r][j]);
-            }
-        }
-        if (!pass.last) {
-            for (int r = 0; r < R; ++r)
-                for (int j = 0; j < NP; ++j) pstoreu(partial + (r * NP + j) * P, acc[r][j]);
-            return;
-        }
-        for (int j = 0; j < NP; ++j) {
-            const Index col = j * P;
-            if (col >= valid) break;
-            for (int r = 0; r < R; ++r) {
-                T* dst = res + r * res_stride + u0 + col;
-                if (col + P <= valid) {
-                    pstoreu(dst, padd(ploadu<Packet>(dst), acc[r][j]));
-                } else {
-                    const Index m = valid - col;
-                    partial_store(dst, padd(partial_load(dst, m, static_cast<const Packet*>(nullptr)), acc[r][j]), m);
-                }
-            }
-        }
-    }
-};
 
 // W_hh (or a band of it) for one thread's recurrence, laid out once per call for the products its steps make.
 // The layout depends only on the call (its batch and steps), never on how the threads split it, so that every

@@ -525,23 +525,24 @@ RowVector<T> row_sum(const M& m) {
     return sum;
 }
 
-// Bytes of a chunk's dz up to which its weight gradients go through GradientProduct rather than Eigen's GEMM, as a
-// multiple of L2: a share of dz that stays in L2 (T50 B16 H128, per thread at two threads: dW_hh 1.14x, dW_ih
-// 1.26x, bench_kernels' weight_gradient); over several L2-sized blocks of rows Eigen's was level or faster. A
-// property of the call (never of the thread count), so that every setting computes the same bits.
-constexpr double kGradientProductL2s = 2;
+// Bytes of a chunk's dz up to which its weight gradients are made with PanelWeights' transposed product rather
+// than Eigen's GEMM, as a multiple of L2: a share of dz that stays in L2 (T50 B16 H128, per thread at two threads:
+// dW_hh 1.14x, dW_ih 1.26x, bench_kernels' weight_gradient); over several L2-sized blocks of rows Eigen's was level
+// or faster. A property of the call (never of the thread count), so that every setting computes the same bits.
+constexpr double kPanelGradientL2s = 2;
 
-// (Internal linkage, as gemm.hpp's packing buffers.)
+// (Internal linkage, as gemm.hpp's packing buffers: each module keeps its own.)
 namespace {
+// This thread's layout of a weight gradient's right-hand side, kept for the next call.
 template <class T>
-Buffer<T>& gradient_scratch() {
-    thread_local Buffer<T> scratch;
-    return scratch;
+PanelWeights<T>& gradient_panels() {
+    thread_local PanelWeights<T> panels;
+    return panels;
 }
 }  // namespace
 
-// A chunk's weight gradients dst_j [M, N_j] += dz_j^T [M, R] * A_j, A_j's row r at a_j[r]: each thread takes the
-// same rows of every dst.
+// One of a chunk's weight gradients: dst [M, N] += dz^T [M, R] * A [R, N], dz row-major with row stride dz_stride,
+// A's row r at a_rows[r].
 template <class T>
 struct ChunkGradient {
     MatrixRef<T>* dst;
@@ -550,6 +551,8 @@ struct ChunkGradient {
     const T* const* a_rows;
 };
 
+// A chunk's weight gradients in one job, each thread taking the same rows of every dst (and laying out each A
+// itself: a copy of a few hundred kilobytes, where sharing one would cost a barrier).
 template <class T>
 void chunk_gradients(std::initializer_list<ChunkGradient<T>> products, Index rows) {
     // Threads as for the largest product alone (as rows_product would choose for it): tiny products stay on the
@@ -565,9 +568,10 @@ void chunk_gradients(std::initializer_list<ChunkGradient<T>> products, Index row
         for (const ChunkGradient<T>& p : products) {
             const Index end = std::min(r1, p.dst->rows());
             if (end <= r0) continue;
-            GradientProduct<T>::run(p.dz + r0, p.dz_stride, end - r0, p.a_rows, rows, p.dst->cols(),
-                                    p.dst->data() + r0 * p.dst->outerStride(), p.dst->outerStride(),
-                                    gradient_scratch<T>());
+            PanelWeights<T>& panels = gradient_panels<T>();
+            panels.pack_rows(p.a_rows, p.dst->cols(), rows);
+            panels.multiply_add_transposed(p.dz + r0, p.dz_stride, end - r0, p.dst->data() + r0 * p.dst->outerStride(),
+                                           p.dst->outerStride());
         }
     });
 }
@@ -755,10 +759,10 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         stop.rethrow();
 
         const bool own_gradients = static_cast<double>(chunk_rows) * G * H * sizeof(T) <=
-                                   kGradientProductL2s * static_cast<double>(Eigen::l2CacheSize());
+                                   kPanelGradientL2s * static_cast<double>(Eigen::l2CacheSize());
         if (own_gradients) {
-            // dW_ih and dW_hh in one job, reading each row's input and the state before its step where they lie:
-            // h0 (or zeros) where an item starts, hs elsewhere.
+            // dW_ih and dW_hh in one job, from pointers to each row's input and to the state before its step: h0
+            // (or zeros) where an item starts, hs elsewhere.
             x_rows.resize(static_cast<size_t>(chunk_rows));
             h_rows.resize(static_cast<size_t>(chunk_rows));
             for (Index r = 0; r < chunk_rows; ++r) x_rows[static_cast<size_t>(r)] = x.data() + (base + r) * x.outerStride();

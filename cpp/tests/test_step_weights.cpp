@@ -263,13 +263,15 @@ TEST(StepWeights, StartRowWithoutDepthIsCopied) {
 
 }  // namespace
 
-// GradientProduct: res += dz^T A against a double product, over row counts that reach every tile and the rows left
-// over, widths with a partial last packet and several panels, depths over several depth blocks, A's rows scattered
-// (a row given twice, as h0 is for items that start together); and the bits of every element independent of the
-// block of res's rows it was computed in (row offsets as threads split them, and small L2 sizes that cut blocks).
+// PanelWeights' transposed product (weight gradients): res += dz^T A against a double product, over row counts that
+// reach every tile and the rows left over, widths with a partial last packet and several panels, depths over
+// several depth blocks, A's rows scattered (a row given twice, as h0 is for items that start together); and the
+// bits of every element independent of the block of res's rows it was computed in (row offsets as threads split
+// them, and small L2 sizes that cut blocks).
 template <class T>
-void check_gradient_product() {
+void check_transposed_product() {
     std::mt19937 gen(11);
+    rnnfast::detail::PanelWeights<T> panels;
     for (const Index n : {1, 7, 8, 13, 40}) {
         for (const Index cols : {1, 5, 16, 20, 48, 70, 128}) {
             for (const Index depth : {1, 9, 130, 300}) {
@@ -283,26 +285,21 @@ void check_gradient_product() {
                     rows[static_cast<size_t>(k)] = source.data() + from * source.cols() + 1;
                     a.row(k) = source.row(from).segment(1, cols).template cast<double>();
                 }
+                panels.pack_rows(rows.data(), cols, depth);
                 const Matrix<T> start = random_matrix<T>(n, cols, gen);
                 Matrix<T> res = start;
-                rnnfast::detail::Buffer<T> scratch;
-                rnnfast::detail::GradientProduct<T>::run(dz.data(), stride, n, rows.data(), depth, cols, res.data(),
-                                                         cols, scratch);
+                panels.multiply_add_transposed(dz.data(), stride, n, res.data(), cols);
                 const Matrix<double> want =
                     start.template cast<double>() + dz.leftCols(n).template cast<double>().transpose() * a;
                 const double tol = (std::is_same<T, float>::value ? 2e-6 : 1e-14) * static_cast<double>(depth);
                 ASSERT_LE((res.template cast<double>() - want).cwiseAbs().maxCoeff(), tol)
                     << "n " << n << " cols " << cols << " depth " << depth;
-                // Rows [8, n) alone, and blocks of res's rows cut for an L2 of a few rows of dz: the same bits.
+                // Rows [8, n) apart, and blocks of res's rows cut for an L2 of a few rows of dz: the same bits.
                 for (const Index l2 : {Index(1), Index(2 * 8 * depth * static_cast<Index>(sizeof(T)) * 3)}) {
                     Matrix<T> again = start;
                     const Index r0 = n > 8 ? 8 : 0;
-                    if (r0 > 0) {
-                        rnnfast::detail::GradientProduct<T>::run(dz.data(), stride, r0, rows.data(), depth, cols,
-                                                                 again.data(), cols, scratch, l2);
-                    }
-                    rnnfast::detail::GradientProduct<T>::run(dz.data() + r0, stride, n - r0, rows.data(), depth, cols,
-                                                             again.data() + r0 * cols, cols, scratch, l2);
+                    if (r0 > 0) panels.multiply_add_transposed(dz.data(), stride, r0, again.data(), cols, l2);
+                    panels.multiply_add_transposed(dz.data() + r0, stride, n - r0, again.data() + r0 * cols, cols, l2);
                     ASSERT_TRUE(again == res) << "n " << n << " cols " << cols << " depth " << depth << " l2 " << l2;
                 }
             }
@@ -310,5 +307,5 @@ void check_gradient_product() {
     }
 }
 
-TEST(GradientProduct, FloatMatchesDoubleProduct) { check_gradient_product<float>(); }
-TEST(GradientProduct, DoubleMatchesDoubleProduct) { check_gradient_product<double>(); }
+TEST(TransposedProduct, FloatMatchesDoubleProduct) { check_transposed_product<float>(); }
+TEST(TransposedProduct, DoubleMatchesDoubleProduct) { check_transposed_product<double>(); }
