@@ -86,7 +86,7 @@ struct Lanes {
 // body(lanes, r, u) for each row r in [0, m) and each packet of units starting at u in [0, w). Rows that end in a
 // partial packet go a packet of every row at a time: a row's partial packet, loaded right after the row's packet
 // before it was stored in place, overlaps that store's 64 bytes, and a masked load waits for such a store to retire
-// (no store forwarding), which chained each packet's gate math to the one before (GRU T10 B3 H20: see the commit).
+// (no store forwarding), which chained each packet's gate math to the one before (GRU T10 B3 H20 inference 1.11x).
 template <class T, class Body>
 void for_each_packet(Index m, Index w, Body&& body) {
     constexpr Index P = Lanes<T>::P;

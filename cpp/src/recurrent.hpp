@@ -525,15 +525,17 @@ RowVector<T> row_sum(const M& m) {
     return sum;
 }
 
-// Bytes of a chunk's dz up to which its weight gradients are made with PanelWeights' transposed product rather
-// than Eigen's GEMM, as a multiple of L2: a share of dz that stays in L2 (T50 B16 H128, per thread at two threads:
-// dW_hh 1.14x, dW_ih 1.26x, bench_kernels' weight_gradient); over several L2-sized blocks of rows Eigen's was level
-// or faster. A property of the call (never of the thread count), so that every setting computes the same bits.
+// Bytes of a chunk's dz (and of its inputs, and of its states) up to which its weight gradients are made with
+// PanelWeights' transposed product rather than Eigen's GEMM, as a multiple of L2: a share of dz that stays in L2
+// (T50 B16 H128, per thread at two threads: dW_hh 1.14x, dW_ih 1.26x, bench_kernels' weight_gradient); over several
+// L2-sized blocks of rows Eigen's was level or faster. A property of the call (never of the thread count), so that
+// every setting computes the same bits.
 constexpr double kPanelGradientL2s = 2;
 
 // (Internal linkage, as gemm.hpp's packing buffers: each module keeps its own.)
 namespace {
-// This thread's layout of a weight gradient's right-hand side, kept for the next call.
+// This thread's layout of a weight gradient's right-hand side, kept for the next call: a few times L2 at most, as
+// the chunks that use it are bounded (kPanelGradientL2s).
 template <class T>
 PanelWeights<T>& gradient_panels() {
     thread_local PanelWeights<T> panels;
@@ -758,8 +760,11 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         error.rethrow();
         stop.rethrow();
 
-        const bool own_gradients = static_cast<double>(chunk_rows) * G * H * sizeof(T) <=
-                                   kPanelGradientL2s * static_cast<double>(Eigen::l2CacheSize());
+        // (The chunk's inputs and states are laid out too, in a block each thread keeps: as bounded as dz.)
+        const double panel_bytes = kPanelGradientL2s * static_cast<double>(Eigen::l2CacheSize());
+        const bool own_gradients =
+            static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * G * H <= panel_bytes &&
+            static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * std::max(x.cols(), P) <= panel_bytes;
         if (own_gradients) {
             // dW_ih and dW_hh in one job, from pointers to each row's input and to the state before its step: h0
             // (or zeros) where an item starts, hs elsewhere.
