@@ -1498,3 +1498,27 @@ def test_an_lstm_state_pair_with_one_none_is_refused_as_pytorch_does(cls) -> Non
     for hx, which in (((None, state), "h0"), ((state, None), "c0")):
         with pytest.raises(TypeError, match=f"hx: expected a pair .* got None for {which}"):
             model(x, hx)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_wide_input_gradients_match_reference(kind: str, with_lengths: bool) -> None:
+    """A chunk whose inputs are too large for the step tiles' weight gradients (recurrent.hpp: kPanelGradientL2s,
+    a few MB on usual machines) takes Eigen's GEMM for dW_ih and dW_hh, full and ragged: the same gradients."""
+    rng = _rng(("wide", kind, with_lengths))
+    T, Bw, Iw, Hw = 300, 2, 4096, 4
+    model = rnnfast.LSTM(Iw, Hw, dtype="float64", seed=5) if kind == "lstm" else rnnfast.GRU(Iw, Hw, dtype="float64", seed=5)
+    x = _normal(rng, (T, Bw, Iw), "float64")
+    lengths = np.array([T, T - 40]) if with_lengths else None
+    if kind == "lstm":
+        out, _, cache = model.forward(x, None, lengths, return_cache=True)
+        r_out, _, r_cache = ref.lstm_forward(x, _params64(model), lengths=lengths)
+    else:
+        out, _, cache = model.forward(x, None, lengths, return_cache=True)
+        r_out, _, r_cache = ref.gru_forward(x, _params64(model), lengths=lengths)
+    assert_close(out, r_out, "float64", T)
+    g = _normal(rng, out.shape, "float64")
+    model.backward(cache, g, input_grad=False)
+    r_grads = (ref.lstm_backward if kind == "lstm" else ref.gru_backward)(r_cache, g)[2]
+    for name, grad in model.grads.items():
+        assert_close(grad, r_grads[name], "float64", T * Bw)

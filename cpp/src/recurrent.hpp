@@ -628,7 +628,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
     // Previous states of a packed chunk, gathered so that its dW_hh is one Eigen product (made when first needed);
     // the projected LSTM's dL/dh of a chunk's rows and o * tanh(c) (for dW_hr), and dL/d(o * tanh c) of a step.
     RowMatrix<T> h_prev;
-    std::vector<const T*> x_rows, h_rows;  // a chunk's rows of x and its previous states, for chunk_gradients
+    std::vector<const T*> x_rows, h_rows;  // pointers to a chunk's rows of x and to their previous states
     const RowVector<T> zero_state = RowVector<T>::Zero(P);
     RowMatrix<T> dh_chunk(proj ? dz.rows() : 0, P), unprojected(proj ? dz.rows() : 0, H), d_unprojected(proj ? B : 0, H);
     int threads = threads_for(static_cast<double>(B) * G * H * P, kMinStepWork);
@@ -765,12 +765,10 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         const bool own_gradients =
             static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * G * H <= panel_bytes &&
             static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * std::max(x.cols(), P) <= panel_bytes;
-        if (own_gradients) {
-            // dW_ih and dW_hh in one job, from pointers to each row's input and to the state before its step: h0
-            // (or zeros) where an item starts, hs elsewhere.
-            x_rows.resize(static_cast<size_t>(chunk_rows));
+        // The state before each row's step (dW_hh pairs it with the row's dz): h0, or zeros, where an item starts,
+        // hs elsewhere. Full batches on Eigen's path take hs's rows as they lie instead.
+        if (own_gradients || !steps.is_uniform()) {
             h_rows.resize(static_cast<size_t>(chunk_rows));
-            for (Index r = 0; r < chunk_rows; ++r) x_rows[static_cast<size_t>(r)] = x.data() + (base + r) * x.outerStride();
             for (Index t = t_lo; t <= t_hi; ++t) {
                 const Index n = steps.size(t), oc = steps.offset(t) - base;
                 const Index prev = reverse ? t + 1 : t - 1;
@@ -781,12 +779,40 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                                  : (h0.rows() != 0 ? h0.data() + i * h0.outerStride() : zero_state.data());
                 }
             }
+        }
+        if (own_gradients) {
+            // dW_ih and dW_hh in one job, from pointers to each row's input and previous state.
+            x_rows.resize(static_cast<size_t>(chunk_rows));
+            for (Index r = 0; r < chunk_rows; ++r) x_rows[static_cast<size_t>(r)] = x.data() + (base + r) * x.outerStride();
             MatrixRef<T> dw_ih = grads.w_ih, dw_hh = grads.w_hh;
             chunk_gradients<T>({{&dw_ih, dzc.data(), dzc.outerStride(), x_rows.data()},
                                 {&dw_hh, dzhc.data(), dzhc.outerStride(), h_rows.data()}},
                                chunk_rows);
         } else {
             rows_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
+            if (steps.is_uniform()) {
+                // The sequence's first processed step (t = 0 forward, T_-1 reverse) starts from h0.
+                const Index first = reverse ? T_ - 1 : 0;
+                const bool has_first = t_lo <= first && first <= t_hi;
+                const Index rest = chunk_rows - (has_first ? B : 0);
+                if (has_first && h0.rows() != 0) {
+                    rows_product(grads.w_hh, dzhc.middleRows(steps.offset(first) - base, B).transpose(), h0, true);
+                }
+                if (rest > 0) {
+                    // Rows of the steps other than `first`, and the states one step earlier in processing order.
+                    const Index dz_row = reverse ? 0 : (has_first ? B : 0);
+                    const Index h_row = reverse ? base + B : base + dz_row - B;
+                    rows_product(grads.w_hh, dzhc.middleRows(dz_row, rest).transpose(), hs.middleRows(h_row, rest),
+                                 true);
+                }
+            } else {
+                // Gathered, so that dW_hh is one product.
+                h_prev.resize(dz.rows(), P);
+                for (Index r = 0; r < chunk_rows; ++r) {
+                    h_prev.row(r) = Eigen::Map<const RowVector<T>>(h_rows[static_cast<size_t>(r)], P);
+                }
+                rows_product(grads.w_hh, dzhc.transpose(), h_prev.topRows(chunk_rows), true);
+            }
         }
         if (dx.rows() != 0) rows_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
         if (grads.b_ih.size() != 0) {
@@ -802,40 +828,6 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                                       aux.row(base + r).array().unaryExpr(TanhOp<T>())).matrix();
             }
             rows_product(grads.w_hr, dh_chunk.topRows(chunk_rows).transpose(), unprojected.topRows(chunk_rows), true);
-        }
-        // dW_hh pairs each step's dz with the state before it: h0 where an item starts, hs elsewhere.
-        if (own_gradients) {
-            // (made above, beside dW_ih)
-        } else if (steps.is_uniform()) {
-            // The sequence's first processed step (t = 0 forward, T_-1 reverse) starts from h0.
-            const Index first = reverse ? T_ - 1 : 0;
-            const bool has_first = t_lo <= first && first <= t_hi;
-            const Index rest = chunk_rows - (has_first ? B : 0);
-            if (has_first && h0.rows() != 0) {
-                rows_product(grads.w_hh, dzhc.middleRows(steps.offset(first) - base, B).transpose(), h0, true);
-            }
-            if (rest > 0) {
-                // Rows of the steps other than `first`, and the states one step earlier in processing order.
-                const Index dz_row = reverse ? 0 : (has_first ? B : 0);
-                const Index h_row = reverse ? base + B : base + dz_row - B;
-                rows_product(grads.w_hh, dzhc.middleRows(dz_row, rest).transpose(), hs.middleRows(h_row, rest), true);
-            }
-        } else {
-            h_prev.resize(dz.rows(), P);
-            for (Index t = t_lo; t <= t_hi; ++t) {
-                const Index n = steps.size(t), oc = steps.offset(t) - base;
-                const Index prev = reverse ? t + 1 : t - 1;
-                const Index cont = std::min(n, steps.size_or_zero(prev));
-                if (cont > 0) h_prev.middleRows(oc, cont) = hs.middleRows(steps.offset(prev), cont);
-                if (cont < n) {
-                    if (h0.rows() != 0) {
-                        h_prev.middleRows(oc + cont, n - cont) = h0.middleRows(cont, n - cont);
-                    } else {
-                        h_prev.middleRows(oc + cont, n - cont).setZero();
-                    }
-                }
-            }
-            rows_product(grads.w_hh, dzhc.transpose(), h_prev.topRows(chunk_rows), true);
         }
     }
 }
