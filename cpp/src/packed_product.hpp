@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "buffer.hpp"
@@ -377,6 +379,101 @@ void dot_multiply_add(const T* a, Index stride, Index rows, Index depth, Index s
     }
 }
 
+// Small weight matrices this thread packed, each with a copy of the elements it was packed from, kept for later
+// calls: a call whose weights hold the same bytes takes the packed panels instead of packing them again (packing
+// was 18% of an LSTM seed_1layer forward). The elements are compared in full, so no change to the weights, in
+// place or not, can reuse a stale packing; a training step, whose weights change between calls, packs as before
+// and pays a copy of them. Per thread (thread_local): the panels keep scratch for their products.
+template <class T>
+class PackedCopies {
+public:
+    // Bounds: elements of one matrix (64 KB of float), and matrices kept per thread (LRU).
+    static constexpr Index kMaxElements = Index(1) << 14;
+    static constexpr size_t kEntries = 16;
+
+    struct Key {
+        const T* data;
+        Index stride, rows, depth, segments, segment_step;
+        int order;
+        bool one_row;
+        bool operator==(const Key& o) const {
+            return data == o.data && stride == o.stride && rows == o.rows && depth == o.depth &&
+                   segments == o.segments && segment_step == o.segment_step && order == o.order &&
+                   one_row == o.one_row;
+        }
+        // Calls f(first, count) for each contiguous run of the elements that pack reads, in a fixed order; runs
+        // that follow each other in memory as one (a whole weight matrix is one run).
+        template <class F>
+        void for_each_run(F&& f) const {
+            const bool row_major = order == Eigen::RowMajor;
+            const Index runs = row_major ? rows : depth, length = row_major ? depth : rows;
+            const T* first = nullptr;
+            Index count = 0;
+            for (Index g = 0; g < segments; ++g) {
+                const T* base = data + g * segment_step * (row_major ? stride : 1);
+                for (Index i = 0; i < runs; ++i) {
+                    const T* run = base + i * stride;
+                    if (first != nullptr && run == first + count) {
+                        count += length;
+                        continue;
+                    }
+                    if (count > 0) f(first, count);
+                    first = run;
+                    count = length;
+                }
+            }
+            if (count > 0) f(first, count);
+        }
+        Index elements() const { return segments * rows * depth; }
+    };
+
+    static PackedCopies& local() {
+        thread_local PackedCopies copies;
+        return copies;
+    }
+
+    // The panels packed from the bytes `key` now points at, or null.
+    std::shared_ptr<PanelWeights<T>> find(const Key& key) {
+        for (size_t i = 0; i < entries_.size(); ++i) {
+            Entry& e = entries_[i];
+            if (!(e.key == key)) continue;
+            const T* kept = e.source.data();
+            bool same = true;
+            key.for_each_run([&](const T* run, Index n) {
+                if (same && n > 0) same = std::memcmp(run, kept, static_cast<size_t>(n) * sizeof(T)) == 0;
+                kept += n;
+            });
+            if (!same) return nullptr;
+            std::rotate(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(i),
+                        entries_.begin() + static_cast<std::ptrdiff_t>(i) + 1);  // most recent first
+            return entries_.front().panels;
+        }
+        return nullptr;
+    }
+
+    // Keeps `panels`, packed from what `key` points at now, in place of an entry of the same key or the oldest.
+    void keep(const Key& key, std::shared_ptr<PanelWeights<T>> panels) {
+        auto same = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.key == key; });
+        if (same != entries_.end()) {
+            entries_.erase(same);
+        } else if (entries_.size() >= kEntries) {
+            entries_.pop_back();
+        }
+        Entry e{key, Buffer<T>(static_cast<size_t>(key.elements())), std::move(panels)};
+        T* out = e.source.data();
+        key.for_each_run([&](const T* run, Index n) { out = std::copy(run, run + n, out); });
+        entries_.insert(entries_.begin(), std::move(e));
+    }
+
+private:
+    struct Entry {
+        Key key;
+        Buffer<T> source;
+        std::shared_ptr<PanelWeights<T>> panels;
+    };
+    std::vector<Entry> entries_;
+};
+
 // W_hh (or a band of it) for one thread's recurrence, laid out once per call for the products its steps make.
 // The layout depends only on the call (its batch and steps), never on how the threads split it, so that every
 // split computes every element the same way: panels; or, for a batch of one item where W is large (the
@@ -404,12 +501,19 @@ public:
             layout_ = Layout::in_place;
         } else {
             layout_ = Layout::panels;
-            panels_.template pack<Order>(data, stride, rows, depth, segments, segment_step, batch == 1);
+            const typename PackedCopies<T>::Key key{data, stride, rows, depth, segments, segment_step, Order, batch == 1};
+            const bool small = key.elements() <= PackedCopies<T>::kMaxElements;
+            panels_ = small ? PackedCopies<T>::local().find(key) : nullptr;
+            if (panels_ == nullptr) {
+                panels_ = std::make_shared<PanelWeights<T>>();
+                panels_->template pack<Order>(data, stride, rows, depth, segments, segment_step, batch == 1);
+                if (small) PackedCopies<T>::local().keep(key, panels_);
+            }
         }
     }
 
     // Whether its `backwards` steps sum each element's products last to first (one-row panels).
-    bool reverses_depth() const { return layout_ == Layout::panels && panels_.one_row(); }
+    bool reverses_depth() const { return layout_ == Layout::panels && panels_->one_row(); }
 
     // Whether it holds `segments` segments of `rows` rows starting at `data`.
     bool holds(const T* data, Index rows, Index segments = 1) const {
@@ -433,7 +537,7 @@ public:
                       bool backwards = false, const T* start = nullptr) {
         switch (layout_) {
             case Layout::panels:
-                panels_.multiply_add(x, x_stride, n, res, res_stride, res_segment_step, backwards, start);
+                panels_->multiply_add(x, x_stride, n, res, res_stride, res_segment_step, backwards, start);
                 break;
             case Layout::in_place:
                 for (Index r = 0; r < n; ++r) {
@@ -454,7 +558,7 @@ private:
     Layout layout_ = Layout::none;
     const T* source_ = nullptr;
     Index stride_ = 0, rows_ = 0, depth_ = 0, segments_ = 1, segment_step_ = 0;
-    PanelWeights<T> panels_;
+    std::shared_ptr<PanelWeights<T>> panels_;  // this object's, or PackedCopies' (then shared)
 };
 
 }  // namespace rnnfast::detail

@@ -5,6 +5,7 @@
 
 #include <Eigen/Core>
 
+#include <array>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -235,6 +236,65 @@ void check_all_segments() {
                 }
             }
         }
+    }
+}
+
+// Small weights are packed once per thread and taken again while they hold the same bytes (PackedCopies): a second
+// pack gives the bits of a fresh packing, and so does one after any element that the packing reads changed in place
+// (same pointer, same shape), never the kept panels. Elements outside the packed region (a segment's gap) may change
+// freely.
+template <class T, int Order>
+void check_kept_packing(Index rows, Index depth, Index segments) {
+    std::mt19937 gen(static_cast<unsigned>(rows * 1000 + depth * 10 + segments));
+    const Index gap = 1, step_rows = rows + gap, n = 9, res_step = rows + 2;
+    const Index segment_step = step_rows;  // rows (RowMajor) or columns (ColMajor) of the store between segments
+    Matrix<T> store = Order == Eigen::RowMajor ? random_matrix<T>(segments * step_rows, depth + 2, gen)
+                                               : random_matrix<T>(depth, segments * step_rows + 2, gen);
+    const Matrix<T> x = random_matrix<T>(n, depth, gen);
+    const Matrix<T> res0 = random_matrix<T>(n, segments * res_step, gen);
+    const auto kept = [&] {
+        rnnfast::detail::StepWeights<T> step;
+        step.template pack<Order>(store.data(), store.cols(), rows, depth, 4, 50, segments, segment_step);
+        Matrix<T> got = res0;
+        step.multiply_add(x.data(), x.cols(), n, got.data(), got.cols(), res_step);
+        return got;
+    };
+    const auto fresh = [&] {
+        rnnfast::detail::PanelWeights<T> panels;
+        panels.template pack<Order>(store.data(), store.cols(), rows, depth, segments, segment_step);
+        Matrix<T> got = res0;
+        panels.multiply_add(x.data(), x.cols(), n, got.data(), got.cols(), res_step, false);
+        return got;
+    };
+    const Matrix<T> first = fresh();
+    ASSERT_EQ(kept(), first);
+    ASSERT_EQ(kept(), first);  // taken again
+    // The store's (row, column) of A(i, k) in segment g, and of the gap after segment g.
+    const auto at = [&](Index g, Index i, Index k) -> T& {
+        return Order == Eigen::RowMajor ? store(g * segment_step + i, k) : store(k, g * segment_step + i);
+    };
+    const T gap_before = at(0, rows, 0);
+    at(0, rows, 0) = T(100);  // not read: the packing is still the same
+    EXPECT_EQ(kept(), first);
+    at(0, rows, 0) = gap_before;
+    for (const auto& [g, i, k] : {std::array<Index, 3>{0, 0, 0}, std::array<Index, 3>{segments - 1, rows - 1, depth - 1},
+                                  std::array<Index, 3>{segments - 1, rows / 2, depth / 2}}) {
+        const T before = at(g, i, k);
+        at(g, i, k) = before + T(1);
+        const Matrix<T> changed = fresh();
+        EXPECT_NE(changed, first) << "g " << g << " i " << i << " k " << k;
+        EXPECT_EQ(kept(), changed) << "g " << g << " i " << i << " k " << k;
+        at(g, i, k) = before;
+        EXPECT_EQ(kept(), first);
+    }
+}
+
+TEST(StepWeights, KeptPackingFollowsTheWeights) {
+    for (Index segments : {1, 4}) {
+        check_kept_packing<float, Eigen::RowMajor>(20, 100, segments);
+        check_kept_packing<float, Eigen::ColMajor>(20, 37, segments);
+        check_kept_packing<double, Eigen::RowMajor>(33, 20, segments);
+        check_kept_packing<double, Eigen::ColMajor>(5, 64, segments);
     }
 }
 
