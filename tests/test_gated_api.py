@@ -1522,3 +1522,33 @@ def test_wide_input_gradients_match_reference(kind: str, with_lengths: bool) -> 
     r_grads = (ref.lstm_backward if kind == "lstm" else ref.gru_backward)(r_cache, g)[2]
     for name, grad in model.grads.items():
         assert_close(grad, r_grads[name], "float64", T * Bw)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_weights_changed_in_place_between_calls(kind: str, batch: int) -> None:
+    """Small weights keep their per-step layout from one call to the next while their bytes are the same
+    (packed_product.hpp: PackedCopies): a change in place to any single element, between calls, shows in the next
+    forward and backward, which match the reference on the new weights."""
+    rng = _rng(("in place", kind, batch))
+    Ti, Ii, Hi = 20, 100, 20  # one-row steps of batch 1 are laid out too (steps >= 16)
+    cls = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}[kind]
+    model = cls(Ii, Hi, dtype="float64", seed=3)
+    forward = {"rnn": ref.rnn_forward, "lstm": ref.lstm_forward, "gru": ref.gru_forward}[kind]
+    backward = {"rnn": ref.rnn_backward, "lstm": ref.lstm_backward, "gru": ref.gru_backward}[kind]
+    x = _normal(rng, (Ti, batch, Ii), "float64")
+    g = _normal(rng, (Ti, batch, Hi), "float64")
+    params = model.named_parameters()
+    changes = [("weight_ih_l0", (0, 0)), ("weight_hh_l0", (-1, -1)), ("weight_ih_l0", (Hi // 2, Ii // 2)),
+               ("weight_hh_l0", (0, Hi - 1))]
+    for name, where in [(None, None)] + changes:
+        if name is not None:
+            params[name][where] += 0.5
+        model.zero_grad()
+        out, _, cache = model.forward(x, return_cache=True)
+        r_out, _, r_cache = forward(x, _params64(model))
+        assert_close(out, r_out, "float64", Ti)
+        model.backward(cache, g, input_grad=False)
+        r_grads = backward(r_cache, g)[2]
+        for grad_name, grad in model.grads.items():
+            assert_close(grad, r_grads[grad_name], "float64", Ti * batch)
