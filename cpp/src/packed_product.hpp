@@ -451,18 +451,29 @@ public:
         return nullptr;
     }
 
-    // Keeps `panels`, packed from what `key` points at now, in place of an entry of the same key or the oldest.
-    void keep(const Key& key, std::shared_ptr<PanelWeights<T>> panels) {
+    // The panels of what `key` points at, packed from a copy of it that is kept beside them (in place of an entry
+    // of the same key, or of the oldest): the panels are the layout of the kept bytes even if the weights change
+    // while they are read (another thread writing them during a call), so no later call can take a layout that
+    // does not match what it was compared with.
+    template <int Order>
+    std::shared_ptr<PanelWeights<T>> pack_and_keep(const Key& key) {
         auto same = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.key == key; });
         if (same != entries_.end()) {
             entries_.erase(same);
         } else if (entries_.size() >= kEntries) {
             entries_.pop_back();
         }
-        Entry e{key, Buffer<T>(static_cast<size_t>(key.elements())), std::move(panels)};
+        Entry e{key, Buffer<T>(static_cast<size_t>(key.elements())), std::make_shared<PanelWeights<T>>()};
         T* out = e.source.data();
         key.for_each_run([&](const T* run, Index n) { out = std::copy(run, run + n, out); });
+        // The copy holds segment after segment, each as contiguous rows of A (RowMajor) or of A^T (ColMajor).
+        const bool row_major = Order == Eigen::RowMajor;
+        const Index copy_stride = row_major ? key.depth : key.rows;
+        const Index copy_segment_step = row_major ? key.rows : key.rows * key.depth;
+        e.panels->template pack<Order>(e.source.data(), copy_stride, key.rows, key.depth, key.segments,
+                                       copy_segment_step, key.one_row);
         entries_.insert(entries_.begin(), std::move(e));
+        return entries_.front().panels;
     }
 
 private:
@@ -504,10 +515,11 @@ public:
             const typename PackedCopies<T>::Key key{data, stride, rows, depth, segments, segment_step, Order, batch == 1};
             const bool small = key.elements() <= PackedCopies<T>::kMaxElements;
             panels_ = small ? PackedCopies<T>::local().find(key) : nullptr;
-            if (panels_ == nullptr) {
+            if (panels_ == nullptr && small) {
+                panels_ = PackedCopies<T>::local().template pack_and_keep<Order>(key);
+            } else if (panels_ == nullptr) {
                 panels_ = std::make_shared<PanelWeights<T>>();
                 panels_->template pack<Order>(data, stride, rows, depth, segments, segment_step, batch == 1);
-                if (small) PackedCopies<T>::local().keep(key, panels_);
             }
         }
     }
