@@ -79,9 +79,11 @@ public:
     // start at res + g * res_segment_step. `backwards`: the panels in reverse order, and one-row panels (one pass
     // over the depth) each from its last k to its first (see StepWeights). With
     // `start` (one row laid out as res's), res = start + x A^T instead, whatever res held: the same bits as copying
-    // start into every row first, without that pass.
+    // start into every row first, without that pass. `scratch`: where a tile keeps its accumulators between depth
+    // blocks (null: this object's own); laid-out weights that several calls share pass the call's own.
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step,
-                      bool backwards, const T* start = nullptr) {
+                      bool backwards, const T* start = nullptr, Buffer<T>* scratch = nullptr) {
+        Buffer<T>& partial = scratch != nullptr ? *scratch : partial_;
         if (rows_ == 0 || n == 0 || (depth_ == 0 && start == nullptr)) return;
         const size_t count = panels_.size();
         for (size_t i = 0; i < count; ++i) {
@@ -94,14 +96,14 @@ public:
                 continue;
             }
             switch (panel.packets) {
-                case 1: rows_of<1>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
-                case 2: rows_of<2>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
-                case 3: rows_of<3>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
-                case 4: rows_of<4>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
-                case 5: rows_of<5>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
-                case 6: rows_of<6>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
-                case 7: rows_of<7>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
-                default: rows_of<8>(panel, x, x_stride, n, out, res_stride, from, backwards); break;
+                case 1: rows_of<1>(panel, x, x_stride, n, out, res_stride, from, backwards, partial); break;
+                case 2: rows_of<2>(panel, x, x_stride, n, out, res_stride, from, backwards, partial); break;
+                case 3: rows_of<3>(panel, x, x_stride, n, out, res_stride, from, backwards, partial); break;
+                case 4: rows_of<4>(panel, x, x_stride, n, out, res_stride, from, backwards, partial); break;
+                case 5: rows_of<5>(panel, x, x_stride, n, out, res_stride, from, backwards, partial); break;
+                case 6: rows_of<6>(panel, x, x_stride, n, out, res_stride, from, backwards, partial); break;
+                case 7: rows_of<7>(panel, x, x_stride, n, out, res_stride, from, backwards, partial); break;
+                default: rows_of<8>(panel, x, x_stride, n, out, res_stride, from, backwards, partial); break;
             }
         }
     }
@@ -123,9 +125,15 @@ public:
             for (const Panel& panel : panels_) {
                 T* out = res + r0 * res_stride + panel.u0;
                 switch (panel.packets) {
-                    case 1: rows_of<1, true>(panel, xt + r0, xt_stride, rn, out, res_stride, nullptr, false); break;
-                    case 2: rows_of<2, true>(panel, xt + r0, xt_stride, rn, out, res_stride, nullptr, false); break;
-                    default: rows_of<3, true>(panel, xt + r0, xt_stride, rn, out, res_stride, nullptr, false); break;
+                    case 1:
+                        rows_of<1, true>(panel, xt + r0, xt_stride, rn, out, res_stride, nullptr, false, partial_);
+                        break;
+                    case 2:
+                        rows_of<2, true>(panel, xt + r0, xt_stride, rn, out, res_stride, nullptr, false, partial_);
+                        break;
+                    default:
+                        rows_of<3, true>(panel, xt + r0, xt_stride, rn, out, res_stride, nullptr, false, partial_);
+                        break;
                 }
             }
         }
@@ -206,16 +214,16 @@ private:
     // XT: x given transposed, its row r, element k at x[k * x_stride + r].
     template <int NP, bool XT = false>
     void rows_of(const Panel& panel, const T* x, Index x_stride, Index n, T* out, Index out_stride, const T* start,
-                 bool backwards) {
+                 bool backwards, Buffer<T>& partial) const {
         const Index x_step = XT ? 1 : x_stride;  // from one row of x to the next
         const T* w = data_.data() + panel.offset;
         const Index valid = std::min(panel.packets * P, rows_ - panel.u0);
         const Index tile_size = NP * P;
         const Index block = depth_block_;
-        if (depth_ > block && static_cast<Index>(partial_.size()) < n * tile_size) {
-            partial_.resize(static_cast<size_t>(n * tile_size));
+        if (depth_ > block && static_cast<Index>(partial.size()) < n * tile_size) {
+            partial.resize(static_cast<size_t>(n * tile_size));
         }
-        T* const scratch = depth_ > block ? partial_.data() : nullptr;  // one pass: none
+        T* const scratch = depth_ > block ? partial.data() : nullptr;  // one pass: none
         if (one_row_ && backwards) {  // one pass, the depth last to first
             const Pass pass{0, depth_, true, true, start};
             for (Index r = 0; r < n; ++r) {
@@ -383,7 +391,8 @@ void dot_multiply_add(const T* a, Index stride, Index rows, Index depth, Index s
 // calls: a call whose weights hold the same bytes takes the packed panels instead of packing them again (packing
 // was 18% of an LSTM seed_1layer forward). The elements are compared in full, so no change to the weights, in
 // place or not, can reuse a stale packing; a training step, whose weights change between calls, packs as before
-// and pays a copy of them. Per thread (thread_local): the panels keep scratch for their products.
+// and pays a copy of them. Per thread (thread_local); the panels are only read (each StepWeights keeps the scratch
+// of its own products).
 template <class T>
 class PackedCopies {
 public:
@@ -512,7 +521,8 @@ public:
             layout_ = Layout::in_place;
         } else {
             layout_ = Layout::panels;
-            const typename PackedCopies<T>::Key key{data, stride, rows, depth, segments, segment_step, Order, batch == 1};
+            using Key = typename PackedCopies<T>::Key;
+            const Key key{data, stride, rows, depth, segments, segment_step, Order, batch == 1};
             const bool small = key.elements() <= PackedCopies<T>::kMaxElements;
             panels_ = small ? PackedCopies<T>::local().find(key) : nullptr;
             if (panels_ == nullptr && small) {
@@ -549,7 +559,7 @@ public:
                       bool backwards = false, const T* start = nullptr) {
         switch (layout_) {
             case Layout::panels:
-                panels_->multiply_add(x, x_stride, n, res, res_stride, res_segment_step, backwards, start);
+                panels_->multiply_add(x, x_stride, n, res, res_stride, res_segment_step, backwards, start, &partial_);
                 break;
             case Layout::in_place:
                 for (Index r = 0; r < n; ++r) {
@@ -570,7 +580,9 @@ private:
     Layout layout_ = Layout::none;
     const T* source_ = nullptr;
     Index stride_ = 0, rows_ = 0, depth_ = 0, segments_ = 1, segment_step_ = 0;
-    std::shared_ptr<PanelWeights<T>> panels_;  // this object's, or PackedCopies' (then shared)
+    // This object's, or PackedCopies' (then shared, and only read: the scratch of its products is partial_).
+    std::shared_ptr<PanelWeights<T>> panels_;
+    Buffer<T> partial_;  // accumulators between depth blocks, kept for the next step (so: one thread's object)
 };
 
 }  // namespace rnnfast::detail

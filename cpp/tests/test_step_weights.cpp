@@ -7,6 +7,7 @@
 
 #include <array>
 #include <random>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -296,6 +297,36 @@ TEST(StepWeights, KeptPackingFollowsTheWeights) {
         check_kept_packing<double, Eigen::RowMajor>(33, 20, segments);
         check_kept_packing<double, Eigen::ColMajor>(5, 64, segments);
     }
+}
+
+// Two StepWeights of the same weights share one kept packing; their products keep their accumulators between depth
+// blocks in scratch of their own (the depth here spans several blocks), so the two may run at once on two threads.
+TEST(StepWeights, SharedPackingRunsOnTwoThreadsAtOnce) {
+    using T = float;
+    std::mt19937 gen(7);
+    const Index rows = 20, depth = 600, n = 64;
+    const Matrix<T> a = random_matrix<T>(rows, depth, gen);
+    const Matrix<T> x = random_matrix<T>(n, depth, gen);
+    rnnfast::detail::PanelWeights<T> fresh;
+    fresh.pack<Eigen::RowMajor>(a.data(), depth, rows, depth);
+    Matrix<T> expected = Matrix<T>::Zero(n, rows);
+    fresh.multiply_add(x.data(), depth, n, expected.data(), rows, 0, false);
+    rnnfast::detail::StepWeights<T> first, second;
+    first.pack<Eigen::RowMajor>(a.data(), depth, rows, depth, 4, 50);
+    second.pack<Eigen::RowMajor>(a.data(), depth, rows, depth, 4, 50);  // takes the kept packing
+    const auto run = [&](rnnfast::detail::StepWeights<T>& step, int& wrong) {
+        for (int i = 0; i < 200; ++i) {
+            Matrix<T> got = Matrix<T>::Zero(n, rows);
+            step.multiply_add(x.data(), depth, n, got.data(), rows);
+            if (got != expected) ++wrong;
+        }
+    };
+    int wrong_first = 0, wrong_second = 0;
+    std::thread other([&] { run(first, wrong_first); });
+    run(second, wrong_second);
+    other.join();
+    EXPECT_EQ(wrong_first, 0);
+    EXPECT_EQ(wrong_second, 0);
 }
 
 TEST(StepWeights, FloatMatchesEigenProduct) { check_all<float>(); }
