@@ -374,6 +374,20 @@ def test_a_known_slow_call_spares_the_calibration_call() -> None:
     assert len(calls["fast"]) > 3 and timings.calls_per_sample["fast"] > 1
 
 
+def test_a_stalled_first_call_is_not_taken_for_a_slow_backend(monkeypatch) -> None:
+    """Calibration: a single call that reaches the loop length once (a stall) is timed again; only a backend whose
+    calls take that long each time is timed one call per loop."""
+    stall = iter([0.02])  # seconds that the first loop appears to take; later loops take 1 ms per call
+
+    def fake_loop(run_n, calls):  # type: ignore[no-untyped-def]
+        return next(stall, 1e-3 * calls)
+
+    monkeypatch.setattr(bench.timing, "_time_loop", fake_loop)
+    assert bench._calibrate(lambda n: None, min_seconds=0.01) > 1
+    monkeypatch.setattr(bench.timing, "_time_loop", lambda run_n, calls: 0.02 * calls)
+    assert bench._calibrate(lambda n: None, min_seconds=0.01) == 1
+
+
 def test_quick_runs_pause_neither_before_loops_nor_after_imports() -> None:
     quick, full = bench.Timing.for_run(5, quick=True), bench.Timing.for_run(5)
     assert (quick.repeat, quick.min_loop_s, quick.settle_s, quick.startup_settle_s) == (
