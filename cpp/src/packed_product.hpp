@@ -441,33 +441,24 @@ public:
         return copies;
     }
 
-    // The panels packed from the bytes `key` now points at, or null.
-    std::shared_ptr<PanelWeights<T>> find(const Key& key) {
-        for (size_t i = 0; i < entries_.size(); ++i) {
-            Entry& e = entries_[i];
-            if (!(e.key == key)) continue;
-            const T* kept = e.source.data();
-            bool same = true;
-            key.for_each_run([&](const T* run, Index n) {
-                if (same && n > 0) same = std::memcmp(run, kept, static_cast<size_t>(n) * sizeof(T)) == 0;
-                kept += n;
-            });
-            if (!same) return nullptr;
-            std::rotate(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(i),
-                        entries_.begin() + static_cast<std::ptrdiff_t>(i) + 1);  // most recent first
-            return entries_.front().panels;
-        }
-        return nullptr;
-    }
-
-    // The panels of what `key` points at, packed from a copy of it that is kept beside them (in place of an entry
-    // of the same key, or of the oldest): the panels are the layout of the kept bytes even if the weights change
-    // while they are read (another thread writing them during a call), so no later call can take a layout that
-    // does not match what it was compared with.
+    // The panels of what `key` points at: the kept ones when their copy holds the same bytes, else new ones,
+    // packed from a copy that is kept beside them (in place of an entry of the same key, or of the oldest). Packed
+    // from the copy, the panels are the layout of the bytes they are compared with even if the weights change
+    // while they are read (another thread writing them during a call): no later call can take a stale layout.
     template <int Order>
-    std::shared_ptr<PanelWeights<T>> pack_and_keep(const Key& key) {
+    std::shared_ptr<PanelWeights<T>> panels(const Key& key) {
         auto same = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.key == key; });
         if (same != entries_.end()) {
+            const T* kept = same->source.data();
+            bool equal = true;
+            key.for_each_run([&](const T* run, Index n) {
+                if (equal && n > 0) equal = std::memcmp(run, kept, static_cast<size_t>(n) * sizeof(T)) == 0;
+                kept += n;
+            });
+            if (equal) {
+                std::rotate(entries_.begin(), same, same + 1);  // most recent first
+                return entries_.front().panels;
+            }
             entries_.erase(same);
         } else if (entries_.size() >= kEntries) {
             entries_.pop_back();
@@ -523,11 +514,9 @@ public:
             layout_ = Layout::panels;
             using Key = typename PackedCopies<T>::Key;
             const Key key{data, stride, rows, depth, segments, segment_step, Order, batch == 1};
-            const bool small = key.elements() <= PackedCopies<T>::kMaxElements;
-            panels_ = small ? PackedCopies<T>::local().find(key) : nullptr;
-            if (panels_ == nullptr && small) {
-                panels_ = PackedCopies<T>::local().template pack_and_keep<Order>(key);
-            } else if (panels_ == nullptr) {
+            if (key.elements() <= PackedCopies<T>::kMaxElements) {
+                panels_ = PackedCopies<T>::local().template panels<Order>(key);
+            } else {
                 panels_ = std::make_shared<PanelWeights<T>>();
                 panels_->template pack<Order>(data, stride, rows, depth, segments, segment_step, batch == 1);
             }
