@@ -140,3 +140,77 @@ def test_copied_inputs_may_change_freely() -> None:
         x[...] = 7.0
         got = rnn.backward(cache, grad)
         np.testing.assert_array_equal(got[0], expected[0])
+
+
+# The storage of a released cache is kept for the model's next forward that keeps a cache (see _core's
+# SpareCache): every later call must still give the bits of a model that starts from fresh memory.
+_KINDS = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}
+
+
+def _one_step(model: object, x: np.ndarray, lengths: object, dtype: str, seed: int) -> list[np.ndarray]:
+    """Outputs, input and state gradients and parameter gradients of one forward + backward (which releases)."""
+    model.zero_grad()  # type: ignore[attr-defined]
+    out, *states, cache = model.forward(x, lengths=lengths, return_cache=True)  # type: ignore[attr-defined]
+    grad = np.random.default_rng(seed).standard_normal(out.shape).astype(dtype)
+    grads_in = model.backward(cache, grad)  # type: ignore[attr-defined]
+    flat = [out, *[s for s in states if s is not None], *[g for g in grads_in if g is not None]]
+    return flat + [v.copy() for v in model.grads.values()]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", list(_KINDS))
+def test_kept_cache_storage_gives_the_bits_of_fresh_memory(kind: str) -> None:
+    dtype = "float64"
+    config = dict(num_layers=2, bidirectional=True)
+    model = _KINDS[kind](4, 5, dtype=dtype, seed=3, **config)
+    rng = np.random.default_rng(0)
+    # Shapes that grow, shrink and change layout between calls: full length (a borrowing cache), ragged (packed,
+    # copies), unbatched, then a longer full batch and the first shape again.
+    calls = [((6, 3, 4), None), ((6, 3, 4), [6, 2, 4]), ((5, 4), None), ((9, 2, 4), None), ((6, 3, 4), None)]
+    for i, (shape, lengths) in enumerate(calls):
+        x = rng.standard_normal(shape).astype(dtype)
+        fresh = _KINDS[kind](4, 5, dtype=dtype, seed=3, **config)
+        expected = _one_step(fresh, x, lengths, dtype, i)
+        got = _one_step(model, x, lengths, dtype, i)
+        assert model._spare_cache_bytes() > 0, i
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b, err_msg=f"call {i}")
+
+
+def test_kept_cache_storage_is_freed_by_inference_and_kept_from_dropped_caches() -> None:
+    model = rnnfast.LSTM(4, 5, num_layers=2, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 3, 4)).astype(np.float32)
+    assert model._spare_cache_bytes() == 0
+    out, _, cache = model.forward(x, return_cache=True)
+    model.backward(cache, np.ones_like(out))
+    kept = model._spare_cache_bytes()
+    # gates and c of both layers at least
+    assert kept >= 2 * 6 * 3 * (4 * 5 + 5) * 4
+    model(x)
+    assert model._spare_cache_bytes() == 0
+    _, _, cache = model.forward(x, return_cache=True)
+    assert model._spare_cache_bytes() == 0  # the forward took nothing, and its cache is alive
+    del cache
+    assert model._spare_cache_bytes() == kept
+
+
+def test_a_cache_reusing_kept_storage_that_borrowed_copies_when_told_not_to_borrow() -> None:
+    # A kept cache that referred to x is refilled by a forward that must copy x: a later change to x cannot reach
+    # the backward.
+    model = rnnfast.RNN(4, 5, dtype="float64", seed=0)
+    kernel = model._kernel
+    params = model._flat
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 3, 4))
+    grad = rng.standard_normal((6, 3, 5))
+    out, _, _, cache = kernel.forward(params, x, None, None, None, True)  # borrows x
+    assert cache.borrows
+    del cache
+    x2 = x.copy()
+    out, _, _, cache = kernel.forward(params, x2, None, None, None, True, None, False)
+    assert not cache.borrows
+    expected = kernel.backward(params, cache, grad, None, None)
+    x2[...] = 7.0
+    got = kernel.backward(params, cache, grad, None, None)
+    for a, b in zip(got, expected):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

@@ -327,9 +327,11 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
         } else {
             cache->c0.setZero(cell_state ? L * D * B : 0, H);
         }
+        // A cache passed again keeps its matrices where the sizes match (Eigen reallocates only on a change): a
+        // training step's cache is tens of megabytes, and fresh memory faults in a page at a time on first touch.
         cache->ys.resize(static_cast<size_t>(L));
-        cache->gates.assign(static_cast<size_t>(L), RowMatrix<T>());
-        cache->aux.assign(static_cast<size_t>(L), RowMatrix<T>());
+        cache->gates.resize(static_cast<size_t>(L));
+        cache->aux.resize(static_cast<size_t>(L));
         cache->masks = masks_in;
     }
     // Workspaces, allocated once: layer outputs to alternate between (inference), the masked input, and the gates
@@ -362,9 +364,9 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
         } else {
             y = (l % 2 == 0 ? ping : pong).matrix().data();
         }
-        if (cache != nullptr && gated) {
-            cache->gates[ul].resize(R, D * GH);
-            cache->aux[ul].resize(R, D * H);
+        if (cache != nullptr) {
+            cache->gates[ul].resize(gated ? R : 0, gated ? D * GH : 0);
+            cache->aux[ul].resize(gated ? R : 0, gated ? D * H : 0);
         }
         const bool cached_gates = cache != nullptr && gated;
         MatrixRef<T> gates = cached_gates ? MatrixRef<T>(cache->gates[ul]) : MatrixRef<T>(gate_work.matrix());

@@ -252,6 +252,56 @@ TEST(GatedForward, WithoutCacheInChunksMatchesWithCache) {
     }
 }
 
+// A cache passed to another forward is refilled in its own storage (same sizes: the same buffers) and gives the
+// bits of a fresh cache, whatever the calls before it held: other lengths, another batch, masks or none.
+TEST(GatedStack, ACachePassedAgainGivesTheBitsOfAFreshOne) {
+    for (CellKind cell : {CellKind::lstm, CellKind::gru, CellKind::rnn}) {
+        StackConfig cfg;
+        cfg.input_size = 3;
+        cfg.hidden_size = 4;
+        cfg.num_layers = 2;
+        cfg.bidirectional = true;
+        cfg.cell = cell;
+        const Index n = rnnfast::param_count(cfg), DP = cfg.output_size(), P = cfg.state_size(), H = cfg.hidden_size;
+        std::mt19937 rng(5);
+        std::vector<double> params(static_cast<size_t>(n));
+        for (double& p : params) p = std::uniform_real_distribution<double>(-0.7, 0.7)(rng);
+        struct Call {
+            Index S, B;
+            std::vector<Index> lengths;
+            bool masks;
+        };
+        const std::vector<Call> calls = {{4, 3, {2, 4, 1}, true}, {5, 2, {}, false}, {5, 2, {}, true}, {4, 3, {}, false}};
+        StackCache<double> kept;
+        const double* kept_gates = nullptr;
+        for (size_t i = 0; i < calls.size(); ++i) {
+            const Call& c = calls[i];
+            const Index TB = c.S * c.B, LDB = cfg.num_layers * 2 * c.B;
+            const MatD x = random_matrix(rng, TB, cfg.input_size), G = random_matrix(rng, TB, DP);
+            MatD masks(0, DP);
+            if (c.masks) {
+                masks.resize(TB, DP);
+                for (Index k = 0; k < masks.size(); ++k) masks.data()[k] = (rng() % 3 == 0) ? 0.0 : 1.5;
+            }
+            StackCache<double> fresh;
+            const Result want = forward(cfg, params, x, c.S, c.lengths, MatD(0, P), MatD(0, H), masks, &fresh);
+            const Result got = forward(cfg, params, x, c.S, c.lengths, MatD(0, P), MatD(0, H), masks, &kept);
+            if (cell != CellKind::rnn && i == 2) EXPECT_EQ(kept.gates[0].data(), kept_gates) << "same sizes, same storage";
+            kept_gates = cell != CellKind::rnn ? kept.gates[0].data() : nullptr;
+            MatD dx_want(TB, cfg.input_size), dh0_want(LDB, P), dc0_want(cfg.has_cell_state() ? LDB : 0, H);
+            MatD dx_got = dx_want, dh0_got = dh0_want, dc0_got = dc0_want;
+            std::vector<double> g_want(static_cast<size_t>(n), 0.0), g_got = g_want;
+            rnnfast::stack_backward<double>(cfg, params.data(), fresh, G, MatD(0, P), MatD(0, H), dx_want, dh0_want,
+                                            dc0_want, g_want.data());
+            rnnfast::stack_backward<double>(cfg, params.data(), kept, G, MatD(0, P), MatD(0, H), dx_got, dh0_got,
+                                            dc0_got, g_got.data());
+            EXPECT_TRUE(want.output == got.output && want.h_n == got.h_n && want.c_n == got.c_n) << i;
+            EXPECT_TRUE(dx_want == dx_got && dh0_want == dh0_got && dc0_want == dc0_got) << i;
+            EXPECT_EQ(g_want, g_got) << i;
+        }
+    }
+}
+
 TEST(GatedConfig, ProjectionOnlyForLstmAndBelowHidden) {
     StackConfig cfg;
     cfg.input_size = 3;

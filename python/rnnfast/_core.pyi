@@ -82,6 +82,10 @@ class _Stack(Generic[_S]):
     def param_layout(self) -> _Layout: ...
     @property
     def param_count(self) -> int: ...
+    @property
+    def spare_bytes(self) -> int:
+        """Bytes of the storage kept from the last released cache for the next forward that keeps one (0 after a
+        forward that keeps none)."""
     def forward(self, params: npt.NDArray[_S], x: npt.NDArray[_S], h0: Optional[npt.NDArray[_S]],
                 masks: Optional[npt.NDArray[_S]], lengths: Optional[_I64], want_cache: bool,
                 c0: Optional[npt.NDArray[_S]] = None, borrow: bool = True

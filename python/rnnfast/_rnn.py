@@ -120,6 +120,11 @@ class _Stack(Module):
         """The kernels a call of this size runs on: those for small problems under _SMALL_WORK multiply-adds."""
         return self._small_kernel if seq_len * batch * self._work_per_row < _SMALL_WORK else self._kernel
 
+    def _spare_cache_bytes(self) -> int:
+        """Bytes its kernels keep from released caches for the next forward that keeps one (see _core)."""
+        kernels = {id(k): k for k in (self._kernel, self._small_kernel)}
+        return sum(int(k.spare_bytes) for k in kernels.values())
+
     def _draws_dropout_masks(self) -> bool:
         return self.dropout > 0 and self.training and self.num_layers > 1
 

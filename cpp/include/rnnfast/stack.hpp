@@ -76,7 +76,7 @@ Packing make_packing(Index seq_len, Index batch, const std::vector<Index>& lengt
 // rows, states sorted like the items. By default it owns copies, so callers may reuse their buffers. With
 // `borrow` set before the forward of an unpacked batch, it instead refers to the caller's x and output (the last
 // layer's states), which must then outlive the cache unchanged: a training step then holds no second copy of
-// either.
+// either. A cache passed to another forward is refilled in its own storage where the sizes match.
 template <class T>
 struct StackCache {
     bool borrow = false;
