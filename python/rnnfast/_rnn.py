@@ -25,8 +25,9 @@ class RNNCache:
 
     Several caches can be alive at once (one per chunk in truncated BPTT, say). ``dropout_masks`` holds the masks
     this forward multiplied into each layer's output but the last, ``[L-1, T, B, D*P]`` (time-major, B = 1 for
-    unbatched input), or None when no dropout was applied. ``backward`` releases the cache's memory unless
-    called with ``retain_cache=True``; a released cache is refused. Caches do not pickle.
+    unbatched input), or None when no dropout was applied. ``backward`` releases the cache unless called with
+    ``retain_cache=True``; a released cache is refused. The model keeps the storage of the last cache released (or
+    dropped) for its next forward that keeps a cache, and frees it at a forward without one. Caches do not pickle.
     """
 
     __slots__ = ("_core", "_kernel", "_owner", "_version", "_x_shape", "_output_shape", "_h_n_shape", "_c_n_shape",
@@ -400,8 +401,9 @@ class _SingleState(_Stack):
             gradient of an input that does not require one.
         retain_cache : bool, keyword-only
             Keep the cache for another backward (which adds its gradients into ``grads`` again), as PyTorch's
-            ``retain_graph=True``. By default backward releases the cache's memory and a second backward on it
-            raises ValueError, as PyTorch refuses a second backward through a freed graph.
+            ``retain_graph=True``. By default backward releases the cache (its storage goes to the model's next
+            forward that keeps a cache) and a second backward on it raises ValueError, as PyTorch refuses a
+            second backward through a freed graph.
 
         Returns
         -------
