@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "arrays.hpp"
 #include "rnnfast/checksum.hpp"
@@ -54,18 +55,17 @@ private:
 template <class T>
 class SpareCache {
 public:
-    // With the GIL (a cache's destructor): keep `core`'s storage, freeing the one kept before.
+    // With the GIL (a cache's destructor): keep `core`'s storage, freeing the one kept before (after unlocking).
     void keep(StackCache<T>&& core) {
-        auto kept = std::make_unique<StackCache<T>>(std::move(core));
-        std::unique_ptr<StackCache<T>> old;
+        std::optional<StackCache<T>> old;
         const std::lock_guard<std::mutex> lock(mutex_);
-        old = std::move(kept_);
-        kept_ = std::move(kept);
+        old.swap(kept_);
+        kept_.emplace(std::move(core));
         held_.store(true, std::memory_order_relaxed);
     }
     // The kept storage moved into `core`, when there is one.
     void take(StackCache<T>& core) {
-        std::unique_ptr<StackCache<T>> kept = release();
+        std::optional<StackCache<T>> kept = release();
         if (kept) core = std::move(*kept);
     }
     // Frees the kept storage (a cheap check when there is none).
@@ -74,24 +74,21 @@ public:
     }
     size_t bytes() const {
         const std::lock_guard<std::mutex> lock(mutex_);
-        if (!kept_) return 0;
-        Index n = kept_->x.size() + kept_->h0.size() + kept_->c0.size() + kept_->masks.size();
-        for (const auto* list : {&kept_->ys, &kept_->gates, &kept_->aux}) {
-            for (const RowMatrix<T>& m : *list) n += m.size();
-        }
-        return static_cast<size_t>(n) * sizeof(T);
+        return kept_ ? kept_->storage_bytes() : 0;
     }
 
 private:
-    std::unique_ptr<StackCache<T>> release() {
+    std::optional<StackCache<T>> release() {
+        std::optional<StackCache<T>> out;
         const std::lock_guard<std::mutex> lock(mutex_);
+        out.swap(kept_);
         held_.store(false, std::memory_order_relaxed);
-        return std::move(kept_);
+        return out;
     }
 
     mutable std::mutex mutex_;
-    std::unique_ptr<StackCache<T>> kept_;
-    std::atomic<bool> held_{false};
+    std::optional<StackCache<T>> kept_;
+    std::atomic<bool> held_{false};  // kept_ holds one: read without the lock by forwards that keep no cache
 };
 
 // The cache handed to Python: the core's cache and, when it borrows, the arrays it refers to. When Python lets go
@@ -109,7 +106,7 @@ struct StackCacheBox {
         if (const std::shared_ptr<SpareCache<T>> to = spare.lock()) {
             try {
                 to->keep(std::move(core));
-            } catch (...) {  // out of memory for the small holder: the storage is freed with the box instead
+            } catch (...) {  // a failed lock: the storage is freed with the box instead
             }
         }
     }

@@ -95,6 +95,15 @@ struct StackCache {
     Index top_stride = 0;
     Index input_size = 0, output_size = 0;
 
+    // Bytes of the matrices it holds (their storage, reused when it is passed to another forward).
+    size_t storage_bytes() const {
+        Index n = x.size() + h0.size() + c0.size() + masks.size();
+        for (const auto* list : {&ys, &gates, &aux}) {
+            for (const RowMatrix<T>& m : *list) n += m.size();
+        }
+        return static_cast<size_t>(n) * sizeof(T);
+    }
+
     // [R, I]: layer 0's input
     ConstMatrixMap<T> input() const {
         return x_data != nullptr ? ConstMatrixMap<T>(x_data, packing.steps.rows(), input_size, Eigen::OuterStride<>(x_stride))
