@@ -197,6 +197,19 @@ def test_train_memory_no_larger_than_pytorch() -> None:
     assert ours <= theirs, (ours / 2**20, theirs / 2**20)
 
 
+def test_the_train_job_reports_the_cache_storage_kept_for_the_next_step() -> None:
+    # --memory adds a job's kept_bytes() to the step's peak: for rnnfast, the storage of the released cache that
+    # the next step's forward refills (every step's gates and cell state, 5 H per row of an LSTM, at least).
+    case = dataclasses.replace(bench.CASES["mid_T50_B16_H128"], kind="lstm")
+    jobs = bench._JOB_BUILDERS["rnnfast"](bench._make_workload(case), {"threads": 1})
+    assert jobs["train"].kept_bytes() == 0
+    jobs["train"].run_n(1)
+    gates_and_c = case.seq_len * case.batch * 5 * case.hidden_size * 4
+    assert gates_and_c <= jobs["train"].kept_bytes() < 3 * gates_and_c
+    jobs["inference"].run_n(1)  # a forward without a cache frees it
+    assert jobs["train"].kept_bytes() == 0 and jobs["inference"].kept_bytes() == 0
+
+
 def test_memory_arguments_and_report() -> None:
     with pytest.raises(ValueError, match="case"):
         bench.measure_train_memory("cell_step_H20", "rnnfast")

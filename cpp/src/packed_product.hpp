@@ -79,11 +79,17 @@ public:
     // start at res + g * res_segment_step. `backwards`: the panels in reverse order, and one-row panels (one pass
     // over the depth) each from its last k to its first (see StepWeights). With
     // `start` (one row laid out as res's), res = start + x A^T instead, whatever res held: the same bits as copying
-    // start into every row first, without that pass. `scratch`: where a tile keeps its accumulators between depth
-    // blocks (null: this object's own); laid-out weights that several calls share pass the call's own.
+    // start into every row first, without that pass. Its tiles keep their accumulators between depth blocks in this
+    // object's scratch.
     void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step,
-                      bool backwards, const T* start = nullptr, Buffer<T>* scratch = nullptr) {
-        Buffer<T>& partial = scratch != nullptr ? *scratch : partial_;
+                      bool backwards, const T* start = nullptr) {
+        multiply_add(x, x_stride, n, res, res_stride, res_segment_step, backwards, start, partial_);
+    }
+
+    // The same with the caller's scratch instead: what layouts that several calls share offer (PackedCopies hands
+    // them out const), each call passing its own.
+    void multiply_add(const T* x, Index x_stride, Index n, T* res, Index res_stride, Index res_segment_step,
+                      bool backwards, const T* start, Buffer<T>& partial) const {
         if (rows_ == 0 || n == 0 || (depth_ == 0 && start == nullptr)) return;
         const size_t count = panels_.size();
         for (size_t i = 0; i < count; ++i) {
@@ -446,7 +452,7 @@ public:
     // from the copy, the panels are the layout of the bytes they are compared with even if the weights change
     // while they are read (another thread writing them during a call): no later call can take a stale layout.
     template <int Order>
-    std::shared_ptr<PanelWeights<T>> panels(const Key& key) {
+    std::shared_ptr<const PanelWeights<T>> panels(const Key& key) {
         auto same = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.key == key; });
         if (same != entries_.end()) {
             const T* kept = same->source.data();
@@ -517,8 +523,9 @@ public:
             if (key.elements() <= PackedCopies<T>::kMaxElements) {
                 panels_ = PackedCopies<T>::local().template panels<Order>(key);
             } else {
-                panels_ = std::make_shared<PanelWeights<T>>();
-                panels_->template pack<Order>(data, stride, rows, depth, segments, segment_step, batch == 1);
+                auto own = std::make_shared<PanelWeights<T>>();
+                own->template pack<Order>(data, stride, rows, depth, segments, segment_step, batch == 1);
+                panels_ = std::move(own);
             }
         }
     }
@@ -548,7 +555,7 @@ public:
                       bool backwards = false, const T* start = nullptr) {
         switch (layout_) {
             case Layout::panels:
-                panels_->multiply_add(x, x_stride, n, res, res_stride, res_segment_step, backwards, start, &partial_);
+                panels_->multiply_add(x, x_stride, n, res, res_stride, res_segment_step, backwards, start, partial_);
                 break;
             case Layout::in_place:
                 for (Index r = 0; r < n; ++r) {
@@ -570,7 +577,7 @@ private:
     const T* source_ = nullptr;
     Index stride_ = 0, rows_ = 0, depth_ = 0, segments_ = 1, segment_step_ = 0;
     // This object's, or PackedCopies' (then shared, and only read: the scratch of its products is partial_).
-    std::shared_ptr<PanelWeights<T>> panels_;
+    std::shared_ptr<const PanelWeights<T>> panels_;
     Buffer<T> partial_;  // accumulators between depth blocks, kept for the next step (so: one thread's object)
 };
 

@@ -6,6 +6,8 @@
 #include <Eigen/Core>
 
 #include <array>
+#include <cstring>
+#include <memory>
 #include <random>
 #include <thread>
 #include <type_traits>
@@ -400,3 +402,40 @@ void check_transposed_product() {
 
 TEST(TransposedProduct, FloatMatchesDoubleProduct) { check_transposed_product<float>(); }
 TEST(TransposedProduct, DoubleMatchesDoubleProduct) { check_transposed_product<double>(); }
+
+namespace {
+
+// Whether a product can be called on a P without a scratch of the caller's (on the layout's own).
+template <class P, class = void>
+struct HasOwnScratchProduct : std::false_type {};
+template <class P>
+struct HasOwnScratchProduct<P, std::void_t<decltype(std::declval<P&>().multiply_add(
+                                   std::declval<const float*>(), Index{}, Index{}, std::declval<float*>(), Index{},
+                                   Index{}, bool{}))>> : std::true_type {};
+
+}  // namespace
+
+// Layouts that the threads' calls share (PackedCopies) are handed out const, and a const layout's products take the
+// caller's scratch: none can reach the layout's own, which two threads would write at once.
+TEST(PackedCopies, SharedLayoutsTakeTheCallersScratch) {
+    using rnnfast::detail::PackedCopies;
+    using rnnfast::detail::PanelWeights;
+    static_assert(HasOwnScratchProduct<PanelWeights<float>>::value, "an owned layout uses its own scratch");
+    static_assert(!HasOwnScratchProduct<const PanelWeights<float>>::value, "a const layout needs the caller's");
+    using Kept = decltype(PackedCopies<float>::local().panels<Eigen::RowMajor>(
+        std::declval<const typename PackedCopies<float>::Key&>()));
+    static_assert(std::is_same_v<Kept, std::shared_ptr<const PanelWeights<float>>>, "kept layouts are const");
+    // And the product through the caller's scratch is the owned one, bit for bit, on a depth of several blocks.
+    std::mt19937 gen(11);
+    const Index rows = 40, depth = 700, n = 9;
+    const Matrix<float> a = random_matrix<float>(rows, depth, gen), x = random_matrix<float>(n, depth, gen);
+    PanelWeights<float> owned;
+    owned.pack<Eigen::RowMajor>(a.data(), depth, rows, depth);
+    Matrix<float> mine = Matrix<float>::Zero(n, rows), theirs = Matrix<float>::Zero(n, rows);
+    owned.multiply_add(x.data(), depth, n, mine.data(), rows, 0, false);
+    rnnfast::detail::Buffer<float> scratch;
+    static_cast<const PanelWeights<float>&>(owned).multiply_add(x.data(), depth, n, theirs.data(), rows, 0, false,
+                                                                nullptr, scratch);
+    EXPECT_GT(scratch.size(), 0u);
+    EXPECT_EQ(0, std::memcmp(mine.data(), theirs.data(), sizeof(float) * static_cast<size_t>(mine.size())));
+}

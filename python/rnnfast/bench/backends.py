@@ -54,10 +54,12 @@ class _Workload:
 @dataclass
 class _Job:
     """One backend in one mode: ``run_n(n)`` makes n calls; ``probe()`` gives what is compared with rnnfast
-    (outputs for inference, gradients by parameter name for training)."""
+    (outputs for inference, gradients by parameter name for training); ``kept_bytes()``, the memory a call keeps
+    for the next one to use (``--memory`` counts it as the next call's)."""
 
     run_n: Callable[[int], None]
     probe: Callable[[], Any]
+    kept_bytes: Callable[[], int] = lambda: 0
 
 
 class _Skip(Exception):
@@ -163,7 +165,8 @@ def _rnnfast_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
         step()
         return {name: g.copy() for name, g in model.grads.items()}
 
-    return {"inference": _Job(infer_n, infer_probe), "train": _Job(train_n, train_probe)}
+    # The storage of a released cache, which the next step's forward refills.
+    return {"inference": _Job(infer_n, infer_probe), "train": _Job(train_n, train_probe, model._spare_cache_bytes)}
 
 
 def _reference_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:

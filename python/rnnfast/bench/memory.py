@@ -51,8 +51,8 @@ def _memory_child(case_name: str, backend: str, threads: int, kind: str = "rnn",
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # resets the peak (VmHWM) to the current resident set
     start = _resident_bytes("VmRSS")
-    # What rnnfast kept from the step before for this one's cache is resident already: counted as this step's.
-    kept = workload.model._spare_cache_bytes() if backend == "rnnfast" else 0
+    # What the step before kept for this one (rnnfast: its cache's storage) is resident already: this step's.
+    kept = job.kept_bytes()
     job.run_n(1)
     print(json.dumps({"peak_bytes": _resident_bytes("VmHWM") - start + kept}))
 
