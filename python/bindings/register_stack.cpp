@@ -2,7 +2,6 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -61,17 +60,14 @@ public:
         const std::lock_guard<std::mutex> lock(mutex_);
         old.swap(kept_);
         kept_.emplace(std::move(core));
-        held_.store(true, std::memory_order_relaxed);
     }
     // The kept storage moved into `core`, when there is one.
     void take(StackCache<T>& core) {
         std::optional<StackCache<T>> kept = release();
         if (kept) core = std::move(*kept);
     }
-    // Frees the kept storage (a cheap check when there is none).
-    void drop() {
-        if (held_.load(std::memory_order_relaxed)) release();
-    }
+    // Frees the kept storage, if any.
+    void drop() { release(); }
     size_t bytes() const {
         const std::lock_guard<std::mutex> lock(mutex_);
         return kept_ ? kept_->storage_bytes() : 0;
@@ -82,13 +78,11 @@ private:
         std::optional<StackCache<T>> out;
         const std::lock_guard<std::mutex> lock(mutex_);
         out.swap(kept_);
-        held_.store(false, std::memory_order_relaxed);
         return out;
     }
 
     mutable std::mutex mutex_;
     std::optional<StackCache<T>> kept_;
-    std::atomic<bool> held_{false};  // kept_ holds one: read without the lock by forwards that keep no cache
 };
 
 // The cache handed to Python: the core's cache and, when it borrows, the arrays it refers to. When Python lets go

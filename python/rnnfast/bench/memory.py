@@ -43,8 +43,7 @@ def _memory_child(case_name: str, backend: str, threads: int, kind: str = "rnn",
     if backend == "torch":
         env["torch"] = importlib.import_module("torch")
         env["torch"].set_num_threads(threads)
-    workload = _make_workload(case)
-    job = _JOB_BUILDERS[backend](workload, env)["train"]
+    job = _JOB_BUILDERS[backend](_make_workload(case), env)["train"]
     job.run_n(2)
     gc.collect()
     ctypes.CDLL(None).malloc_trim(0)
