@@ -1,7 +1,8 @@
 // Unit benchmarks of the kernels (Google Benchmark): layer forward, layer backward, stack forward/backward and
 // one cell step, over the speed grid, float32, each reporting a GFLOP/s counter; the gated_* ones run the stack
 // grid and one cell step with LSTM and GRU cells; step_product times the recurrence's per-step product (W_hh laid
-// out once, then one step's rows), beside eigen_product, Eigen's GEMM of the same shape; weight_gradient times a
+// out once, then one step's rows; float32, and float64 on the float64 benchmark's shapes), beside fma_peak, the
+// most one thread can multiply-add, and eigen_product, Eigen's GEMM of the same shape; weight_gradient times a
 // weight gradient's product (dW += dz^T h over a chunk's rows) both ways the backward makes it, beside Eigen's own.
 //
 //   ./rnnfast_benchmarks --benchmark_filter=layer_forward
@@ -254,15 +255,18 @@ void gated_cell_step(benchmark::State& state) {
 
 // The recurrence's product of one step, res [B, G*H] += h [B, H] * W_hh^T, W_hh [G*H, H] laid out once (as a
 // call does) and the step repeated: Args B, H, G, and A: 1 visits W's units backwards every other step, as the
-// recurrence does (a step starts on what the step before left in cache), 0 always forwards.
+// recurrence does (a step starts on what the step before left in cache), 0 always forwards. Its GFLOP/s over
+// fma_peak's of the same dtype is the register tiles' share of what one core can multiply-add.
+template <class T>
 void step_product(benchmark::State& state) {
+    using M = rnnfast::RowMatrix<T>;
     const Index B = state.range(0), H = state.range(1), GH = state.range(2) * H;
     const bool alternate = state.range(3) != 0;
     std::mt19937 gen(5);
-    const Matrix w = random_matrix(GH, H, gen), h = random_matrix(B, H, gen);
-    Matrix res = Matrix::Zero(B, GH);
-    rnnfast::detail::StepWeights<float> weights;
-    weights.pack<Eigen::RowMajor>(w.data(), w.cols(), GH, H, B, 100);
+    const M w = random_matrix(GH, H, gen).cast<T>(), h = random_matrix(B, H, gen).cast<T>();
+    M res = M::Zero(B, GH);
+    rnnfast::detail::StepWeights<T> weights;
+    weights.template pack<Eigen::RowMajor>(w.data(), w.cols(), GH, H, B, 100);
     bool backwards = false;
     for (auto _ : state) {
         backwards = alternate && !backwards;
@@ -271,6 +275,28 @@ void step_product(benchmark::State& state) {
         benchmark::ClobberMemory();
     }
     set_flops(state, 2.0 * B * GH * H);
+}
+
+// The most multiply-adds one thread of this build can make: kChains independent chains of SIMD packets (the build's
+// widest) on values held in registers, nothing loaded or stored. With FMA units of latency 4, two of them need at
+// least 8 chains to stay busy. A ceiling for step_product and the stack benchmarks: the register tiles also load
+// W's packets and broadcast h.
+template <class T>
+void fma_peak(benchmark::State& state) {
+    using namespace Eigen::internal;
+    using Packet = typename packet_traits<T>::type;
+    constexpr int kChains = 12, kRounds = 1000;
+    constexpr Index P = static_cast<Index>(sizeof(Packet) / sizeof(T));  // the packet's lanes
+    Packet acc[kChains];
+    for (int i = 0; i < kChains; ++i) acc[i] = pset1<Packet>(static_cast<T>(i));
+    const Packet scale = pset1<Packet>(T(0.999)), shift = pset1<Packet>(T(0.001));  // stays bounded
+    for (auto _ : state) {
+        for (int round = 0; round < kRounds; ++round) {
+            for (int i = 0; i < kChains; ++i) acc[i] = pmadd(acc[i], scale, shift);
+        }
+        benchmark::DoNotOptimize(acc);
+    }
+    set_flops(state, 2.0 * kRounds * kChains * P);
 }
 
 // The same product through Eigen's GEMM (which packs W_hh again on every call), for reference.
@@ -340,6 +366,14 @@ void step_product_grid(benchmark::internal::Benchmark* b) {
     }
 }
 
+// float64's rows: the shapes of the float64 benchmark's cases (bench --dtype float64: mid and the two big ones).
+void step_product_f64_grid(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"B", "H", "G", "A"});
+    for (const std::vector<int64_t>& c : {std::vector<int64_t>{16, 128}, {64, 256}, {64, 512}}) {
+        for (int64_t gates : {1, 3, 4}) b->Args({c[0], c[1], gates, 1});
+    }
+}
+
 void product_grid(benchmark::internal::Benchmark* b) {
     b->ArgNames({"B", "H", "G"});
     for (const std::vector<int64_t>& c : {std::vector<int64_t>{3, 20}, {1, 64}, {16, 128}, {32, 128}, {64, 256},
@@ -400,7 +434,10 @@ BENCHMARK(gated_stack_forward)->Apply(gated_grid);
 BENCHMARK(gated_stack_train_step)->Apply(gated_grid);
 BENCHMARK(cell_forward)->ArgNames({"B", "I", "H"})->Args({1, 20, 20})->Args({1, 128, 128});
 BENCHMARK(gated_cell_step)->ArgNames({"B", "I", "H", "kind"})->ArgsProduct({{1}, {20, 128}, {20, 128}, {1, 2}});
-BENCHMARK(step_product)->Apply(step_product_grid);
+BENCHMARK_TEMPLATE(fma_peak, float);
+BENCHMARK_TEMPLATE(fma_peak, double);
+BENCHMARK_TEMPLATE(step_product, float)->Apply(step_product_grid);
+BENCHMARK_TEMPLATE(step_product, double)->Apply(step_product_f64_grid);
 BENCHMARK(eigen_product)->Apply(product_grid);
 BENCHMARK(weight_gradient)->Apply(weight_gradient_grid);
 
