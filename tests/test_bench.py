@@ -71,6 +71,10 @@ def test_run_structure(quick_results: dict) -> None:
     assert list(r["cases"]) == QUICK_CASES
     assert r["threads"] == 1 and r["repeat"] == REPEAT and r["quick"] is True
     assert r["gemm"]["gflops"] > 0 and r["gemm"]["median_s"] > 0
+    # Measured before the cases and after them; % GEMM divides by the faster of the two.
+    before, after = r["gemm"]["before"], r["gemm"]["after"]
+    assert r["gemm"]["gflops"] == max(before["gflops"], after["gflops"])
+    assert r["gemm"]["median_s"] == min(before["median_s"], after["median_s"])
     assert r["machine"]["cpu_model"]
     assert r["versions"]["rnnfast"] == rnnfast.__version__
     assert r["backends"]["rnnfast"]["available"] and r["backends"]["reference"]["available"]
@@ -103,6 +107,35 @@ def test_run_structure(quick_results: dict) -> None:
     assert "seed_1layer" in table and "cell_step_H20" in table and "train" in table
     # The global thread setting is restored afterwards.
     assert rnnfast.get_num_threads() >= 1
+
+
+def test_the_gemm_rate_is_the_faster_of_two_measurements_and_the_table_says_when_they_disagree(
+        quick_results: dict) -> None:
+    size = bench.GEMM_SIZE
+
+    def measured(gflops: float) -> dict:
+        return {"size": size, "dtype": "float32", "median_s": 2 * size ** 3 / gflops / 1e9, "gflops": gflops,
+                "blas_threads": 2}
+
+    # A slow spell during the first measurement does not lower the rate % GEMM divides by.
+    rate = bench.gemm_rate(measured(80.0), measured(200.0))
+    assert rate["gflops"] == 200.0 and rate["median_s"] == measured(200.0)["median_s"]
+    assert rate["before"]["gflops"] == 80.0 and rate["after"]["gflops"] == 200.0
+    assert bench.gemm_drift(rate) == pytest.approx(2.5)
+    assert bench.gemm_rate(measured(190.0), measured(150.0))["gflops"] == 190.0
+    assert bench.gemm_drift(measured(100.0)) is None  # results of one measurement (older JSON)
+
+    results = dict(quick_results)
+    results["gemm"] = rate
+    table = bench.format_table(results)
+    assert "200.0 GFLOP/s (the faster of 80.0 before the cases and 200.0 after them)" in table
+    assert "The GEMM rate moved 2.50x" in table
+    steady = bench.gemm_rate(measured(200.0), measured(200.0 / (0.99 * bench.GEMM_DRIFT)))
+    results["gemm"] = steady
+    assert "moved" not in bench.format_table(results)
+    results["gemm"] = measured(100.0)
+    table = bench.format_table(results)
+    assert "100.0 GFLOP/s\n" in table and "before the cases" not in table and "moved" not in table
 
 
 def test_plot(quick_results: dict, tmp_path) -> None:

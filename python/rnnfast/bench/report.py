@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .backends import _COLORS, _SHORT_NAMES, BACKEND_TABLE, BACKENDS
 from .cases import MODES
+from .timing import GEMM_DRIFT, gemm_drift
 
 
 def _fmt_ms(seconds: Optional[float]) -> str:
@@ -82,7 +83,7 @@ def format_table(results: Dict[str, Any]) -> str:
         f"{machine['cpu_model']}, {results['threads']} thread(s), "
         f"median of {results['repeat']} repetition(s){' (quick)' if results['quick'] else ''}",
         f"GEMM rate (NumPy {gemm.get('dtype', 'float32')} {gemm['size']}x{gemm['size']}): "
-        f"{gemm['gflops']:.1f} GFLOP/s",
+        f"{gemm['gflops']:.1f} GFLOP/s" + _gemm_measurements(gemm),
         "",
         line(header),
         line(["-" * wd for wd in widths]),
@@ -102,9 +103,22 @@ def format_table(results: Dict[str, Any]) -> str:
                if not info["available"] and info.get("reason") != "not requested"]
     if missing:
         out.append("Not run: " + "; ".join(missing))
+    drift = gemm_drift(gemm)
+    if drift is not None and drift > GEMM_DRIFT:
+        out.append(f"The GEMM rate moved {drift:.2f}x between the start and the end of the run: the machine's speed "
+                   "changed while it ran. Speedups compare backends timed side by side in each repetition; GFLOP/s "
+                   "and % GEMM, and cases timed far apart, compare less surely.")
     out += _quick_notes(results)
     out += notes
     return "\n".join(out)
+
+
+def _gemm_measurements(gemm: Dict[str, Any]) -> str:
+    """Both measurements behind the run's GEMM rate, for the table's header ("" for results with one)."""
+    if "before" not in gemm or "after" not in gemm:
+        return ""
+    return (f" (the faster of {gemm['before']['gflops']:.1f} before the cases and {gemm['after']['gflops']:.1f} "
+            "after them)")
 
 
 def write_plot(results: Dict[str, Any], path: str) -> None:

@@ -4,7 +4,8 @@ The method (``time_interleaved``): every backend's loop of calls is calibrated t
 (a backend slower than that makes one call per loop); then each repetition times every backend in turn
 (round-robin, starting from a different backend each time), each after a pause (``settle_s``) and one untimed
 call; a backend's time per call is the median over the repetitions. ``Timing.for_run`` gives the settings of a
-normal and of a ``quick`` run. ``measure_gemm`` gives the machine's matrix product rate at the same thread count,
+normal and of a ``quick`` run. ``_measure_gemm`` gives the machine's matrix product rate at the same thread count
+(a run measures it before and after its cases, ``gemm_rate``),
 ``_BlasThreads`` sets the thread count of NumPy's OpenBLAS, ``_machine_info`` describes the machine.
 """
 
@@ -151,6 +152,32 @@ def _measure_gemm(threads_note: Optional[int], repeat: int, min_seconds: float,
     flops = 2 * GEMM_SIZE ** 3
     return {"size": GEMM_SIZE, "dtype": element.name, "median_s": seconds, "gflops": flops / seconds / 1e9,
             "blas_threads": threads_note}
+
+
+#: The factor between the GEMM rates measured before and after a run's cases above which the table says that the
+#: machine's speed changed while the run went on.
+GEMM_DRIFT = 1.25
+
+
+def gemm_rate(before: Dict[str, Any], after: Dict[str, Any]) -> Dict[str, Any]:
+    """The run's GEMM rate from its two measurements (``_measure_gemm`` before and after the cases): the faster of
+    the two, with both kept under ``"before"`` and ``"after"``. A slow spell of a shared machine during one of them
+    would otherwise lower the rate that ``% GEMM`` divides by (values above 100 were seen), and the faster rate
+    never flatters rnnfast."""
+    faster = before if before["gflops"] >= after["gflops"] else after
+    rate = dict(faster)
+    rate["before"] = {"median_s": before["median_s"], "gflops": before["gflops"]}
+    rate["after"] = {"median_s": after["median_s"], "gflops": after["gflops"]}
+    return rate
+
+
+def gemm_drift(gemm: Mapping[str, Any]) -> Optional[float]:
+    """How many times faster the faster of a run's two GEMM measurements was than the slower (None for results
+    with one measurement)."""
+    if "before" not in gemm or "after" not in gemm:
+        return None
+    rates = sorted((gemm["before"]["gflops"], gemm["after"]["gflops"]))
+    return rates[1] / rates[0] if rates[0] > 0 else math.inf
 
 
 class _BlasThreads:
