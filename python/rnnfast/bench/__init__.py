@@ -93,8 +93,8 @@ from .sweep import SWEEP_NOISE, format_sweep, slowdown_with_more_threads, sweep,
 from .timing import _QUICK_SETTLE_SECONDS as _QUICK_SETTLE_SECONDS
 from .timing import _SETTLE_SECONDS as _SETTLE_SECONDS
 from .timing import _STARTUP_SETTLE_SECONDS as _STARTUP_SETTLE_SECONDS
-from .timing import (GEMM_DRIFT, GEMM_SIZE, MIN_LOOP_SECONDS, QUICK_MAX_REPEAT, QUICK_MIN_LOOP_SECONDS, Timing, gemm_drift,
-                     gemm_rate, time_interleaved)
+from .timing import (GEMM_DRIFT, GEMM_SIZE, MIN_LOOP_SECONDS, QUICK_MAX_REPEAT, QUICK_MIN_LOOP_SECONDS, Timing,
+                     gemm_drift, gemm_rate, time_interleaved)
 from .timing import _BlasThreads as _BlasThreads
 from .timing import _calibrate as _calibrate
 from .timing import _cpu_model as _cpu_model
@@ -102,8 +102,8 @@ from .timing import _machine_info as _machine_info
 from .timing import _measure_gemm as _measure_gemm
 from .timing import _time_loop as _time_loop
 
-__all__ = ["BACKENDS", "BACKEND_TABLE", "CASES", "DTYPES", "GEMM_DRIFT", "GEMM_SIZE", "GRAD_RELATIVE_TOLERANCE", "KIND_GATES",
-           "MIN_LOOP_SECONDS", "MODES", "OUTPUT_TOLERANCE", "QUICK_MAX_REPEAT", "QUICK_MIN_LOOP_SECONDS",
+__all__ = ["BACKENDS", "BACKEND_TABLE", "CASES", "DTYPES", "GEMM_DRIFT", "GEMM_SIZE", "GRAD_RELATIVE_TOLERANCE",
+           "KIND_GATES", "MIN_LOOP_SECONDS", "MODES", "OUTPUT_TOLERANCE", "QUICK_MAX_REPEAT", "QUICK_MIN_LOOP_SECONDS",
            "QUICK_REFERENCE_MAX_FLOPS", "Case", "Timing", "build_parser", "format_table", "main",
            "measure_train_memory", "run", "select_cases", "time_interleaved", "write_plot", "SWEEP_NOISE", "format_sweep",
            "slowdown_with_more_threads", "sweep", "write_sweep_plot", "gemm_drift", "gemm_rate"]
