@@ -138,6 +138,23 @@ def test_the_gemm_rate_is_the_faster_of_two_measurements_and_the_table_says_when
     assert "100.0 GFLOP/s\n" in table and "before the cases" not in table and "moved" not in table
 
 
+def test_percent_of_gemm_divides_by_the_faster_of_the_runs_two_measurements(monkeypatch) -> None:
+    """The run measures the rate before its cases and after them; a slow first measurement does not lower it."""
+    rates = iter([80.0, 200.0])
+
+    def fake_measure(threads_note, repeat, min_seconds, dtype="float32"):
+        gflops = next(rates)
+        return {"size": bench.GEMM_SIZE, "dtype": dtype, "median_s": 2 * bench.GEMM_SIZE ** 3 / gflops / 1e9,
+                "gflops": gflops, "blas_threads": threads_note}
+
+    monkeypatch.setattr(bench.runner, "_measure_gemm", fake_measure)
+    r = bench.run(cases=["seed_1layer"], threads=1, repeat=1, quick=True, reference=False, backends=[])
+    assert r["gemm"]["before"]["gflops"] == 80.0 and r["gemm"]["after"]["gflops"] == 200.0
+    inference = r["cases"]["seed_1layer"]["modes"]["inference"]
+    assert inference["percent_of_gemm"] == pytest.approx(inference["rnnfast_gflops"] / 2.0)
+    assert "The GEMM rate moved 2.50x" in bench.format_table(r)
+
+
 def test_plot(quick_results: dict, tmp_path) -> None:
     pytest.importorskip("matplotlib")
     path = tmp_path / "speedups.png"

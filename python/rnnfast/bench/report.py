@@ -77,13 +77,16 @@ def format_table(results: Dict[str, Any]) -> str:
         return "  ".join(c.ljust(wd) if i < 2 else c.rjust(wd) for i, (c, wd) in enumerate(zip(cells, widths)))
 
     machine, gemm = results["machine"], results["gemm"]
+    drift = gemm_drift(gemm)  # None: results of one GEMM measurement (older JSON)
     dtype = results.get("dtype", "float32")
     out = [
         f"rnnfast {results['versions']['rnnfast']} benchmark ({results.get('cell', 'rnn')} cells) in {dtype}: "
         f"{machine['cpu_model']}, {results['threads']} thread(s), "
         f"median of {results['repeat']} repetition(s){' (quick)' if results['quick'] else ''}",
         f"GEMM rate (NumPy {gemm.get('dtype', 'float32')} {gemm['size']}x{gemm['size']}): "
-        f"{gemm['gflops']:.1f} GFLOP/s" + _gemm_measurements(gemm),
+        f"{gemm['gflops']:.1f} GFLOP/s" + ("" if drift is None else
+                                            f" (the faster of {gemm['before']['gflops']:.1f} before the cases and "
+                                            f"{gemm['after']['gflops']:.1f} after them)"),
         "",
         line(header),
         line(["-" * wd for wd in widths]),
@@ -103,7 +106,6 @@ def format_table(results: Dict[str, Any]) -> str:
                if not info["available"] and info.get("reason") != "not requested"]
     if missing:
         out.append("Not run: " + "; ".join(missing))
-    drift = gemm_drift(gemm)
     if drift is not None and drift > GEMM_DRIFT:
         out.append(f"The GEMM rate moved {drift:.2f}x between the start and the end of the run: the machine's speed "
                    "changed while it ran. Speedups compare backends timed side by side in each repetition; GFLOP/s "
@@ -111,14 +113,6 @@ def format_table(results: Dict[str, Any]) -> str:
     out += _quick_notes(results)
     out += notes
     return "\n".join(out)
-
-
-def _gemm_measurements(gemm: Dict[str, Any]) -> str:
-    """Both measurements behind the run's GEMM rate, for the table's header ("" for results with one)."""
-    if "before" not in gemm or "after" not in gemm:
-        return ""
-    return (f" (the faster of {gemm['before']['gflops']:.1f} before the cases and {gemm['after']['gflops']:.1f} "
-            "after them)")
 
 
 def write_plot(results: Dict[str, Any], path: str) -> None:
