@@ -788,21 +788,22 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
             chunk_gradients<T>({{&dw_ih, dzc.data(), dzc.outerStride(), x_rows.data()},
                                 {&dw_hh, dzhc.data(), dzhc.outerStride(), h_rows.data()}},
                                chunk_rows);
+            interruption_point(static_cast<double>(chunk_rows) * G * H * static_cast<double>(x.cols() + P));
         } else {
-            rows_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
+            interruptible_rows_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
             if (steps.is_uniform()) {
                 // The sequence's first processed step (t = 0 forward, T_-1 reverse) starts from h0.
                 const Index first = reverse ? T_ - 1 : 0;
                 const bool has_first = t_lo <= first && first <= t_hi;
                 const Index rest = chunk_rows - (has_first ? B : 0);
                 if (has_first && h0.rows() != 0) {
-                    rows_product(grads.w_hh, dzhc.middleRows(steps.offset(first) - base, B).transpose(), h0, true);
+                    interruptible_rows_product(grads.w_hh, dzhc.middleRows(steps.offset(first) - base, B).transpose(), h0, true);
                 }
                 if (rest > 0) {
                     // Rows of the steps other than `first`, and the states one step earlier in processing order.
                     const Index dz_row = reverse ? 0 : (has_first ? B : 0);
                     const Index h_row = reverse ? base + B : base + dz_row - B;
-                    rows_product(grads.w_hh, dzhc.middleRows(dz_row, rest).transpose(), hs.middleRows(h_row, rest),
+                    interruptible_rows_product(grads.w_hh, dzhc.middleRows(dz_row, rest).transpose(), hs.middleRows(h_row, rest),
                                  true);
                 }
             } else {
@@ -811,10 +812,10 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 for (Index r = 0; r < chunk_rows; ++r) {
                     h_prev.row(r) = Eigen::Map<const RowVector<T>>(h_rows[static_cast<size_t>(r)], P);
                 }
-                rows_product(grads.w_hh, dzhc.transpose(), h_prev.topRows(chunk_rows), true);
+                interruptible_rows_product(grads.w_hh, dzhc.transpose(), h_prev.topRows(chunk_rows), true);
             }
         }
-        if (dx.rows() != 0) rows_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
+        if (dx.rows() != 0) interruptible_rows_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
         if (grads.b_ih.size() != 0) {
             // The bias gradients: one sum for cells whose recurrent part shares dz (b_ih's and b_hh's are equal).
             const RowVector<T> sums = row_sum<T>(dzc);
@@ -827,7 +828,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 unprojected.row(r) = (saved.row(base + r).segment(3 * H, H).array() *
                                       aux.row(base + r).array().unaryExpr(TanhOp<T>())).matrix();
             }
-            rows_product(grads.w_hr, dh_chunk.topRows(chunk_rows).transpose(), unprojected.topRows(chunk_rows), true);
+            interruptible_rows_product(grads.w_hr, dh_chunk.topRows(chunk_rows).transpose(), unprojected.topRows(chunk_rows), true);
         }
     }
 }
