@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+
+if TYPE_CHECKING:
+    from .bench.timing import Timing
 
 PROG = "python -m rnnfast.torch"
 
@@ -105,10 +108,11 @@ def _loop(step: Callable[[], None]) -> Callable[[int], None]:
 
 def time_training_steps(cases: Optional[Sequence[str]] = None, threads: Optional[int] = 2, repeat: int = 5,
                         quick: bool = False, progress: Optional[Callable[[str], None]] = None,
-                        dropout: float = 0.0) -> List[Dict[str, Any]]:
+                        dropout: float = 0.0, timing: Optional[Timing] = None) -> List[Dict[str, Any]]:
     """Time the training step of both models on each RNN case named by ``cases`` (names or substrings; None for
     all), both libraries at ``threads`` threads (restored afterwards; None: each at its default), with ``rnnfast
-    bench``'s timing method; ``dropout`` between the layers of stacks.
+    bench``'s timing method (``timing``: other settings than a run's of ``repeat`` and ``quick``); ``dropout``
+    between the layers of stacks.
 
     Returns one dict per case, as ``rnnfast.torch.benchmark``: ``name``, ``threads``, ``torch_ms``, ``rnnfast_ms``,
     ``speedup`` (torch's time / rnnfast's), and ``samples_ms`` (every repetition's time per step, per model).
@@ -119,7 +123,8 @@ def time_training_steps(cases: Optional[Sequence[str]] = None, threads: Optional
     from .bench import select_cases
     from .bench.timing import Timing, time_interleaved
 
-    timing = Timing.for_run(repeat, quick)
+    if timing is None:
+        timing = Timing.for_run(repeat, quick)
     selected = [case for case in select_cases(cases) if not case.cell]
     saved_torch, saved_rnnfast = torch.get_num_threads(), get_num_threads()
     rnnfast_default = _core.num_threads_is_default()

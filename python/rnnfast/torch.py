@@ -59,7 +59,6 @@ if __name__ == "torch":  # pragma: no cover - only when the package folder itsel
     )
 
 import contextlib
-import time
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -1058,41 +1057,20 @@ def benchmark(cases: Optional[Sequence[str]] = None, threads: Optional[int] = No
     random target, ``backward``, ``torch.optim.Adam`` ``step``; float32, CPU.
 
     ``cases``: names (or substrings of names) of RNN cases of ``rnnfast.bench.CASES``, None for all of them
-    (ragged cases feed a ``PackedSequence`` to both). ``threads``: set for both torch and rnnfast (None leaves them
-    as they are). Each repetition times both models in turn, alternating which goes first, each for at least
-    ``min_seconds``; the result per case is the median time per step over the repetitions. Returns one dict per
-    case: ``name``, ``threads``, ``torch_ms``, ``rnnfast_ms``, ``speedup`` (torch's time / rnnfast's).
+    (ragged cases feed a ``PackedSequence`` to both). ``threads``: set for both torch and rnnfast during the run
+    (None leaves them as they are). Each repetition times both models in turn, alternating which goes first, each
+    in a loop of at least ``min_seconds``; the result per case is the median time per step over the repetitions.
+    Returns one dict per case: ``name``, ``threads``, ``torch_ms``, ``rnnfast_ms``, ``speedup`` (torch's time /
+    rnnfast's).
     """
-    from . import get_num_threads, set_num_threads
-    from ._torch_cli import _training_steps
-    from .bench import select_cases
+    from . import get_num_threads
+    from ._torch_cli import time_training_steps
+    from .bench.timing import Timing
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-        set_num_threads(threads)
-    results = []
-    for case in select_cases(cases):
-        if case.cell:
-            continue
-        steps = _training_steps(case)
-        for step in steps.values():
-            step()  # warm-up
-        times: Dict[str, List[float]] = {"torch": [], "rnnfast": []}
-        for r in range(repeat):
-            for label in (("torch", "rnnfast") if r % 2 == 0 else ("rnnfast", "torch")):
-                calls, start = 0, time.perf_counter()
-                while True:
-                    steps[label]()
-                    calls += 1
-                    elapsed = time.perf_counter() - start
-                    if elapsed >= min_seconds:
-                        break
-                times[label].append(elapsed / calls)
-        torch_ms = 1e3 * float(np.median(times["torch"]))
-        rnnfast_ms = 1e3 * float(np.median(times["rnnfast"]))
-        results.append({"name": case.name, "threads": get_num_threads() if threads is None else threads,
-                        "torch_ms": torch_ms, "rnnfast_ms": rnnfast_ms, "speedup": torch_ms / rnnfast_ms})
-    return results
+    results = time_training_steps(cases, threads=threads, timing=Timing(repeat, min_seconds, 0.0, 0.0))
+    keys = ("name", "threads", "torch_ms", "rnnfast_ms", "speedup")
+    return [{**{k: r[k] for k in keys}, "threads": get_num_threads() if threads is None else threads}
+            for r in results]
 
 
 def format_benchmark(results: Sequence[Dict[str, Any]]) -> str:
