@@ -3,7 +3,7 @@ lengths."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +23,12 @@ Grads = dict[str, Array]
 def _direction_suffixes(bidirectional: bool) -> tuple[str, ...]:
     """Name suffixes of the directions: forward first, then reverse."""
     return ("", "_reverse") if bidirectional else ("",)
+
+
+def _layer_names(kinds: Sequence[str], num_layers: int, bidirectional: bool) -> list[str]:
+    """``{kind}_l{layer}{suffix}`` layer by layer, the forward direction before the reverse one."""
+    return [f"{kind}_l{layer}{sfx}" for layer in range(num_layers) for sfx in _direction_suffixes(bidirectional)
+            for kind in kinds]
 
 
 def _time_order(num_steps: int, reverse: bool) -> list[int]:
@@ -54,3 +60,18 @@ def _check_lengths(lengths: ArrayLike, num_steps: int, batch: int, unbatched: bo
             name = "lengths" if scalar else f"lengths[{b}]"
             raise ValueError(f"{name}: expected an integer in [1, T={num_steps}], got {n}")
     return arr.astype(np.int64)
+
+
+def _canonical_input(x: ArrayLike, dtype: np.dtype[Any], batch_first: bool, input_size: int) -> tuple[Array, bool]:
+    """x as [T, B, I] (time-major, batched), and whether it was unbatched."""
+    xa = np.asarray(x, dtype=dtype)
+    if xa.ndim not in (2, 3):
+        raise ValueError(f"x must have 2 (unbatched) or 3 dimensions, got shape {xa.shape}")
+    unbatched = xa.ndim == 2
+    if unbatched:
+        xa = xa[:, None, :]
+    elif batch_first:
+        xa = xa.transpose(1, 0, 2)
+    if xa.shape[2] != input_size:
+        raise ValueError(f"x has input size {xa.shape[2]}, weight_ih_l0 expects {input_size}")
+    return xa, unbatched

@@ -9,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ._common import (
-    Array, ArrayLike, Cache, Grads, Params, _check_lengths, _direction_suffixes, _param_dtype, _time_order)
+    Array, ArrayLike, Cache, Grads, Params, _canonical_input, _check_lengths, _direction_suffixes, _layer_names,
+    _param_dtype, _time_order)
 
 
 _NONLINEARITIES = ("tanh", "relu")
@@ -29,12 +30,7 @@ def param_names(num_layers: int = 1, bidirectional: bool = False, bias: bool = T
     ``weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, weight_ih_l0_reverse, ...``.
     """
     kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if bias else ("weight_ih", "weight_hh")
-    names: list[str] = []
-    for layer in range(num_layers):
-        for sfx in _direction_suffixes(bidirectional):
-            for kind in kinds:
-                names.append(f"{kind}_l{layer}{sfx}")
-    return names
+    return _layer_names(kinds, num_layers, bidirectional)
 
 
 def param_shapes(input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,
@@ -228,17 +224,8 @@ def rnn_forward(x: ArrayLike, params: Params, *, num_layers: int = 1, nonlineari
             raise ValueError(f"parameter {name} has shape {p[name].shape}, expected {shape}")
 
     # Bring x to the canonical layout [T, B, I] (time-major, batched).
-    x = np.asarray(x, dtype=dtype)
-    if x.ndim not in (2, 3):
-        raise ValueError(f"x must have 2 (unbatched) or 3 dimensions, got shape {x.shape}")
-    unbatched = x.ndim == 2
-    if unbatched:
-        x = x[:, None, :]
-    elif batch_first:
-        x = x.transpose(1, 0, 2)
+    x, unbatched = _canonical_input(x, dtype, batch_first, input_size)
     num_steps, batch = x.shape[0], x.shape[1]
-    if x.shape[2] != input_size:
-        raise ValueError(f"x has input size {x.shape[2]}, weight_ih_l0 expects {input_size}")
 
     # Initial states as [L*D, B, H].
     if h0 is None:

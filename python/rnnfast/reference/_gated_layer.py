@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import Array, Cache, Grads, _direction_suffixes, _time_order
+from ._common import Array, Cache, Grads, _direction_suffixes, _layer_names, _time_order
 from ._elman import param_names, param_shapes
 
 
@@ -46,12 +46,7 @@ def lstm_param_names(num_layers: int = 1, bidirectional: bool = False, bias: boo
         kinds += ["bias_ih", "bias_hh"]
     if proj_size > 0:
         kinds.append("weight_hr")
-    names: list[str] = []
-    for layer in range(num_layers):
-        for sfx in _direction_suffixes(bidirectional):
-            for kind in kinds:
-                names.append(f"{kind}_l{layer}{sfx}")
-    return names
+    return _layer_names(kinds, num_layers, bidirectional)
 
 
 def lstm_param_shapes(input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False,

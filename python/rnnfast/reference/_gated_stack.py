@@ -6,7 +6,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-from ._common import Array, ArrayLike, Cache, Grads, Params, _check_lengths, _direction_suffixes, _param_dtype
+from ._common import (
+    Array, ArrayLike, Cache, Grads, Params, _canonical_input, _check_lengths, _direction_suffixes, _param_dtype)
 from ._gated_layer import (
     _check_proj_size, gru_layer_backward, gru_layer_forward, gru_param_shapes, lstm_layer_backward,
     lstm_layer_forward, lstm_param_shapes)
@@ -62,21 +63,6 @@ def _checked_params(params: Params, shapes: Mapping[str, tuple[int, ...]], dtype
         if p[name].shape != shape:
             raise ValueError(f"parameter {name} has shape {p[name].shape}, expected {shape}")
     return p
-
-
-def _canonical_input(x: ArrayLike, dtype: np.dtype[Any], batch_first: bool, input_size: int) -> tuple[Array, bool]:
-    """x as [T, B, I] (time-major, batched), and whether it was unbatched."""
-    xa = np.asarray(x, dtype=dtype)
-    if xa.ndim not in (2, 3):
-        raise ValueError(f"x must have 2 (unbatched) or 3 dimensions, got shape {xa.shape}")
-    unbatched = xa.ndim == 2
-    if unbatched:
-        xa = xa[:, None, :]
-    elif batch_first:
-        xa = xa.transpose(1, 0, 2)
-    if xa.shape[2] != input_size:
-        raise ValueError(f"x has input size {xa.shape[2]}, weight_ih_l0 expects {input_size}")
-    return xa, unbatched
 
 
 def _canonical_state(s: Optional[ArrayLike], name: str, num_states: int, batch: int, size: int, unbatched: bool,
