@@ -57,24 +57,24 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
     });
 }
 
-// dst = lhs * rhs as rows_product, in chunks of rows between which a call can be interrupted: at most about
-// kChunkWork multiply-adds per thread or kChunkElements results (what bounds a product with a short inner
-// dimension), some milliseconds each. Each chunk repacks rhs, so products within those bounds stay whole.
+// dst = lhs * rhs as rows_product, in chunks of rows after each of which a call can be interrupted: at most about
+// kChunkWork multiply-adds per thread (or `chunk_work`) or kChunkElements results (what bounds a product with a
+// short inner dimension), some milliseconds each. Each chunk repacks rhs, so products within those bounds stay
+// whole.
 constexpr double kChunkWork = 1 << 29, kChunkElements = 1 << 24;
 
 template <class Dst, class Lhs, class Rhs>
 void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
-                                const typename std::decay_t<Dst>::Scalar* bias = nullptr) {
+                                const typename std::decay_t<Dst>::Scalar* bias = nullptr,
+                                double chunk_work = kChunkWork) {
     const double cols = static_cast<double>(std::max<Index>(dst.cols(), 1));
     const double per_row = cols * static_cast<double>(std::max<Index>(lhs.cols(), 1));
-    const double by_work = kChunkWork * std::max(1, thread_limit()) / per_row;
+    const double by_work = chunk_work * std::max(1, thread_limit()) / per_row;
     const double rows_per_chunk = std::min(by_work, kChunkElements / cols);
     const Index rows = dst.rows();
-    if (rows_per_chunk >= static_cast<double>(rows)) {
-        rows_product(dst, lhs, rhs, add, bias);
-        return;
-    }
-    const Index chunk = std::max<Index>(64, static_cast<Index>(rows_per_chunk) / 8 * 8);
+    const Index chunk = rows_per_chunk >= static_cast<double>(rows)
+                            ? rows
+                            : std::max<Index>(64, static_cast<Index>(rows_per_chunk) / 8 * 8);
     for (Index r0 = 0; r0 < rows; r0 += chunk) {
         const Index n = std::min(chunk, rows - r0);
         rows_product(dst.middleRows(r0, n), lhs.middleRows(r0, n), rhs, add, bias);
@@ -578,6 +578,11 @@ void chunk_gradients(std::initializer_list<ChunkGradient<T>> products, Index row
     });
 }
 
+// Multiply-adds per thread up to which a product after a chunk of BPTT steps stays whole (some tens of ms): each
+// piece of a split one packs its right-hand side again, and the largest case of the benchmark grid (LSTM H512,
+// 2048-row chunks: 2^30 per thread at two threads) would pay that.
+constexpr double kBackwardProductWork = 1 << 30;
+
 // BPTT of one direction of one layer. Only the recurrence is sequential; the weight, bias and input gradients are
 // products over many rows. The recurrence runs in chunks of whole steps that fit in dz, each followed by its
 // chunk's products: dz bounds the memory, and a chunk of a few thousand rows keeps the products as fast as one over
@@ -760,6 +765,10 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         error.rethrow();
         stop.rethrow();
 
+        // The chunk's products, polled between them and split when larger than kBackwardProductWork per thread.
+        const auto chunk_product = [](auto&& dst, const auto& lhs, const auto& rhs, bool add) {
+            interruptible_rows_product(dst, lhs, rhs, add, nullptr, kBackwardProductWork);
+        };
         // (The chunk's inputs and states are laid out too, in a block each thread keeps: as bounded as dz.)
         const double panel_bytes = kPanelGradientL2s * static_cast<double>(Eigen::l2CacheSize());
         const bool own_gradients =
@@ -790,20 +799,20 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                                chunk_rows);
             interruption_point(static_cast<double>(chunk_rows) * G * H * static_cast<double>(x.cols() + P));
         } else {
-            interruptible_rows_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
+            chunk_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
             if (steps.is_uniform()) {
                 // The sequence's first processed step (t = 0 forward, T_-1 reverse) starts from h0.
                 const Index first = reverse ? T_ - 1 : 0;
                 const bool has_first = t_lo <= first && first <= t_hi;
                 const Index rest = chunk_rows - (has_first ? B : 0);
                 if (has_first && h0.rows() != 0) {
-                    interruptible_rows_product(grads.w_hh, dzhc.middleRows(steps.offset(first) - base, B).transpose(), h0, true);
+                    chunk_product(grads.w_hh, dzhc.middleRows(steps.offset(first) - base, B).transpose(), h0, true);
                 }
                 if (rest > 0) {
                     // Rows of the steps other than `first`, and the states one step earlier in processing order.
                     const Index dz_row = reverse ? 0 : (has_first ? B : 0);
                     const Index h_row = reverse ? base + B : base + dz_row - B;
-                    interruptible_rows_product(grads.w_hh, dzhc.middleRows(dz_row, rest).transpose(), hs.middleRows(h_row, rest),
+                    chunk_product(grads.w_hh, dzhc.middleRows(dz_row, rest).transpose(), hs.middleRows(h_row, rest),
                                  true);
                 }
             } else {
@@ -812,10 +821,10 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 for (Index r = 0; r < chunk_rows; ++r) {
                     h_prev.row(r) = Eigen::Map<const RowVector<T>>(h_rows[static_cast<size_t>(r)], P);
                 }
-                interruptible_rows_product(grads.w_hh, dzhc.transpose(), h_prev.topRows(chunk_rows), true);
+                chunk_product(grads.w_hh, dzhc.transpose(), h_prev.topRows(chunk_rows), true);
             }
         }
-        if (dx.rows() != 0) interruptible_rows_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
+        if (dx.rows() != 0) chunk_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
         if (grads.b_ih.size() != 0) {
             // The bias gradients: one sum for cells whose recurrent part shares dz (b_ih's and b_hh's are equal).
             const RowVector<T> sums = row_sum<T>(dzc);
@@ -828,7 +837,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 unprojected.row(r) = (saved.row(base + r).segment(3 * H, H).array() *
                                       aux.row(base + r).array().unaryExpr(TanhOp<T>())).matrix();
             }
-            interruptible_rows_product(grads.w_hr, dh_chunk.topRows(chunk_rows).transpose(), unprojected.topRows(chunk_rows), true);
+            chunk_product(grads.w_hr, dh_chunk.topRows(chunk_rows).transpose(), unprojected.topRows(chunk_rows), true);
         }
     }
 }

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "rnnfast/interrupt.hpp"
 #include "rnnfast/stack.hpp"
 
 namespace {
@@ -845,6 +846,47 @@ TEST(StackBackward, BorrowingCacheAndSkippedDxMatchOwningCache) {
                 EXPECT_EQ(g_nodx[i], g_own[i]) << "parameter " << i;
             }
         }
+    }
+}
+
+// Ctrl-C that comes after the last step of a backward's recurrence stops the call in the products that follow it
+// (weight and input gradients), which poll too: one step here, so the recurrence polls once and the products
+// after it must poll again. Inputs of 512 features make the weight gradients with the steps' register tiles,
+// 4096 (a chunk larger than L2) through Eigen's GEMM.
+TEST(StackBackward, StopsInTheProductsAfterTheRecurrence) {
+    for (const Index I : {512, 4096}) {
+        const Index H = 256, B = 512, S = 1;
+        const StackConfig cfg = make_config(I, H, 1, false, true);
+        std::mt19937 rng(29);
+        const std::vector<double> params = random_params(rng, rnnfast::param_count(cfg), 0.1);
+        const MatD x = random_matrix(rng, S * B, I);
+        MatD output(S * B, H), h_n(B, H);
+        StackCache<double> cache;
+        rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, MatD(0, H), MatD(0, H), output, h_n, &cache);
+
+        struct Polls {
+            int count = 0;
+            int stop_from = std::numeric_limits<int>::max();
+        };
+        const auto backward = [&](Polls& polls) {
+            // Polls at every look at the clock (interval 0); stops from the `stop_from`-th.
+            const rnnfast::InterruptScope::Poll poll = [](void* context) {
+                Polls* p = static_cast<Polls*>(context);
+                return ++p->count >= p->stop_from;
+            };
+            rnnfast::InterruptScope scope(poll, &polls, 0);
+            const MatD d_output = MatD::Ones(S * B, H);
+            MatD dx(S * B, I), dh0(B, H);
+            std::vector<double> grads(params.size(), 0.0);
+            rnnfast::stack_backward<double>(cfg, params.data(), cache, d_output, MatD(0, H), dx, dh0, grads.data());
+        };
+        Polls all;
+        backward(all);
+        ASSERT_GE(all.count, 2) << "I=" << I << ": the products after the recurrence's one step did not poll";
+        Polls stop;
+        stop.stop_from = 2;
+        EXPECT_THROW(backward(stop), rnnfast::Interrupted) << "I=" << I;
+        EXPECT_EQ(stop.count, 2) << "I=" << I;
     }
 }
 
