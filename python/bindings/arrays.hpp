@@ -184,10 +184,10 @@ inline bool poll_python(void* context) {
 
 // Runs `work` (pure C++: no Python objects) without the GIL, stopping it early when a signal handler raises
 // (Ctrl-C), and rethrows what it threw once the GIL is back: a pending Python error first. A signal that came
-// after the work's last poll raises here too, before the caller commits anything (adds a backward's gradients
-// into `grads`): otherwise Python would raise it just after the call returned, with its changes made. Not an
-// RAII guard, unlike py::gil_scoped_release: taking the GIL back may end the thread with a forced unwind, which
-// must not start in a destructor (noexcept: std::terminate).
+// after the last poll of work that succeeded raises here too, before the caller commits anything (adds a
+// backward's gradients into `grads`): otherwise Python would raise it just after the call returned, with its
+// changes made. Not an RAII guard, unlike py::gil_scoped_release: taking the GIL back may end the thread with a
+// forced unwind, which must not start in a destructor (noexcept: std::terminate).
 template <class Work>
 void without_gil(Work&& work) {
     GilPoll poll{nullptr, PyThread_get_thread_ident() == main_thread_ident()};
@@ -206,7 +206,7 @@ void without_gil(Work&& work) {
     }
     if (interpreter_finalizing()) park_forever();
     take_gil_or_park(state);
-    if (!PyErr_Occurred() && poll.main_thread) PyErr_CheckSignals();
+    if (!error && !PyErr_Occurred() && poll.main_thread) PyErr_CheckSignals();
     if (PyErr_Occurred()) throw py::error_already_set();  // e.g. the KeyboardInterrupt that stopped the work
     if (error) std::rethrow_exception(error);
 }
