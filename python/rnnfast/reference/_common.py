@@ -75,3 +75,16 @@ def _canonical_input(x: ArrayLike, dtype: np.dtype[Any], batch_first: bool, inpu
     if xa.shape[2] != input_size:
         raise ValueError(f"x has input size {xa.shape[2]}, weight_ih_l0 expects {input_size}")
     return xa, unbatched
+
+
+def _checked_params(params: Params, shapes: Mapping[str, tuple[int, ...]], dtype: np.dtype[Any]
+                    ) -> dict[str, Array]:
+    """The parameters named in shapes, converted to dtype and checked against their shapes."""
+    p: dict[str, Array] = {}
+    for name, shape in shapes.items():
+        if name not in params:
+            raise KeyError(f"missing parameter {name}")
+        p[name] = np.asarray(params[name], dtype=dtype)
+        if p[name].shape != shape:
+            raise ValueError(f"parameter {name} has shape {p[name].shape}, expected {shape}")
+    return p

@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ._common import (
-    Array, ArrayLike, Cache, Grads, Params, _canonical_input, _check_lengths, _direction_suffixes, _layer_names,
-    _param_dtype, _time_order)
+    Array, ArrayLike, Cache, Grads, Params, _canonical_input, _check_lengths, _checked_params, _direction_suffixes,
+    _layer_names, _param_dtype, _time_order)
 
 
 _NONLINEARITIES = ("tanh", "relu")
@@ -215,13 +215,7 @@ def rnn_forward(x: ArrayLike, params: Params, *, num_layers: int = 1, nonlineari
     input_size = np.shape(params["weight_ih_l0"])[1]
     hidden = np.shape(params["weight_hh_l0"])[0]
     shapes = param_shapes(input_size, hidden, num_layers, bidirectional, bias)
-    p: dict[str, Array] = {}
-    for name, shape in shapes.items():
-        if name not in params:
-            raise KeyError(f"missing parameter {name}")
-        p[name] = np.asarray(params[name], dtype=dtype)
-        if p[name].shape != shape:
-            raise ValueError(f"parameter {name} has shape {p[name].shape}, expected {shape}")
+    p = _checked_params(params, shapes, dtype)
 
     # Bring x to the canonical layout [T, B, I] (time-major, batched).
     x, unbatched = _canonical_input(x, dtype, batch_first, input_size)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from ._common import (
-    Array, ArrayLike, Cache, Grads, Params, _canonical_input, _check_lengths, _direction_suffixes, _param_dtype)
+    Array, ArrayLike, Cache, Grads, Params, _canonical_input, _check_lengths, _checked_params, _direction_suffixes,
+    _param_dtype)
 from ._gated_layer import (
     _check_proj_size, gru_layer_backward, gru_layer_forward, gru_param_shapes, lstm_layer_backward,
     lstm_layer_forward, lstm_param_shapes)
@@ -51,19 +52,6 @@ _LAYER_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 # ---------------------------------------------------------------------------
 # Stacked, maybe bidirectional LSTM / GRU
 # ---------------------------------------------------------------------------
-
-def _checked_params(params: Params, shapes: Mapping[str, tuple[int, ...]], dtype: np.dtype[Any]
-                    ) -> dict[str, Array]:
-    """The parameters named in shapes, converted to dtype and checked against their shapes."""
-    p: dict[str, Array] = {}
-    for name, shape in shapes.items():
-        if name not in params:
-            raise KeyError(f"missing parameter {name}")
-        p[name] = np.asarray(params[name], dtype=dtype)
-        if p[name].shape != shape:
-            raise ValueError(f"parameter {name} has shape {p[name].shape}, expected {shape}")
-    return p
-
 
 def _canonical_state(s: Optional[ArrayLike], name: str, num_states: int, batch: int, size: int, unbatched: bool,
                      dtype: np.dtype[Any]) -> Array:
