@@ -109,14 +109,16 @@ def test_run_structure(quick_results: dict) -> None:
     assert rnnfast.get_num_threads() >= 1
 
 
+def _gemm_measurement(gflops: float, dtype: str = "float32", blas_threads: "int | None" = 2) -> dict:
+    """What ``_measure_gemm`` returns for a machine at ``gflops``."""
+    size = bench.GEMM_SIZE
+    return {"size": size, "dtype": dtype, "median_s": 2 * size ** 3 / gflops / 1e9, "gflops": gflops,
+            "blas_threads": blas_threads}
+
+
 def test_the_gemm_rate_is_the_faster_of_two_measurements_and_the_table_says_when_they_disagree(
         quick_results: dict) -> None:
-    size = bench.GEMM_SIZE
-
-    def measured(gflops: float) -> dict:
-        return {"size": size, "dtype": "float32", "median_s": 2 * size ** 3 / gflops / 1e9, "gflops": gflops,
-                "blas_threads": 2}
-
+    measured = _gemm_measurement
     # A slow spell during the first measurement does not lower the rate % GEMM divides by.
     rate = bench.gemm_rate(measured(80.0), measured(200.0))
     assert rate["gflops"] == 200.0 and rate["median_s"] == measured(200.0)["median_s"]
@@ -143,9 +145,7 @@ def test_percent_of_gemm_divides_by_the_faster_of_the_runs_two_measurements(monk
     rates = iter([80.0, 200.0])
 
     def fake_measure(threads_note, repeat, min_seconds, dtype="float32"):
-        gflops = next(rates)
-        return {"size": bench.GEMM_SIZE, "dtype": dtype, "median_s": 2 * bench.GEMM_SIZE ** 3 / gflops / 1e9,
-                "gflops": gflops, "blas_threads": threads_note}
+        return _gemm_measurement(next(rates), dtype, threads_note)
 
     monkeypatch.setattr(bench.runner, "_measure_gemm", fake_measure)
     r = bench.run(cases=["seed_1layer"], threads=1, repeat=1, quick=True, reference=False, backends=[])

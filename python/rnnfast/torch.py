@@ -1068,9 +1068,8 @@ def benchmark(cases: Optional[Sequence[str]] = None, threads: Optional[int] = No
     from .bench.timing import Timing
 
     results = time_training_steps(cases, threads=threads, timing=Timing(repeat, min_seconds, 0.0, 0.0))
-    keys = ("name", "threads", "torch_ms", "rnnfast_ms", "speedup")
-    return [{**{k: r[k] for k in keys}, "threads": get_num_threads() if threads is None else threads}
-            for r in results]
+    return [{"name": r["name"], "threads": get_num_threads() if threads is None else threads, "torch_ms": r["torch_ms"],
+             "rnnfast_ms": r["rnnfast_ms"], "speedup": r["speedup"]} for r in results]
 
 
 def format_benchmark(results: Sequence[Dict[str, Any]]) -> str:
