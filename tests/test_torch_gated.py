@@ -73,7 +73,7 @@ def _shared(module) -> bool:
     """Whether every parameter is a view of the rnnfast buffer the kernels read."""
     weights = module._rnnfast_weights()
     runner = module._rnnfast_runners[("all", weights[0].dtype)]
-    return all(rt._is_view_of(w, v) for w, v in zip(weights, runner.views))
+    return all(rt._runner._is_view_of(w, v) for w, v in zip(weights, runner.views))
 
 
 def _state(kind, layers, D, batch, proj=0, seed=1, dtype=F64, hidden=H):
@@ -103,7 +103,7 @@ def _leaves(state):
 
 def test_same_classes_constructors_parameters_repr_and_random_draws() -> None:
     for ref_cls, fast_cls in [*STACKS.values(), *CELLS.values()]:
-        assert fast_cls.__mro__[1:3] == (rt._Shared, ref_cls)
+        assert fast_cls.__mro__[1:3] == (rt._modules._Shared, ref_cls)
         assert fast_cls.__name__ in rt.__all__
     lstm_params = list(inspect.signature(rt.LSTM.__init__).parameters.values())[1:]
     assert [(p.name, p.default) for p in lstm_params] == [
@@ -374,13 +374,13 @@ def test_dropout_masks_are_those_torch_dropout_draws(packed, dtype) -> None:
 
 def test_dropout_runs_the_whole_stack_in_one_kernel_call(monkeypatch) -> None:
     calls = []
-    run = rt._FastLSTM._run
+    run = rt._modules._FastLSTM._run
 
     def counting(self, *args):
         calls.append(args[-1] is not None)  # the masks argument
         return run(self, *args)
 
-    monkeypatch.setattr(rt._FastLSTM, "_run", counting)
+    monkeypatch.setattr(rt._modules._FastLSTM, "_run", counting)
     rnn = rt.LSTM(I, H, 3, dropout=0.5)
     x = _randn(T, B, I, dtype=torch.float32).requires_grad_()
     rnn(x)[0].sum().backward()
@@ -496,8 +496,8 @@ def test_ordinary_backward_stays_on_the_kernels(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("PyTorch's implementation ran")
 
-    monkeypatch.setattr(rt, "_torch_stack", refuse)
-    monkeypatch.setattr(rt, "_torch_cell", refuse)
+    monkeypatch.setattr(rt._functions, "_torch_stack", refuse)
+    monkeypatch.setattr(rt._functions, "_torch_cell", refuse)
     lstm, gru = rt.LSTM(I, H, 2, proj_size=P, dtype=F64), rt.GRU(P, H, dtype=F64)
     lstm_cell, gru_cell = rt.LSTMCell(H, H, dtype=F64), rt.GRUCell(H, H, dtype=F64)
     x = _randn(T, B, I).requires_grad_()

@@ -192,8 +192,8 @@ def test_ordinary_backward_stays_on_the_kernels(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("PyTorch's implementation ran")
 
-    monkeypatch.setattr(rt, "_torch_stack", refuse)
-    monkeypatch.setattr(rt, "_torch_cell", refuse)
+    monkeypatch.setattr(rt._functions, "_torch_stack", refuse)
+    monkeypatch.setattr(rt._functions, "_torch_cell", refuse)
     rnn = rt.RNN(I, H, 2, dtype=F64)
     cell = rt.RNNCell(H, H, dtype=F64)
     x = _randn(T, B, I).requires_grad_()

@@ -47,7 +47,7 @@ def _shared(module) -> bool:
     """Whether every parameter is a view of the rnnfast buffer the kernels read."""
     weights = module._rnnfast_weights()
     runner = module._rnnfast_runners[("all", weights[0].dtype)]
-    return all(rt._is_view_of(w, v) for w, v in zip(weights, runner.views))
+    return all(rt._runner._is_view_of(w, v) for w, v in zip(weights, runner.views))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def test_import_rnnfast_does_not_import_or_link_torch() -> None:
 
 def test_inner_import_torch_is_the_real_torch() -> None:
     assert rt.torch is torch
-    assert rt.RNN.__mro__[1:3] == (rt._Shared, torch.nn.RNN)
+    assert rt.RNN.__mro__[1:3] == (rt._modules._Shared, torch.nn.RNN)
     assert issubclass(rt.RNNCell, torch.nn.RNNCell)
 
 
@@ -617,10 +617,10 @@ def test_default_threads_lend_small_calls_only_the_cores_torch_leaves(monkeypatc
     # PyTorch's workers spin after its parallel regions: a small call under rnnfast's default thread count runs on
     # the cores they leave; a count set by the user, or a large call, runs as set.
     caps = []
-    monkeypatch.setattr(rt._core, "num_threads_is_default", lambda: default)
-    monkeypatch.setattr(rt._core, "set_thread_cap", caps.append)
+    monkeypatch.setattr(rt._runner._core, "num_threads_is_default", lambda: default)
+    monkeypatch.setattr(rt._runner._core, "set_thread_cap", caps.append)
     if large:
-        monkeypatch.setattr(rt, "_SHARED_CORES_MAX_WORK", 0)
+        monkeypatch.setattr(rt._runner, "_SHARED_CORES_MAX_WORK", 0)
     saved = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
