@@ -63,21 +63,69 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
 // whole.
 constexpr double kChunkWork = 1 << 29, kChunkElements = 1 << 24;
 
+// Rows per chunk of such a product of `rows` rows, `cols` results and `depth` multiply-adds each.
+inline Index product_chunk_rows(Index rows, Index cols, Index depth, double chunk_work) {
+    const double c = static_cast<double>(std::max<Index>(cols, 1));
+    const double by_work = chunk_work * std::max(1, thread_limit()) / (c * static_cast<double>(std::max<Index>(depth, 1)));
+    const double rows_per_chunk = std::min(by_work, kChunkElements / c);
+    return rows_per_chunk >= static_cast<double>(rows) ? rows
+                                                       : std::max<Index>(64, static_cast<Index>(rows_per_chunk) / 8 * 8);
+}
+
 template <class Dst, class Lhs, class Rhs>
 void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
                                 const typename std::decay_t<Dst>::Scalar* bias = nullptr,
                                 double chunk_work = kChunkWork) {
-    const double cols = static_cast<double>(std::max<Index>(dst.cols(), 1));
-    const double per_row = cols * static_cast<double>(std::max<Index>(lhs.cols(), 1));
-    const double by_work = chunk_work * std::max(1, thread_limit()) / per_row;
-    const double rows_per_chunk = std::min(by_work, kChunkElements / cols);
-    const Index rows = dst.rows();
-    const Index chunk = rows_per_chunk >= static_cast<double>(rows)
-                            ? rows
-                            : std::max<Index>(64, static_cast<Index>(rows_per_chunk) / 8 * 8);
+    const double per_row = static_cast<double>(std::max<Index>(dst.cols(), 1)) * std::max<Index>(lhs.cols(), 1);
+    const Index rows = dst.rows(), chunk = product_chunk_rows(rows, dst.cols(), lhs.cols(), chunk_work);
     for (Index r0 = 0; r0 < rows; r0 += chunk) {
         const Index n = std::min(chunk, rows - r0);
         rows_product(dst.middleRows(r0, n), lhs.middleRows(r0, n), rhs, add, bias);
+        interruption_point(static_cast<double>(n) * per_row);
+    }
+}
+
+// Whether the products by a weight matrix (an input projection, dx) go through the register tiles of the steps'
+// products rather than Eigen's GEMM: in builds with 32 vector registers (AVX-512), where the tiles are 8 rows x 3
+// packets. There, as one thread's share of the grid's projections and dx products (T 100, B 64 and T 50, B 16-32
+// shapes), Eigen's GEMM ran at 61-79 GFLOP/s and the tiles at 81-94, the weight's layout included; with 16
+// registers (AVX2) Eigen's was faster on some of them. A property of the build, never of the call's threads.
+template <class T>
+constexpr bool kTiledWeightProducts = PanelWeights<T>::kTileRows >= 8;
+
+// dst [n, N] = lhs [n, K] * op(W) (or += with `add`; with `bias`, N values, dst = bias + lhs * op(W)), where op(W)
+// is W^T for a row-major W [N, K] (`transposed`) or a row-major W [K, N] itself: W laid out once in the panels of
+// the steps' products (PanelWeights), and each thread's rows through the register tiles in blocks whose rows of lhs
+// stay in L2 while every panel reads them. Each element is summed as a step sums it, whatever the split of the rows
+// (and so the same bits at every thread count). In chunks of rows between interruption points, as
+// interruptible_rows_product, with one layout for all of them.
+template <class T, class Dst, class Lhs>
+void weight_rows_product(Dst&& dst, const Lhs& lhs, const ConstMatrixRef<T>& w, bool transposed, bool add,
+                         const T* bias = nullptr, double chunk_work = kChunkWork) {
+    const Index rows = dst.rows(), cols = dst.cols(), depth = lhs.cols();
+    if (rows == 0 || cols == 0 || (add && depth == 0)) return;
+    PanelWeights<T> panels;
+    if (transposed) {
+        panels.template pack<Eigen::RowMajor>(w.data(), w.outerStride(), cols, depth);
+    } else {
+        panels.template pack<Eigen::ColMajor>(w.data(), w.outerStride(), cols, depth);
+    }
+    const RowVector<T> zeros = add || bias != nullptr ? RowVector<T>() : RowVector<T>(RowVector<T>::Zero(cols));
+    const T* start = add ? nullptr : (bias != nullptr ? bias : zeros.data());
+    const Index row_bytes = std::max<Index>(depth, 1) * static_cast<Index>(sizeof(T));
+    const Index block = std::max<Index>(8, static_cast<Index>(Eigen::l2CacheSize()) / 2 / row_bytes / 8 * 8);
+    const double per_row = static_cast<double>(cols) * static_cast<double>(std::max<Index>(depth, 1));
+    const Index chunk = product_chunk_rows(rows, cols, depth, chunk_work);
+    for (Index c0 = 0; c0 < rows; c0 += chunk) {
+        const Index n = std::min(chunk, rows - c0);
+        parallel(threads_for(static_cast<double>(n) * per_row, kMinProductWork), [&](int k, int parts) {
+            const Index r1 = c0 + split(n, k + 1, parts, 8);
+            Buffer<T> scratch;  // the tiles' accumulators between depth blocks
+            for (Index r = c0 + split(n, k, parts, 8); r < r1; r += block) {
+                panels.multiply_add(lhs.data() + r * lhs.outerStride(), lhs.outerStride(), std::min(block, r1 - r),
+                                    dst.data() + r * dst.outerStride(), dst.outerStride(), 0, false, start, scratch);
+            }
+        });
         interruption_point(static_cast<double>(n) * per_row);
     }
 }
@@ -309,7 +357,11 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
                               : RowVector<T>();
     if (!project_in_steps) {
         // The input projection of every step at once; the recurrence then only adds h_{t-1} W_hh^T.
-        interruptible_rows_product(z, x, wt.w_ih.transpose(), false, bias.data());
+        if constexpr (kTiledWeightProducts<T>) {
+            weight_rows_product<T>(z, x, wt.w_ih, true, false, bias.data());
+        } else {
+            interruptible_rows_product(z, x, wt.w_ih.transpose(), false, bias.data());
+        }
     }
     if (T_ == 0 || steps.rows() == 0) return;
     const Index B = steps.batch();
@@ -824,7 +876,14 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 chunk_product(grads.w_hh, dzhc.transpose(), h_prev.topRows(chunk_rows), true);
             }
         }
-        if (dx.rows() != 0) chunk_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
+        if (dx.rows() != 0) {
+            if constexpr (kTiledWeightProducts<T>) {
+                weight_rows_product<T>(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, false, true, nullptr,
+                                       kBackwardProductWork);
+            } else {
+                chunk_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
+            }
+        }
         if (grads.b_ih.size() != 0) {
             // The bias gradients: one sum for cells whose recurrent part shares dz (b_ih's and b_hh's are equal).
             const RowVector<T> sums = row_sum<T>(dzc);

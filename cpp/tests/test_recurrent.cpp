@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "cells.hpp"
@@ -85,6 +86,57 @@ TEST(RecurrentForward, ProjectionAheadGivesTheOneThreadBitsInBothDirections) {
                 const Matrix<float> many = lstm_forward(m, reverse, threads, gate_rows);
                 EXPECT_TRUE(many == one) << "reverse " << reverse << ", gate rows " << gate_rows << ", threads "
                                          << threads;
+            }
+        }
+    }
+}
+
+
+// weight_rows_product against a double product, for both forms of the weight, each start of the rows (zeros, a bias,
+// what dst held), widths that end in a partial packet, a depth of several blocks and chunks of rows between
+// interruption points; and the same bits at every thread count.
+TEST(WeightRowsProduct, MatchesTheProductAndItsBitsDoNotDependOnThreads) {
+    std::mt19937 gen(11);
+    std::normal_distribution<double> normal;
+    const auto random = [&](Index rows, Index cols) {
+        Matrix<double> m(rows, cols);
+        for (Index i = 0; i < m.size(); ++i) m.data()[i] = normal(gen);
+        return m;
+    };
+    for (const auto& [n, cols, depth] : {std::tuple<Index, Index, Index>{1, 1, 1}, {37, 5, 3}, {300, 80, 100},
+                                         {129, 70, 600}, {1000, 33, 17}}) {
+        const Matrix<double> lhs = random(n, depth), w = random(cols, depth), start = random(n, cols);
+        const Eigen::Matrix<double, 1, Eigen::Dynamic> bias = random(1, cols);
+        const Matrix<float> lhs_f = lhs.cast<float>(), w_f = w.cast<float>(), wt_f = w_f.transpose(),
+                            start_f = start.cast<float>();
+        const Eigen::Matrix<float, 1, Eigen::Dynamic> bias_f = bias.cast<float>();
+        const Matrix<double> product = lhs_f.cast<double>() * w_f.cast<double>().transpose();
+        for (int transposed = 0; transposed < 2; ++transposed) {
+            for (int how = 0; how < 3; ++how) {  // dst = product, bias + product, dst + product
+                const bool add = how == 2;
+                Matrix<double> want = product;
+                if (how == 1) want.rowwise() += bias_f.cast<double>();
+                if (add) want += start_f.cast<double>();
+                Matrix<float> first;
+                for (int threads : {1, 2, 3}) {
+                    // A chunk of at least 64 rows per ~2^12 multiply-adds a thread: several chunks for the larger.
+                    for (double chunk_work : {rnnfast::detail::kChunkWork, 4096.0}) {
+                        Matrix<float> dst = start_f;
+                        const int before = rnnfast::get_num_threads();
+                        rnnfast::set_num_threads(threads);
+                        rnnfast::detail::weight_rows_product<float>(dst, lhs_f, transposed ? w_f : wt_f,
+                                                                    transposed != 0, add,
+                                                                    how == 1 ? bias_f.data() : nullptr, chunk_work);
+                        rnnfast::set_num_threads(before);
+                        const double scale = 1.0 + want.cwiseAbs().maxCoeff();
+                        EXPECT_LE((dst.cast<double>() - want).cwiseAbs().maxCoeff(),
+                                  1e-6 * scale * std::sqrt(double(depth)))
+                            << n << "x" << cols << "x" << depth << " transposed " << transposed << " how " << how;
+                        if (first.size() == 0) first = dst;
+                        EXPECT_TRUE(dst == first) << n << "x" << cols << "x" << depth << " transposed " << transposed
+                                                  << " how " << how << " threads " << threads;
+                    }
+                }
             }
         }
     }
