@@ -580,14 +580,18 @@ RowVector<T> row_sum(const M& m) {
 // Bytes of a chunk's dz (and of its inputs, and of its states) up to which its weight gradients are made with
 // PanelWeights' transposed product rather than Eigen's GEMM, as a multiple of L2: a share of dz that stays in L2
 // (T50 B16 H128, per thread at two threads: dW_hh 1.14x, dW_ih 1.26x, bench_kernels' weight_gradient); over several
-// L2-sized blocks of rows Eigen's was level or faster. A property of the call (never of the thread count), so that
-// every setting computes the same bits.
+// L2-sized blocks of rows Eigen's was level or faster with 16 vector registers. With 32 (kTiledWeightProducts) the
+// tiles win at every size (Zen 4, weight_gradient: 85-94 GFLOP/s against Eigen's 64-71, M1024 N512 K1600
+// included; train steps of the big and bidir2 LSTMs 1.15-1.19x, GRUs 1.06-1.15x, Elman level), so every chunk
+// takes them there. A property of the call and the build (never of the thread count), so that every setting
+// computes the same bits.
 constexpr double kPanelGradientL2s = 2;
 
 // (Internal linkage, as gemm.hpp's packing buffers: each module keeps its own.)
 namespace {
 // This thread's layout of a weight gradient's right-hand side, kept for the next call: a few times L2 at most, as
-// the chunks that use it are bounded (kPanelGradientL2s).
+// the chunks that use it are bounded (kPanelGradientL2s), or with kTiledWeightProducts a chunk's inputs or states
+// (stack.cpp: chunks of up to kBackwardChunkRows rows).
 template <class T>
 PanelWeights<T>& gradient_panels() {
     thread_local PanelWeights<T> panels;
@@ -824,6 +828,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         // (The chunk's inputs and states are laid out too, in a block each thread keeps: as bounded as dz.)
         const double panel_bytes = kPanelGradientL2s * static_cast<double>(Eigen::l2CacheSize());
         const bool own_gradients =
+            kTiledWeightProducts<T> ||
             static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * G * H <= panel_bytes &&
             static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * std::max(x.cols(), P) <= panel_bytes;
         // The state before each row's step (dW_hh pairs it with the row's dz): h0, or zeros, where an item starts,
