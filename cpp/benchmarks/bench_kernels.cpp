@@ -14,6 +14,7 @@
 
 #include "gemm.hpp"
 #include "packed_product.hpp"
+#include "recurrent.hpp"
 #include "workspace.hpp"
 #include "rnnfast/checksum.hpp"
 #include "rnnfast/config.hpp"
@@ -345,6 +346,40 @@ void weight_gradient(benchmark::State& state) {
 }
 
 // Per thread at two threads: LSTM mid (dW_ih, dW_hh of 800 rows), LSTM big H256 and H512 (chunks of 1600 rows).
+// A product by a weight matrix as a layer makes it, dst [M, N] = lhs [M, K] * op(W), at the benchmark's threads:
+// Args M, K, N, T: 1 the input projection (op(W) = W_ih^T, W_ih [N, K]), 0 dx (op(W) = W_ih [K, N]); E: 0 Eigen's
+// GEMM split by rows (interruptible_rows_product), 1 the register tiles (weight_rows_product), which the driver
+// uses in builds with 32 vector registers (kTiledWeightProducts).
+void weight_product(benchmark::State& state) {
+    const Index M = state.range(0), K = state.range(1), N = state.range(2);
+    const bool transposed = state.range(3) != 0, tiles = state.range(4) != 0;
+    std::mt19937 gen(7);
+    const Matrix lhs = random_matrix(M, K, gen), w = transposed ? random_matrix(N, K, gen) : random_matrix(K, N, gen);
+    Matrix dst = Matrix::Zero(M, N);
+    for (auto _ : state) {
+        if (tiles) {
+            rnnfast::detail::weight_rows_product<float>(dst, lhs, w, transposed, false);
+        } else if (transposed) {
+            rnnfast::detail::interruptible_rows_product(dst, lhs, w.transpose(), false);
+        } else {
+            rnnfast::detail::interruptible_rows_product(dst, lhs, w, false);
+        }
+        benchmark::DoNotOptimize(dst.data());
+        benchmark::ClobberMemory();
+    }
+    set_flops(state, 2.0 * M * K * N);
+}
+
+// The projections and dx of the LSTM big cases and of a bidir2 layer (T 50, B 32: 1600 rows).
+void weight_product_grid(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"M", "K", "N", "T", "E"});
+    for (const std::vector<int64_t>& c : {std::vector<int64_t>{6400, 256, 1024, 1}, {6400, 1024, 256, 0},
+                                          {6400, 512, 2048, 1}, {6400, 2048, 512, 0}, {1600, 128, 512, 1},
+                                          {1600, 512, 128, 0}}) {
+        for (int64_t how : {0, 1}) b->Args({c[0], c[1], c[2], c[3], how});
+    }
+}
+
 void weight_gradient_grid(benchmark::internal::Benchmark* b) {
     b->ArgNames({"M", "N", "K", "E"});
     for (const std::vector<int64_t>& c : {std::vector<int64_t>{256, 64, 800}, {256, 128, 800}, {512, 256, 1600},
@@ -440,6 +475,7 @@ BENCHMARK_TEMPLATE(step_product, float)->Apply(step_product_grid);
 BENCHMARK_TEMPLATE(step_product, double)->Apply(step_product_f64_grid);
 BENCHMARK(eigen_product)->Apply(product_grid);
 BENCHMARK(weight_gradient)->Apply(weight_gradient_grid);
+BENCHMARK(weight_product)->Apply(weight_product_grid);
 
 }  // namespace
 

@@ -87,9 +87,9 @@ void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool 
 
 // Whether the products by a weight matrix (an input projection, dx) go through the register tiles of the steps'
 // products rather than Eigen's GEMM: in builds with 32 vector registers (AVX-512), where the tiles are 8 rows x 3
-// packets. There, as one thread's share of the grid's projections and dx products (T 100, B 64 and T 50, B 16-32
-// shapes), Eigen's GEMM ran at 61-79 GFLOP/s and the tiles at 81-94, the weight's layout included; with 16
-// registers (AVX2) Eigen's was faster on some of them. A property of the build, never of the call's threads.
+// packets. There, on the grid's projection and dx shapes (bench_kernels' weight_product), Eigen's GEMM ran at 61-79
+// GFLOP/s a thread and the tiles at 81-94, the weight's layout included; with 16 registers (AVX2) Eigen's was
+// faster on some of them. A property of the build, never of the call's threads.
 template <class T>
 constexpr bool kTiledWeightProducts = PanelWeights<T>::kTileRows >= 8;
 
@@ -829,8 +829,8 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         const double panel_bytes = kPanelGradientL2s * static_cast<double>(Eigen::l2CacheSize());
         const bool own_gradients =
             kTiledWeightProducts<T> ||
-            static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * G * H <= panel_bytes &&
-            static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * std::max(x.cols(), P) <= panel_bytes;
+            (static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * G * H <= panel_bytes &&
+             static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * std::max(x.cols(), P) <= panel_bytes);
         // The state before each row's step (dW_hh pairs it with the row's dz): h0, or zeros, where an item starts,
         // hs elsewhere. Full batches on Eigen's path take hs's rows as they lie instead.
         if (own_gradients || !steps.is_uniform()) {
