@@ -65,6 +65,8 @@ def test_import_rnnfast_does_not_import_or_link_torch() -> None:
 
 def test_inner_import_torch_is_the_real_torch() -> None:
     assert rt.torch is torch
+    for part in (rt._runner, rt._functions, rt._modules, rt._convert):  # the package is itself named torch
+        assert part.torch is torch, part.__name__
     assert rt.RNN.__mro__[1:3] == (rt._modules._Shared, torch.nn.RNN)
     assert issubclass(rt.RNNCell, torch.nn.RNNCell)
 
