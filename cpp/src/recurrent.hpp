@@ -40,16 +40,23 @@ constexpr double kMinStepWork = 1 << 16;
 // Items per thread below which the recurrence is split by bands of units instead.
 constexpr Index kMinItemRows = 8;
 
+// Rows [0, rows) of a product of `work` multiply-adds split across the threads it is worth: f(r0, r1) for each
+// thread's rows (none for a thread left without any).
+template <class F>
+void parallel_rows(Index rows, double work, F&& f) {
+    parallel(threads_for(work, kMinProductWork), [&](int k, int parts) {
+        const Index r0 = split(rows, k, parts, 8), r1 = split(rows, k + 1, parts, 8);
+        if (r1 > r0) f(r0, r1);
+    });
+}
+
 // dst = lhs * rhs (or += with `add`), the rows of dst split across threads (gemm.hpp: Eigen's GEMM over packing
 // buffers that persist per thread). With `bias` (dst.cols() values), dst = bias + lhs * rhs in every row: each
 // thread starts its rows from it (one pass over dst, where zeroing and adding it after would be two).
 template <class Dst, class Lhs, class Rhs>
 void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
                   const typename std::decay_t<Dst>::Scalar* bias = nullptr) {
-    const int threads = threads_for(static_cast<double>(dst.rows()) * dst.cols() * lhs.cols(), kMinProductWork);
-    parallel(threads, [&](int k, int parts) {
-        const Index r0 = split(dst.rows(), k, parts, 8), r1 = split(dst.rows(), k + 1, parts, 8);
-        if (r1 <= r0) return;
+    parallel_rows(dst.rows(), static_cast<double>(dst.rows()) * dst.cols() * lhs.cols(), [&](Index r0, Index r1) {
         if (bias != nullptr) {
             for (Index r = r0; r < r1; ++r) std::copy(bias, bias + dst.cols(), &dst.coeffRef(r, 0));
         }
@@ -63,26 +70,30 @@ void rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
 // whole.
 constexpr double kChunkWork = 1 << 29, kChunkElements = 1 << 24;
 
-// Rows per chunk of such a product of `rows` rows, `cols` results and `depth` multiply-adds each.
-inline Index product_chunk_rows(Index rows, Index cols, Index depth, double chunk_work) {
+// The chunks of rows of such a product of `rows` rows, `cols` results and `depth` multiply-adds each: f(r0, n) for
+// rows [r0, r0 + n), an interruption point after each.
+template <class F>
+void interruptible_row_chunks(Index rows, Index cols, Index depth, double chunk_work, F&& f) {
     const double c = static_cast<double>(std::max<Index>(cols, 1));
-    const double by_work = chunk_work * std::max(1, thread_limit()) / (c * static_cast<double>(std::max<Index>(depth, 1)));
-    const double rows_per_chunk = std::min(by_work, kChunkElements / c);
-    return rows_per_chunk >= static_cast<double>(rows) ? rows
-                                                       : std::max<Index>(64, static_cast<Index>(rows_per_chunk) / 8 * 8);
+    const double per_row = c * static_cast<double>(std::max<Index>(depth, 1));
+    const double rows_per_chunk = std::min(chunk_work * std::max(1, thread_limit()) / per_row, kChunkElements / c);
+    const Index chunk = rows_per_chunk >= static_cast<double>(rows)
+                            ? rows
+                            : std::max<Index>(64, static_cast<Index>(rows_per_chunk) / 8 * 8);
+    for (Index r0 = 0; r0 < rows; r0 += chunk) {
+        const Index n = std::min(chunk, rows - r0);
+        f(r0, n);
+        interruption_point(static_cast<double>(n) * per_row);
+    }
 }
 
 template <class Dst, class Lhs, class Rhs>
 void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool add,
                                 const typename std::decay_t<Dst>::Scalar* bias = nullptr,
                                 double chunk_work = kChunkWork) {
-    const double per_row = static_cast<double>(std::max<Index>(dst.cols(), 1)) * std::max<Index>(lhs.cols(), 1);
-    const Index rows = dst.rows(), chunk = product_chunk_rows(rows, dst.cols(), lhs.cols(), chunk_work);
-    for (Index r0 = 0; r0 < rows; r0 += chunk) {
-        const Index n = std::min(chunk, rows - r0);
+    interruptible_row_chunks(dst.rows(), dst.cols(), lhs.cols(), chunk_work, [&](Index r0, Index n) {
         rows_product(dst.middleRows(r0, n), lhs.middleRows(r0, n), rhs, add, bias);
-        interruption_point(static_cast<double>(n) * per_row);
-    }
+    });
 }
 
 // Whether the products by a weight matrix (an input projection, dx) go through the register tiles of the steps'
@@ -93,41 +104,49 @@ void interruptible_rows_product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool 
 template <class T>
 constexpr bool kTiledWeightProducts = PanelWeights<T>::kTileRows >= 8;
 
-// dst [n, N] = lhs [n, K] * op(W) (or += with `add`; with `bias`, N values, dst = bias + lhs * op(W)), where op(W)
-// is W^T for a row-major W [N, K] (`transposed`) or a row-major W [K, N] itself: W laid out once in the panels of
-// the steps' products (PanelWeights), and each thread's rows through the register tiles in blocks whose rows of lhs
-// stay in L2 while every panel reads them. Each element is summed as a step sums it, whatever the split of the rows
-// (and so the same bits at every thread count). In chunks of rows between interruption points, as
-// interruptible_rows_product, with one layout for all of them.
+// A weight matrix laid out for weight_rows_product: op(W) [K, N] is W^T for a row-major W [N, K] (`transposed`) or
+// a row-major W [K, N] itself, in the panels of the steps' products (PanelWeights' A is W [N, K]).
+template <class T>
+void pack_weight(PanelWeights<T>& panels, const ConstMatrixRef<T>& w, bool transposed) {
+    if (transposed) {
+        panels.template pack<Eigen::RowMajor>(w.data(), w.outerStride(), w.rows(), w.cols());
+    } else {
+        panels.template pack<Eigen::ColMajor>(w.data(), w.outerStride(), w.cols(), w.rows());
+    }
+}
+
+// dst [n, N] = lhs [n, K] * op(W) (or += with `add`; with `bias`, N values, dst = bias + lhs * op(W)), op(W) laid
+// out by pack_weight (once for every product by the same weight): each thread's rows through the register tiles in
+// blocks whose rows of lhs stay in L2 while every panel reads them. Each element is summed as a step sums it,
+// whatever the split of the rows (and so the same bits at every thread count). In chunks of rows between
+// interruption points, as interruptible_rows_product.
 template <class T, class Dst, class Lhs>
-void weight_rows_product(Dst&& dst, const Lhs& lhs, const ConstMatrixRef<T>& w, bool transposed, bool add,
-                         const T* bias = nullptr, double chunk_work = kChunkWork) {
+void weight_rows_product(Dst&& dst, const Lhs& lhs, const PanelWeights<T>& panels, bool add, const T* bias = nullptr,
+                         double chunk_work = kChunkWork) {
     const Index rows = dst.rows(), cols = dst.cols(), depth = lhs.cols();
     if (rows == 0 || cols == 0 || (add && depth == 0)) return;
-    PanelWeights<T> panels;
-    if (transposed) {
-        panels.template pack<Eigen::RowMajor>(w.data(), w.outerStride(), cols, depth);
-    } else {
-        panels.template pack<Eigen::ColMajor>(w.data(), w.outerStride(), cols, depth);
-    }
     const RowVector<T> zeros = add || bias != nullptr ? RowVector<T>() : RowVector<T>(RowVector<T>::Zero(cols));
     const T* start = add ? nullptr : (bias != nullptr ? bias : zeros.data());
     const Index row_bytes = std::max<Index>(depth, 1) * static_cast<Index>(sizeof(T));
     const Index block = std::max<Index>(8, static_cast<Index>(Eigen::l2CacheSize()) / 2 / row_bytes / 8 * 8);
-    const double per_row = static_cast<double>(cols) * static_cast<double>(std::max<Index>(depth, 1));
-    const Index chunk = product_chunk_rows(rows, cols, depth, chunk_work);
-    for (Index c0 = 0; c0 < rows; c0 += chunk) {
-        const Index n = std::min(chunk, rows - c0);
-        parallel(threads_for(static_cast<double>(n) * per_row, kMinProductWork), [&](int k, int parts) {
-            const Index r1 = c0 + split(n, k + 1, parts, 8);
+    interruptible_row_chunks(rows, cols, depth, chunk_work, [&](Index c0, Index n) {
+        parallel_rows(n, static_cast<double>(n) * cols * depth, [&](Index r0, Index r1) {
             Buffer<T> scratch;  // the tiles' accumulators between depth blocks
-            for (Index r = c0 + split(n, k, parts, 8); r < r1; r += block) {
-                panels.multiply_add(lhs.data() + r * lhs.outerStride(), lhs.outerStride(), std::min(block, r1 - r),
+            for (Index r = c0 + r0; r < c0 + r1; r += block) {
+                panels.multiply_add(lhs.data() + r * lhs.outerStride(), lhs.outerStride(), std::min(block, c0 + r1 - r),
                                     dst.data() + r * dst.outerStride(), dst.outerStride(), 0, false, start, scratch);
             }
         });
-        interruption_point(static_cast<double>(n) * per_row);
-    }
+    });
+}
+
+// The same, laying out W for this one product.
+template <class T, class Dst, class Lhs>
+void weight_rows_product(Dst&& dst, const Lhs& lhs, const ConstMatrixRef<T>& w, bool transposed, bool add,
+                         const T* bias = nullptr, double chunk_work = kChunkWork) {
+    PanelWeights<T> panels;
+    pack_weight(panels, w, transposed);
+    weight_rows_product<T>(std::forward<Dst>(dst), lhs, panels, add, bias, chunk_work);
 }
 
 // Multiply-adds of one step from which a split by bands beats one by items: each thread then streams only its
@@ -621,8 +640,7 @@ void chunk_gradients(std::initializer_list<ChunkGradient<T>> products, Index row
         work = std::max(work, static_cast<double>(p.dst->rows()) * p.dst->cols() * rows);
         m = std::max(m, p.dst->rows());
     }
-    parallel(threads_for(work, kMinProductWork), [&](int k, int parts) {
-        const Index r0 = split(m, k, parts, 8), r1 = split(m, k + 1, parts, 8);
+    parallel_rows(m, work, [&](Index r0, Index r1) {
         for (const ChunkGradient<T>& p : products) {
             const Index end = std::min(r1, p.dst->rows());
             if (end <= r0) continue;
@@ -692,6 +710,9 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
     std::vector<const T*> x_rows, h_rows;  // pointers to a chunk's rows of x and to their previous states
     const RowVector<T> zero_state = RowVector<T>::Zero(P);
     RowMatrix<T> dh_chunk(proj ? dz.rows() : 0, P), unprojected(proj ? dz.rows() : 0, H), d_unprojected(proj ? B : 0, H);
+    // W_ih laid out once for every chunk's dX (kTiledWeightProducts).
+    PanelWeights<T> w_ih_panels;
+    if (kTiledWeightProducts<T> && dx.rows() != 0) pack_weight<T>(w_ih_panels, wt.w_ih, false);
     int threads = threads_for(static_cast<double>(B) * G * H * P, kMinStepWork);
     // (A projected LSTM mixes the units after the cell: items only.)
     RecurrenceSplit split(steps, threads, proj ? 0.0 : static_cast<double>(B) * G * H * P);
@@ -883,7 +904,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         }
         if (dx.rows() != 0) {
             if constexpr (kTiledWeightProducts<T>) {
-                weight_rows_product<T>(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, false, true, nullptr,
+                weight_rows_product<T>(dx.middleRows(base, chunk_rows), dzc, w_ih_panels, true, nullptr,
                                        kBackwardProductWork);
             } else {
                 chunk_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);

@@ -91,7 +91,6 @@ TEST(RecurrentForward, ProjectionAheadGivesTheOneThreadBitsInBothDirections) {
     }
 }
 
-
 // weight_rows_product against a double product, for both forms of the weight, each start of the rows (zeros, a bias,
 // what dst held), widths that end in a partial packet, a depth of several blocks and chunks of rows between
 // interruption points; and the same bits at every thread count.
