@@ -17,6 +17,7 @@ import rnnfast
 from rnnfast import reference as ref
 
 THREADS = 8
+SANITIZED = bool(os.environ.get("RNNFAST_SANITIZED")) or "asan" in os.environ.get("LD_PRELOAD", "")
 
 
 def _bitwise(a: np.ndarray, b: np.ndarray) -> bool:
@@ -332,3 +333,58 @@ def test_oversubscription_can_be_asked_for() -> None:
         counts.append(int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                          env=env, timeout=120).stdout))
     assert counts[0] >= counts[1] + 11 - (os.cpu_count() or 1), counts  # the pool grew to 11 workers
+
+
+_REFUSED_THREADS_SCRIPT = """
+import os, resource
+import numpy as np
+import rnnfast
+
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((50, 16, 64)).astype(np.float32)
+target = rng.standard_normal((50, 16, 128)).astype(np.float32)
+models = [cls(64, 128, seed=0) for cls in (rnnfast.RNN, rnnfast.LSTM, rnnfast.GRU)]
+
+def run(model):
+    model.zero_grad()
+    out, state, cache = model.forward(x, return_cache=True)
+    model.backward(cache, out - target)
+    states = state if isinstance(state, tuple) else (state,)
+    return [out, *states, *(g.copy() for g in model.grads.values())]
+
+rnnfast.set_num_threads(1)
+serial = [run(m) for m in models]  # no worker started yet
+before = tasks()
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+in_use = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+# Room for the calls' arrays, none for a thread's stack: the system refuses new threads.
+resource.setrlimit(resource.RLIMIT_AS, (in_use + (4 << 20), hard))
+rnnfast.set_num_threads(2)
+refused = [run(m) for m in models]
+during = tasks()
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+lifted = [run(m) for m in models]
+after = tasks()
+same = lambda a, b: all(np.array_equal(p, q) for p, q in zip(a, b))
+print(all(map(same, serial, refused)), all(map(same, serial, lifted)), before, during, after)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="limits the address space (RLIMIT_AS), counts threads in /proc")
+@pytest.mark.skipif(SANITIZED, reason="AddressSanitizer's shadow memory reserves terabytes: RLIMIT_AS cannot bound it")
+def test_a_call_survives_the_system_refusing_threads_and_the_pool_grows_once_it_allows_them() -> None:
+    # A container's or a process's limit on threads (or no memory for a stack) made every multi-threaded call raise
+    # "RuntimeError: Resource temporarily unavailable", call after call. The call now runs on the calling thread,
+    # with the bits of one thread; once threads can be made again, the pool makes them.
+    import subprocess
+
+    env = dict(os.environ, RNNFAST_OVERSUBSCRIBE="1")  # two threads even on a one-CPU machine
+    out = subprocess.run([sys.executable, "-c", _REFUSED_THREADS_SCRIPT], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    refused_same, lifted_same, before, during, after = out.stdout.split()
+    assert refused_same == "True" and lifted_same == "True", out.stdout
+    assert int(after) > int(during), out.stdout  # the pool's worker, once the limit was lifted

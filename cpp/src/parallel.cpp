@@ -10,6 +10,8 @@
 #include <string>
 #include <utility>
 #include <mutex>
+#include <new>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -53,7 +55,11 @@ public:
             body(0, 1);
             return;
         }
-        grow(threads - 1);
+        if (!grow(threads - 1)) {  // the system refused a thread: this job on the calling thread alone
+            busy.unlock();
+            body(0, 1);
+            return;
+        }
         body_ = &body;
         parts_ = threads;
         scope_ = current_interrupt_scope();
@@ -87,14 +93,24 @@ private:
     }
     static void forget_in_child() { pool_slot().store(nullptr, std::memory_order_release); }
 
-    void grow(int workers) {
+    // Workers up to `workers`; false when the system refuses a new thread (a limit on a process's or a container's
+    // threads, no memory for a stack), which a call must survive: the pool keeps those it has, and tries again
+    // at the next job that needs more (a limit can be lifted).
+    bool grow(int workers) {
         while (static_cast<int>(workers_.size()) < workers) {
             const int index = static_cast<int>(workers_.size()) + 1;
             // The generation before the job being started, read here: the thread may start after it is bumped.
             const unsigned seen = generation_.load(std::memory_order_acquire);
-            workers_.emplace_back([this, index, seen] { work(index, seen); });
+            try {
+                workers_.emplace_back([this, index, seen] { work(index, seen); });
+            } catch (const std::system_error&) {
+                return false;
+            } catch (const std::bad_alloc&) {
+                return false;
+            }
             workers_.back().detach();
         }
+        return true;
     }
 
     void work(int index, unsigned seen) {

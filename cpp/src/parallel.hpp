@@ -55,7 +55,8 @@ inline int threads_for(double work, double min_work) {
 }
 
 // Runs body(k, parts) for k in [0, parts) on the pool, the caller taking k = 0, and returns when all are done.
-// parts is `threads`, or 1 when the pool is busy with another caller's job (the body then does all the work).
+// parts is `threads`, or 1 when the pool is busy with another caller's job or the system refuses the threads it
+// lacks (the body then does all the work).
 void run_parallel(int threads, const std::function<void(int, int)>& body);
 
 template <class Body>

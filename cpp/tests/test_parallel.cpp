@@ -3,9 +3,15 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdio>
 #include <new>
 #include <stdexcept>
 #include <thread>
+
+#include <dirent.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "parallel.hpp"
 #include "rnnfast/config.hpp"
@@ -60,7 +66,89 @@ TEST_F(ParallelJobs, FirstErrorKeepsTheFirstException) {
     }
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define RNNFAST_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RNNFAST_TEST_ASAN 1
+#endif
+#endif
+
+// The threads of this process (Linux: /proc/self/task), -1 where that cannot be read.
+int task_count() {
+    DIR* dir = opendir("/proc/self/task");
+    if (dir == nullptr) return -1;
+    int count = 0;
+    while (const dirent* entry = readdir(dir)) count += entry->d_name[0] != '.';
+    closedir(dir);
+    return count;
+}
+
+// What the child of the test below found: 0 as expected, else the first check that failed.
+int refused_threads_child() {
+    int calls = 0, parts_seen = 0;
+    std::atomic<int> done{0};
+    const auto job = [&](int k, int parts) {
+        if (k == 0) {
+            ++calls;
+            parts_seen = parts;
+        }
+        done.fetch_add(1);
+    };
+    const int before = task_count();
+    rlimit limit{};
+    if (getrlimit(RLIMIT_AS, &limit) != 0) return 10;
+    const rlimit original = limit;
+    long pages = 0;
+    if (FILE* statm = std::fopen("/proc/self/statm", "r")) {
+        if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
+        std::fclose(statm);
+    }
+    if (pages <= 0) return 11;
+    // Room for small allocations, none for a thread's stack.
+    limit.rlim_cur = static_cast<rlim_t>(pages) * static_cast<rlim_t>(sysconf(_SC_PAGESIZE)) + (1 << 20);
+    if (setrlimit(RLIMIT_AS, &limit) != 0) return 12;
+    try {
+        rnnfast::detail::run_parallel(3, job);
+    } catch (...) {
+        return 1;  // the bug: the call failed
+    }
+    // One part, on the calling thread. (A worker or two may have been made: the child's C library keeps the
+    // stacks of the parent's threads for new ones.)
+    if (calls != 1 || parts_seen != 1 || done.load() != 1) return 2;
+    if (setrlimit(RLIMIT_AS, &original) != 0) return 13;
+    calls = 0;
+    done = 0;
+    try {
+        rnnfast::detail::run_parallel(3, job);
+    } catch (...) {
+        return 4;
+    }
+    if (parts_seen != 3 || done.load() != 3) return 5;  // the pool grew once it could
+    if (task_count() != before + 2) return 6;  // its two workers
+    return 0;
+}
+
 }  // namespace
+
+// The system refusing a new thread (a limit on a container's threads, no memory for a stack: here a child process
+// whose address space has no room for one) made every parallel call throw std::system_error. The job now runs
+// on the calling thread as one part, as on a busy pool; the pool makes its threads once it can.
+TEST(ThreadPool, AJobRunsOnTheCallingThreadWhileTheSystemRefusesThreads) {
+#ifdef RNNFAST_TEST_ASAN
+    GTEST_SKIP() << "AddressSanitizer's shadow memory reserves terabytes: RLIMIT_AS cannot bound the process";
+#endif
+    if (task_count() < 0) GTEST_SKIP() << "counts threads in /proc/self/task (Linux)";
+    std::fflush(nullptr);
+    const pid_t child = fork();  // a fresh pool without workers (the pool forgets its threads in a child)
+    ASSERT_GE(child, 0);
+    if (child == 0) _exit(refused_threads_child());
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "1: the call threw; 2: not one part on the calling thread; 4-6: the "
+                                         "pool did not grow once the limit was lifted";
+}
 
 // A container's CPU quota, as the cgroup files write it: v2 "QUOTA PERIOD" / "max PERIOD", v1 the quota alone
 // (-1: none) with the period in its own file; fractions round up.
