@@ -430,6 +430,7 @@ void layer_grid(benchmark::internal::Benchmark* b) {
 const std::vector<std::vector<int64_t>> kStackCases = {
     {10, 3, 100, 20, 1, 0},  {10, 3, 100, 20, 4, 0},     {1000, 1, 32, 64, 1, 0},  {50, 16, 64, 128, 1, 0},
     {100, 64, 256, 256, 1, 0}, {100, 64, 512, 512, 1, 0}, {50, 32, 128, 128, 2, 1},
+    {35, 20, 200, 200, 2, 0},  // PyTorch's word-language-model example, as the Python grid's wlm case
 };
 
 void stack_grid(benchmark::internal::Benchmark* b) {
