@@ -1034,3 +1034,77 @@ def test_a_model_that_passes_the_memory_check_fits_in_memory_while_it_is_built()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) <= 256 * 2**20, f"building the model touched {int(proc.stdout) / 2**20:.0f} MiB"
+
+
+_ADDRESS_SPACE_SWEEP = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    import rnnfast
+
+    cls = getattr(rnnfast, sys.argv[1])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 16, 64)).astype(np.float32)
+    target = rng.standard_normal((60, 16, 128)).astype(np.float32)
+
+    def run(model, train):
+        if not train:
+            out, state = model(x)
+            states = state if isinstance(state, tuple) else (state,)
+            return [out.copy(), *(s.copy() for s in states)]
+        model.zero_grad()
+        out, _, cache = model.forward(x, return_cache=True)
+        grads = model.backward(cache, out - target)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        return [out.copy(), *(np.array(g) for g in grads if g is not None),
+                *(g.copy() for g in model.grads.values())]
+
+    def same(a, b):
+        return len(a) == len(b) and all(np.array_equal(p, q) for p, q in zip(a, b))
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    failures = successes = 0
+    for threads in (2, 1):
+        rnnfast.set_num_threads(threads)
+        for train in (False, True):
+            model = cls(64, 128, num_layers=2, seed=0)
+            params = [p.copy() for p in model.parameters()]
+            # Ascending room: each failed call may have grown some of the kernels' kept workspaces, so that the
+            # next, with more room, fails further in; the first call that fits ends the sweep.
+            for room in range(0, 64 << 20, 256 << 10):
+                in_use = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+                resource.setrlimit(resource.RLIMIT_AS, (in_use + room, hard))
+                try:
+                    got = run(model, train)
+                except MemoryError:
+                    got = None
+                finally:
+                    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+                if got is None:
+                    failures += 1
+                    # Nothing half-changed: the parameters as they were, the gradients as before the call.
+                    assert all(np.array_equal(p, q) for p, q in zip(params, model.parameters())), room
+                    # The gradients as before backward: zero (run zeroes them first).
+                    assert not any(g.any() for g in model.grads.values()), (threads, train, room)
+                    continue
+                successes += 1
+                assert same(got, run(cls(64, 128, num_layers=2, seed=0), train)), (threads, train, room)
+                break
+            # The calls that failed left the model working.
+            assert same(run(model, train), run(cls(64, 128, num_layers=2, seed=0), train)), (threads, train)
+    print(failures, successes)
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="limits the address space (RLIMIT_AS)")
+@pytest.mark.skipif(SANITIZED, reason="AddressSanitizer's shadow memory reserves terabytes: RLIMIT_AS cannot bound it")
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_a_call_that_runs_out_of_address_space_raises_memory_error_and_changes_nothing(kind: str) -> None:
+    # Every allocation of a call -- NumPy's arrays, the kernels' workspaces and packed weights, a worker thread's
+    # stack -- fails in turn as the room grows from nothing: each failure is a MemoryError (never a crash, another
+    # exception or wrong numbers), leaves the parameters as they were, and the next call works.
+    env = dict(os.environ, RNNFAST_OVERSUBSCRIBE="1")  # two threads even on a one-CPU machine
+    proc = subprocess.run([sys.executable, "-c", _ADDRESS_SPACE_SWEEP, kind], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    failures, successes = map(int, proc.stdout.split())
+    assert successes == 4 and failures >= 4, proc.stdout
