@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -130,3 +131,47 @@ def test_batch_zero_and_repr() -> None:
     assert cell(np.zeros((0, I), np.float32)).shape == (0, H)
     assert repr(rnnfast.RNNCell(3, 2, bias=False, nonlinearity="relu")) == \
         "RNNCell(3, 2, bias=False, nonlinearity='relu', dtype=float32)"
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_a_step_without_cache_takes_the_short_path_for_plain_arrays_with_the_general_paths_bits(
+        monkeypatch: pytest.MonkeyPatch, kind: str, dtype: str, batch: int, with_state: bool) -> None:
+    # Aligned C-contiguous [B, I] / [B, H] arrays of the model's dtype skip the general checks; any other layout, the
+    # unbatched form and return_cache=True take the general path. All give the same bits.
+    cell = getattr(rnnfast, kind)(20, 24, dtype=dtype, seed=3)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((batch, 20)).astype(dtype)
+    states = [rng.standard_normal((batch, 24)).astype(dtype) for _ in range(2 if kind == "LSTMCell" else 1)]
+
+    def state_arg(arrays: list) -> Any:
+        if not with_state:
+            return None
+        return tuple(arrays) if kind == "LSTMCell" else arrays[0]
+
+    def as_list(result: Any) -> list:
+        return list(result) if isinstance(result, tuple) else [result]
+
+    def strided(a: np.ndarray) -> np.ndarray:
+        wide = np.zeros((a.shape[0], 2 * a.shape[1]), a.dtype)
+        wide[:, ::2] = a
+        return wide[:, ::2]
+
+    general = as_list(cell(strided(x), state_arg([strided(s) for s in states])))
+    with_cache = as_list(cell.forward(x, state_arg(states), return_cache=True))[:-1]
+    # Unbatched, one item: the general path with the same batch of one (a batch of several items may split its
+    # products otherwise, within rounding).
+    unbatched = as_list(cell(x[0], state_arg([s[0] for s in states]))) if batch == 1 else None
+    with monkeypatch.context() as patch:  # the short path checks nothing through _checks
+        patch.setattr(rnnfast._checks, "array", lambda *a, **k: pytest.fail("the general path ran"))
+        short = as_list(cell(x, state_arg(states)))
+    for got, expected in zip(short, general):
+        assert got.shape == (batch, 24) and got.dtype == np.dtype(dtype)
+        assert np.array_equal(got, expected)
+    for got, expected in zip(short, with_cache):
+        assert np.array_equal(got, expected)
+    if unbatched is not None:
+        for got, expected in zip(short, unbatched):
+            assert np.array_equal(got[0], expected)

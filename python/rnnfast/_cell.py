@@ -74,6 +74,24 @@ class RNNCell(Module):
         """Forward without a cache: same as ``forward(x, h)``."""
         return self.forward(x, h)
 
+    def _fast_step(self, x: Any, h: Any) -> Optional[np.ndarray]:
+        """The common step without a cache -- x ``[B, I]`` and h ``[B, H]`` (or None), aligned C-contiguous arrays
+        of the model's dtype -- straight to the kernel; None for anything else, which the general path checks."""
+        dtype = self.dtype
+        if type(x) is not np.ndarray or x.dtype is not dtype or x.ndim != 2 or x.shape[1] != self.input_size:
+            return None
+        flags = x.flags
+        if not (flags.c_contiguous and flags.aligned):
+            return None
+        if h is not None:
+            if type(h) is not np.ndarray or h.dtype is not dtype or h.shape != (x.shape[0], self.hidden_size):
+                return None
+            flags = h.flags
+            if not (flags.c_contiguous and flags.aligned):
+                return None
+        h_new: np.ndarray = self._kernel.forward(self._flat, x, h, False)[0]
+        return h_new
+
     @overload
     def forward(self, x: np.ndarray, h: Optional[np.ndarray] = None, return_cache: Literal[False] = False
                 ) -> np.ndarray: ...
@@ -105,6 +123,10 @@ class RNNCell(Module):
         -------
         h_new : ``[B, H]`` (unbatched ``[H]``), and the cache with ``return_cache=True``.
         """
+        if not return_cache:
+            fast = self._fast_step(x, h)
+            if fast is not None:
+                return fast
         x = _checks.array("x", x, self.dtype)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise _checks.shape_error("x", f"[B, {self.input_size}] or unbatched [{self.input_size}]", x.shape)
