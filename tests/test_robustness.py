@@ -1042,21 +1042,34 @@ _ADDRESS_SPACE_SWEEP = textwrap.dedent("""
     import rnnfast
 
     cls = getattr(rnnfast, sys.argv[1])
+    cell = sys.argv[1].endswith("Cell")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((60, 16, 64)).astype(np.float32)
-    target = rng.standard_normal((60, 16, 128)).astype(np.float32)
+    x = rng.standard_normal((2048, 64) if cell else (60, 16, 64)).astype(np.float32)
+    target = rng.standard_normal((2048, 128) if cell else (60, 16, 128)).astype(np.float32)
+
+    def make():
+        return cls(64, 128, seed=0) if cell else cls(64, 128, num_layers=2, seed=0)
+
+    def flat(values):
+        out = []
+        for v in values if isinstance(values, tuple) else (values,):
+            if isinstance(v, tuple):
+                out += flat(v)
+            elif v is not None:
+                out.append(np.array(v))  # a copy: the next call may reuse a released cache's storage
+        return out
 
     def run(model, train):
         if not train:
-            out, state = model(x)
-            states = state if isinstance(state, tuple) else (state,)
-            return [out.copy(), *(s.copy() for s in states)]
+            return flat(model(x))
         model.zero_grad()
+        if cell:
+            *states, cache = model.forward(x, return_cache=True)
+            grads = model.backward(cache, *(s - target for s in states))
+            return flat(tuple(states)) + flat(grads) + [g.copy() for g in model.grads.values()]
         out, _, cache = model.forward(x, return_cache=True)
         grads = model.backward(cache, out - target)
-        grads = grads if isinstance(grads, tuple) else (grads,)
-        return [out.copy(), *(np.array(g) for g in grads if g is not None),
-                *(g.copy() for g in model.grads.values())]
+        return [out.copy()] + flat(grads) + [g.copy() for g in model.grads.values()]
 
     def same(a, b):
         return len(a) == len(b) and all(np.array_equal(p, q) for p, q in zip(a, b))
@@ -1066,7 +1079,7 @@ _ADDRESS_SPACE_SWEEP = textwrap.dedent("""
     for threads in (2, 1):
         rnnfast.set_num_threads(threads)
         for train in (False, True):
-            model = cls(64, 128, num_layers=2, seed=0)
+            model = make()
             params = [p.copy() for p in model.parameters()]
             # Ascending room: each failed call may have grown some of the kernels' kept workspaces, so that the
             # next, with more room, fails further in; the first call that fits ends the sweep.
@@ -1087,17 +1100,17 @@ _ADDRESS_SPACE_SWEEP = textwrap.dedent("""
                     assert not any(g.any() for g in model.grads.values()), (threads, train, room)
                     continue
                 successes += 1
-                assert same(got, run(cls(64, 128, num_layers=2, seed=0), train)), (threads, train, room)
+                assert same(got, run(make(), train)), (threads, train, room)
                 break
             # The calls that failed left the model working.
-            assert same(run(model, train), run(cls(64, 128, num_layers=2, seed=0), train)), (threads, train)
+            assert same(run(model, train), run(make(), train)), (threads, train)
     print(failures, successes)
 """)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="limits the address space (RLIMIT_AS)")
 @pytest.mark.skipif(SANITIZED, reason="AddressSanitizer's shadow memory reserves terabytes: RLIMIT_AS cannot bound it")
-@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"])
 def test_a_call_that_runs_out_of_address_space_raises_memory_error_and_changes_nothing(kind: str) -> None:
     # Every allocation of a call -- NumPy's arrays, the kernels' workspaces and packed weights, a worker thread's
     # stack -- fails in turn as the room grows from nothing: each failure is a MemoryError (never a crash, another
@@ -1107,4 +1120,4 @@ def test_a_call_that_runs_out_of_address_space_raises_memory_error_and_changes_n
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     failures, successes = map(int, proc.stdout.split())
-    assert successes == 4 and failures >= 4, proc.stdout
+    assert successes == 4 and failures >= 4, proc.stdout  # 9 to 37 on the development machine
