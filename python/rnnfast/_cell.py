@@ -77,18 +77,10 @@ class RNNCell(Module):
     def _fast_step(self, x: Any, h: Any) -> Optional[np.ndarray]:
         """The common step without a cache -- x ``[B, I]`` and h ``[B, H]`` (or None), aligned C-contiguous arrays
         of the model's dtype -- straight to the kernel; None for anything else, which the general path checks."""
-        dtype = self.dtype
-        if type(x) is not np.ndarray or x.dtype is not dtype or x.ndim != 2 or x.shape[1] != self.input_size:
+        if type(x) is not np.ndarray or x.ndim != 2 or not _checks.plain(x, self.dtype, (x.shape[0], self.input_size)):
             return None
-        flags = x.flags
-        if not (flags.c_contiguous and flags.aligned):
+        if h is not None and not _checks.plain(h, self.dtype, (x.shape[0], self.hidden_size)):
             return None
-        if h is not None:
-            if type(h) is not np.ndarray or h.dtype is not dtype or h.shape != (x.shape[0], self.hidden_size):
-                return None
-            flags = h.flags
-            if not (flags.c_contiguous and flags.aligned):
-                return None
         h_new: np.ndarray = self._kernel.forward(self._flat, x, h, False)[0]
         return h_new
 
