@@ -98,6 +98,7 @@ int refused_threads_child() {
     const int before = task_count();
     rlimit limit{};
     if (getrlimit(RLIMIT_AS, &limit) != 0) return 10;
+    if (limit.rlim_max != RLIM_INFINITY) return 77;  // a hard limit here: the test cannot set its own
     const rlimit original = limit;
     long pages = 0;
     if (FILE* statm = std::fopen("/proc/self/statm", "r")) {
@@ -146,6 +147,7 @@ TEST(ThreadPool, AJobRunsOnTheCallingThreadWhileTheSystemRefusesThreads) {
     int status = 0;
     ASSERT_EQ(waitpid(child, &status, 0), child);
     ASSERT_TRUE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "the address space has a hard limit here";
     EXPECT_EQ(WEXITSTATUS(status), 0) << "1: the call threw; 2: not one part on the calling thread; 4-6: the "
                                          "pool did not grow once the limit was lifted";
 }
