@@ -167,6 +167,7 @@ def test_a_step_without_cache_takes_the_short_path_for_plain_arrays_with_the_gen
     with monkeypatch.context() as patch:  # the short path checks nothing through _checks
         patch.setattr(rnnfast._checks, "array", lambda *a, **k: pytest.fail("the general path ran"))
         short = as_list(cell(x, state_arg(states)))
+    assert len(short) == len(general) == len(with_cache) == (2 if kind == "LSTMCell" else 1)
     for got, expected in zip(short, general):
         assert got.shape == (batch, 24) and got.dtype == np.dtype(dtype)
         assert np.array_equal(got, expected)

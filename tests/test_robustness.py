@@ -1132,9 +1132,9 @@ _ADDRESS_SPACE_SWEEP = textwrap.dedent("""
 @pytest.mark.skipif(SANITIZED, reason="AddressSanitizer's shadow memory reserves terabytes: RLIMIT_AS cannot bound it")
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"])
 def test_a_call_that_runs_out_of_address_space_raises_memory_error_and_changes_nothing(kind: str) -> None:
-    # Every allocation of a call -- NumPy's arrays, the kernels' workspaces and packed weights, a worker thread's
-    # stack -- fails in turn as the room grows from nothing: each failure is a MemoryError (never a crash, another
-    # exception or wrong numbers), leaves the parameters as they were, and the next call works.
+    # As the room grows from nothing, successive calls fail at successive allocations -- NumPy's arrays, the
+    # kernels' workspaces and packed weights, a worker thread's stack: each failure is a MemoryError (never a crash,
+    # another exception or wrong numbers), leaves the parameters as they were, and the next call works.
     # Two threads even on a one-CPU machine; one malloc arena, as the main thread's: a thread's own arena reserves
     # 64 MB of address space up front, inside which allocations never meet the limit.
     env = dict(os.environ, RNNFAST_OVERSUBSCRIBE="1", MALLOC_ARENA_MAX="1")
