@@ -14,6 +14,32 @@ import pytest
 # set before rnnfast is imported, and inherited by the scripts tests run.
 os.environ["RNNFAST_OVERSUBSCRIBE"] = "1"
 
+# Python source that a child process which limits its own address space (RLIMIT_AS) runs first: on_a_thread(fn)
+# runs fn on a thread whose stack is mapped whole before any limit is set and returns fn's result (exiting with an
+# error when fn raised: its traceback is printed above). The main thread's stack grows on demand, and growth past
+# the limit is a SIGSEGV in any code. Start the child with limited_child_env(): one malloc arena, as the main
+# thread's, since a thread's own arena reserves 64 MB of address space up front, inside which allocations never
+# meet the limit.
+ON_A_THREAD = """
+import sys as _sys, threading as _threading
+
+def on_a_thread(fn):
+    _threading.stack_size(32 << 20)
+    result = []
+    thread = _threading.Thread(target=lambda: result.append(fn()))
+    thread.start()
+    thread.join()
+    if not result:
+        _sys.exit("the calls on the thread failed (the exception is above)")
+    return result[0]
+"""
+
+
+def limited_child_env() -> Dict[str, str]:
+    """The environment of a child that limits its address space (see ON_A_THREAD)."""
+    return dict(os.environ, MALLOC_ARENA_MAX="1")
+
+
 # The packages of the [oracle] extra, which the suite checks rnnfast against: tests that need one skip without it.
 ORACLE_PACKAGES = {"torch": "PyTorch", "expecttest": "expecttest (PyTorch's module_db inputs)", "onnx": "onnx",
                    "onnxruntime": "ONNX Runtime"}

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from conftest import ON_A_THREAD, limited_child_env
 
 import rnnfast
 from rnnfast import reference as ref
@@ -1036,8 +1037,8 @@ def test_a_model_that_passes_the_memory_check_fits_in_memory_while_it_is_built()
     assert int(proc.stdout) <= 256 * 2**20, f"building the model touched {int(proc.stdout) / 2**20:.0f} MiB"
 
 
-_ADDRESS_SPACE_SWEEP = textwrap.dedent("""
-    import resource, sys, threading
+_ADDRESS_SPACE_SWEEP = ON_A_THREAD + textwrap.dedent("""
+    import resource, sys
     import numpy as np
     import rnnfast
 
@@ -1111,19 +1112,6 @@ _ADDRESS_SPACE_SWEEP = textwrap.dedent("""
                 assert same(run(model, train), run(make(), train)), (threads, train)
         return failures, successes
 
-    def on_a_thread(fn):
-        # The main thread's stack grows on demand, and growth past RLIMIT_AS is a SIGSEGV in any code (Eigen puts
-        # temporaries of up to 128 KB on the stack): the calls run on a thread whose stack is mapped whole before
-        # any limit is set.
-        threading.stack_size(32 << 20)
-        result = []
-        thread = threading.Thread(target=lambda: result.append(fn()))
-        thread.start()
-        thread.join()
-        if not result:
-            sys.exit("the sweep failed (its exception is above)")
-        return result[0]
-
     print(*on_a_thread(sweep))
 """)
 
@@ -1135,11 +1123,8 @@ def test_a_call_that_runs_out_of_address_space_raises_memory_error_and_changes_n
     # As the room grows from nothing, successive calls fail at successive allocations -- NumPy's arrays, the
     # kernels' workspaces and packed weights, a worker thread's stack: each failure is a MemoryError (never a crash,
     # another exception or wrong numbers), leaves the parameters as they were, and the next call works.
-    # Two threads even on a one-CPU machine; one malloc arena, as the main thread's: a thread's own arena reserves
-    # 64 MB of address space up front, inside which allocations never meet the limit.
-    env = dict(os.environ, RNNFAST_OVERSUBSCRIBE="1", MALLOC_ARENA_MAX="1")
     proc = subprocess.run([sys.executable, "-c", _ADDRESS_SPACE_SWEEP, kind], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=limited_child_env(), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     if proc.stdout.startswith("skip: "):
         pytest.skip(proc.stdout[6:].strip())

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from conftest import ON_A_THREAD, limited_child_env
 
 import rnnfast
 from rnnfast import reference as ref
@@ -335,8 +336,8 @@ def test_oversubscription_can_be_asked_for() -> None:
     assert counts[0] >= counts[1] + 11 - (os.cpu_count() or 1), counts  # the pool grew to 11 workers
 
 
-_REFUSED_THREADS_SCRIPT = """
-import os, resource, sys, threading
+_REFUSED_THREADS_SCRIPT = ON_A_THREAD + """
+import os, resource
 import numpy as np
 import rnnfast
 
@@ -377,16 +378,7 @@ def main():
     lifted = [run(m) for m in models]
     return serial, refused, lifted, before, during, tasks()
 
-# The calls run on a thread whose stack is mapped whole before the limit: the main thread's stack grows on demand,
-# and growth past RLIMIT_AS is a SIGSEGV in any code.
-threading.stack_size(32 << 20)
-result = []
-thread = threading.Thread(target=lambda: result.append(main()))
-thread.start()
-thread.join()
-if not result:
-    sys.exit("the calls failed (the exception is above)")
-serial, refused, lifted, before, during, after = result[0]
+serial, refused, lifted, before, during, after = on_a_thread(main)
 same = lambda a, b: all(np.array_equal(p, q) for p, q in zip(a, b))
 print(all(map(same, serial, refused)), all(map(same, serial, lifted)), before, during, after)
 """
@@ -400,11 +392,8 @@ def test_a_call_survives_the_system_refusing_threads_and_the_pool_grows_once_it_
     # with the bits of one thread; once threads can be made again, the pool makes them.
     import subprocess
 
-    # Two threads even on a one-CPU machine; one malloc arena, as the main thread's (a thread's own reserves 64 MB of
-    # address space up front).
-    env = dict(os.environ, RNNFAST_OVERSUBSCRIBE="1", MALLOC_ARENA_MAX="1")
     out = subprocess.run([sys.executable, "-c", _REFUSED_THREADS_SCRIPT], capture_output=True, text=True,
-                         env=env, timeout=120)
+                         env=limited_child_env(), timeout=120)
     assert out.returncode == 0, out.stderr
     if out.stdout.startswith("skip: "):
         pytest.skip(out.stdout[6:].strip())
