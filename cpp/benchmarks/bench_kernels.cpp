@@ -346,6 +346,14 @@ void weight_gradient(benchmark::State& state) {
 }
 
 // Per thread at two threads: LSTM mid (dW_ih, dW_hh of 800 rows), LSTM big H256 and H512 (chunks of 1600 rows).
+void weight_gradient_grid(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"M", "N", "K", "E"});
+    for (const std::vector<int64_t>& c : {std::vector<int64_t>{256, 64, 800}, {256, 128, 800}, {512, 256, 1600},
+                                          {1024, 512, 1600}}) {
+        for (int64_t how : {0, 1, 2}) b->Args({c[0], c[1], c[2], how});
+    }
+}
+
 // A product by a weight matrix as a layer makes it, dst [M, N] = lhs [M, K] * op(W), at the benchmark's threads:
 // Args M, K, N, T: 1 the input projection (op(W) = W_ih^T, W_ih [N, K]), 0 dx (op(W) = W_ih [K, N]); E: 0 Eigen's
 // GEMM split by rows (interruptible_rows_product), 1 the register tiles (weight_rows_product), which the driver
@@ -377,14 +385,6 @@ void weight_product_grid(benchmark::internal::Benchmark* b) {
                                           {6400, 512, 2048, 1}, {6400, 2048, 512, 0}, {1600, 128, 512, 1},
                                           {1600, 512, 128, 0}}) {
         for (int64_t how : {0, 1}) b->Args({c[0], c[1], c[2], c[3], how});
-    }
-}
-
-void weight_gradient_grid(benchmark::internal::Benchmark* b) {
-    b->ArgNames({"M", "N", "K", "E"});
-    for (const std::vector<int64_t>& c : {std::vector<int64_t>{256, 64, 800}, {256, 128, 800}, {512, 256, 1600},
-                                          {1024, 512, 1600}}) {
-        for (int64_t how : {0, 1, 2}) b->Args({c[0], c[1], c[2], how});
     }
 }
 

@@ -139,11 +139,9 @@ class _Stack(Module):
     def _fast_call(self, x: Any) -> Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
         """The common call, an aligned C-contiguous [T, B, I] batch of the model's dtype and nothing else, straight
         to the kernel (at the smallest sizes the general handling costs a sixth of the call); None otherwise."""
-        if type(x) is np.ndarray and x.dtype is self.dtype and x.ndim == 3:
+        if type(x) is np.ndarray and x.ndim == 3 and not self.batch_first and not self._draws_dropout_masks():
             shape = x.shape
-            flags = x.flags
-            if (shape[2] == self.input_size and shape[0] > 0 and shape[1] > 0 and flags.c_contiguous
-                    and flags.aligned and not self.batch_first and not self._draws_dropout_masks()):
+            if shape[0] > 0 and shape[1] > 0 and _checks.plain(x, self.dtype, (shape[0], shape[1], self.input_size)):
                 kernel = self._kernel_for(shape[0], shape[1])
                 output, h_n, c_n, _ = kernel.forward(self._flat, x, None, None, None, False)
                 return output, h_n, c_n
