@@ -20,26 +20,24 @@
 #include "rnnfast/config.hpp"
 #include "rnnfast/elman.hpp"
 
+#include "helpers.hpp"
+
 namespace {
 
 using rnnfast::Activation;
 using rnnfast::Index;
 using rnnfast::RowMatrix;
 using rnnfast::RowVector;
-using MatD = RowMatrix<double>;
+using rnnfast::test::all_close;
+using rnnfast::test::bitwise_equal;
+using rnnfast::test::MatD;
+using rnnfast::test::numeric_grad;
+using rnnfast::test::random_matrix;
 using VecD = RowVector<double>;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr double kEps = 1e-6;     // finite-difference step
 constexpr double kFdTol = 1e-6;   // relative tolerance of the gradient checks
 constexpr double kReluMargin = 0.05;  // relu pre-activations are kept at least this far from the kink
-
-MatD random_matrix(std::mt19937& rng, Index rows, Index cols, double scale = 1.0) {
-    std::uniform_real_distribution<double> dist(-scale, scale);
-    MatD m(rows, cols);
-    for (Index i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
-    return m;
-}
 
 VecD random_vector(std::mt19937& rng, Index n, double scale = 1.0) {
     std::uniform_real_distribution<double> dist(-scale, scale);
@@ -88,56 +86,6 @@ MatD naive_layer(const MatD& x, const MatD& h0, const MatD& w_ih, const MatD& w_
         hs.middleRows(t * B, B) = h;
     }
     return hs;
-}
-
-// Centered differences of loss() with respect to every entry of the buffer data[0 .. rows*cols).
-template <class F>
-MatD numeric_grad(double* data, Index rows, Index cols, F&& loss) {
-    MatD g(rows, cols);
-    for (Index i = 0; i < rows * cols; ++i) {
-        const double old = data[i];
-        data[i] = old + kEps;
-        const double lp = loss();
-        data[i] = old - kEps;
-        const double lm = loss();
-        data[i] = old;
-        g.data()[i] = (lp - lm) / (2.0 * kEps);
-    }
-    return g;
-}
-
-// |actual - expected| <= tol * max(1, |expected|) entry by entry (NaN fails).
-template <class A, class E>
-::testing::AssertionResult all_close(const Eigen::DenseBase<A>& actual, const Eigen::DenseBase<E>& expected,
-                                     double tol) {
-    if (actual.rows() != expected.rows() || actual.cols() != expected.cols()) {
-        return ::testing::AssertionFailure() << "shape [" << actual.rows() << ", " << actual.cols() << "] vs ["
-                                             << expected.rows() << ", " << expected.cols() << "]";
-    }
-    for (Index i = 0; i < actual.rows(); ++i) {
-        for (Index j = 0; j < actual.cols(); ++j) {
-            const double a = static_cast<double>(actual(i, j));
-            const double e = static_cast<double>(expected(i, j));
-            if (!(std::abs(a - e) <= tol * std::max(1.0, std::abs(e)))) {
-                return ::testing::AssertionFailure() << "at (" << i << ", " << j << "): got " << a << ", expected "
-                                                     << e << " (tol " << tol << ")";
-            }
-        }
-    }
-    return ::testing::AssertionSuccess();
-}
-
-template <class A, class E>
-::testing::AssertionResult bitwise_equal(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<E>& b) {
-    if (a.rows() != b.rows() || a.cols() != b.cols()) return ::testing::AssertionFailure() << "shape differs";
-    for (Index i = 0; i < a.rows(); ++i) {
-        for (Index j = 0; j < a.cols(); ++j) {
-            if (!(a(i, j) == b(i, j))) {
-                return ::testing::AssertionFailure() << "at (" << i << ", " << j << "): " << a(i, j) << " vs " << b(i, j);
-            }
-        }
-    }
-    return ::testing::AssertionSuccess();
 }
 
 template <class T>

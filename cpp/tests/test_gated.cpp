@@ -10,20 +10,18 @@
 
 #include "rnnfast/stack.hpp"
 
+#include "helpers.hpp"
+
 namespace {
 
 using rnnfast::CellKind;
 using rnnfast::Index;
 using rnnfast::StackCache;
 using rnnfast::StackConfig;
-using MatD = rnnfast::RowMatrix<double>;
-
-MatD random_matrix(std::mt19937& rng, Index rows, Index cols, double scale = 1.0) {
-    std::uniform_real_distribution<double> dist(-scale, scale);
-    MatD m(rows, cols);
-    for (Index i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
-    return m;
-}
+using rnnfast::test::all_close;
+using rnnfast::test::MatD;
+using rnnfast::test::numeric_grad;
+using rnnfast::test::random_matrix;
 
 struct GatedCase {
     CellKind cell;
@@ -64,33 +62,6 @@ Result forward(const StackConfig& cfg, const std::vector<double>& params, const 
           MatD(cfg.has_cell_state() ? LDB : 0, cfg.hidden_size)};
     rnnfast::stack_forward<double>(cfg, params.data(), x, S, lengths, h0, c0, masks, r.output, r.h_n, r.c_n, cache);
     return r;
-}
-
-template <class Loss>
-MatD numeric_grad(double* values, Index rows, Index cols, Loss&& loss) {
-    MatD g(rows, cols);
-    const double eps = 1e-6;
-    for (Index i = 0; i < rows * cols; ++i) {
-        const double keep = values[i];
-        values[i] = keep + eps;
-        const double up = loss();
-        values[i] = keep - eps;
-        const double down = loss();
-        values[i] = keep;
-        g.data()[i] = (up - down) / (2 * eps);
-    }
-    return g;
-}
-
-::testing::AssertionResult close(const MatD& got, const MatD& want, double tol) {
-    if (got.rows() != want.rows() || got.cols() != want.cols()) return ::testing::AssertionFailure() << "shape";
-    for (Index i = 0; i < got.size(); ++i) {
-        const double g = got.data()[i], w = want.data()[i];
-        if (!(std::abs(g - w) <= tol * (1.0 + std::abs(w)))) {
-            return ::testing::AssertionFailure() << "entry " << i << ": " << g << " vs " << w;
-        }
-    }
-    return ::testing::AssertionSuccess();
 }
 
 class GatedBackwardFD : public ::testing::TestWithParam<GatedCase> {};
@@ -138,11 +109,11 @@ TEST_P(GatedBackwardFD, MatchesFiniteDifferences) {
     rnnfast::stack_backward<double>(cfg, params.data(), cache, G, Gh, Gc, dx, dh0, dc0, grads.data());
     MatD got(1, n);
     for (Index i = 0; i < n; ++i) got(0, i) = grads[static_cast<size_t>(i)] - 0.25;
-    EXPECT_TRUE(close(got, g_params, 1e-6)) << "parameters";
-    EXPECT_TRUE(close(dx, g_x, 1e-6)) << "dx";
+    EXPECT_TRUE(all_close(got, g_params, 1e-6)) << "parameters";
+    EXPECT_TRUE(all_close(dx, g_x, 1e-6)) << "dx";
     if (c.states_given) {
-        EXPECT_TRUE(close(dh0, g_h0, 1e-6)) << "dh0";
-        if (lstm) EXPECT_TRUE(close(dc0, g_c0, 1e-6)) << "dc0";
+        EXPECT_TRUE(all_close(dh0, g_h0, 1e-6)) << "dh0";
+        if (lstm) EXPECT_TRUE(all_close(dc0, g_c0, 1e-6)) << "dc0";
     }
 }
 
@@ -216,8 +187,8 @@ TEST(GatedForward, FloatAgreesWithDoubleAtEverySplit) {
             rnnfast::RowMatrix<float> out(TB, 2 * H), h_n(LDB, H), c_n(cell == CellKind::lstm ? LDB : 0, H);
             const rnnfast::RowMatrix<float> none(0, H), no_masks(0, 2 * H);
             rnnfast::stack_forward<float>(cfg, pf.data(), xf, S, {}, none, none, no_masks, out, h_n, c_n, nullptr);
-            EXPECT_TRUE(close(out.cast<double>(), d.output, 1e-5));
-            EXPECT_TRUE(close(h_n.cast<double>(), d.h_n, 1e-5));
+            EXPECT_TRUE(all_close(out.cast<double>(), d.output, 1e-5));
+            EXPECT_TRUE(all_close(h_n.cast<double>(), d.h_n, 1e-5));
         }
     }
 }
@@ -245,9 +216,9 @@ TEST(GatedForward, WithoutCacheInChunksMatchesWithCache) {
             StackCache<double> cache;
             const Result kept = forward(cfg, params, x, S, lengths, h0, c0, MatD(0, cfg.output_size()), &cache);
             const Result chunked = forward(cfg, params, x, S, lengths, h0, c0, MatD(0, cfg.output_size()));
-            EXPECT_TRUE(close(chunked.output, kept.output, 1e-12));
-            EXPECT_TRUE(close(chunked.h_n, kept.h_n, 1e-12));
-            if (cell == CellKind::lstm) EXPECT_TRUE(close(chunked.c_n, kept.c_n, 1e-12));
+            EXPECT_TRUE(all_close(chunked.output, kept.output, 1e-12));
+            EXPECT_TRUE(all_close(chunked.h_n, kept.h_n, 1e-12));
+            if (cell == CellKind::lstm) EXPECT_TRUE(all_close(chunked.c_n, kept.c_n, 1e-12));
         }
     }
 }

@@ -19,6 +19,8 @@
 #include "rnnfast/interrupt.hpp"
 #include "rnnfast/stack.hpp"
 
+#include "helpers.hpp"
+
 namespace {
 
 using rnnfast::Activation;
@@ -28,11 +30,14 @@ using rnnfast::RowMatrix;
 using rnnfast::RowVector;
 using rnnfast::StackCache;
 using rnnfast::StackConfig;
-using MatD = RowMatrix<double>;
+using rnnfast::test::all_close;
+using rnnfast::test::bitwise_equal;
+using rnnfast::test::MatD;
+using rnnfast::test::numeric_grad;
+using rnnfast::test::random_matrix;
 using VecD = RowVector<double>;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-constexpr double kEps = 1e-6;
 constexpr double kFdTol = 1e-6;
 constexpr double kReluMargin = 0.05;
 
@@ -54,13 +59,6 @@ std::string config_str(const StackConfig& cfg) {
       << " bidirectional=" << cfg.bidirectional << " bias=" << cfg.bias
       << " act=" << (cfg.activation == Activation::tanh ? "tanh" : "relu");
     return s.str();
-}
-
-MatD random_matrix(std::mt19937& rng, Index rows, Index cols, double scale = 1.0) {
-    std::uniform_real_distribution<double> dist(-scale, scale);
-    MatD m(rows, cols);
-    for (Index i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
-    return m;
 }
 
 std::vector<double> random_params(std::mt19937& rng, Index n, double scale) {
@@ -198,54 +196,6 @@ NaiveStack naive_stack(const StackConfig& cfg, const double* params, const MatD&
     }
     r.output = r.ys.back();
     return r;
-}
-
-template <class F>
-MatD numeric_grad(double* data, Index rows, Index cols, F&& loss) {
-    MatD g(rows, cols);
-    for (Index i = 0; i < rows * cols; ++i) {
-        const double old = data[i];
-        data[i] = old + kEps;
-        const double lp = loss();
-        data[i] = old - kEps;
-        const double lm = loss();
-        data[i] = old;
-        g.data()[i] = (lp - lm) / (2.0 * kEps);
-    }
-    return g;
-}
-
-template <class A, class E>
-::testing::AssertionResult all_close(const Eigen::DenseBase<A>& actual, const Eigen::DenseBase<E>& expected,
-                                     double tol) {
-    if (actual.rows() != expected.rows() || actual.cols() != expected.cols()) {
-        return ::testing::AssertionFailure() << "shape [" << actual.rows() << ", " << actual.cols() << "] vs ["
-                                             << expected.rows() << ", " << expected.cols() << "]";
-    }
-    for (Index i = 0; i < actual.rows(); ++i) {
-        for (Index j = 0; j < actual.cols(); ++j) {
-            const double a = static_cast<double>(actual(i, j));
-            const double e = static_cast<double>(expected(i, j));
-            if (!(std::abs(a - e) <= tol * std::max(1.0, std::abs(e)))) {
-                return ::testing::AssertionFailure() << "at (" << i << ", " << j << "): got " << a << ", expected "
-                                                     << e << " (tol " << tol << ")";
-            }
-        }
-    }
-    return ::testing::AssertionSuccess();
-}
-
-template <class A, class E>
-::testing::AssertionResult bitwise_equal(const Eigen::DenseBase<A>& a, const Eigen::DenseBase<E>& b) {
-    if (a.rows() != b.rows() || a.cols() != b.cols()) return ::testing::AssertionFailure() << "shape differs";
-    for (Index i = 0; i < a.rows(); ++i) {
-        for (Index j = 0; j < a.cols(); ++j) {
-            if (!(a(i, j) == b(i, j))) {
-                return ::testing::AssertionFailure() << "at (" << i << ", " << j << "): " << a(i, j) << " vs " << b(i, j);
-            }
-        }
-    }
-    return ::testing::AssertionSuccess();
 }
 
 template <class T>
