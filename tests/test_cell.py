@@ -176,3 +176,64 @@ def test_a_step_without_cache_takes_the_short_path_for_plain_arrays_with_the_gen
     if unbatched is not None:
         for got, expected in zip(short, unbatched):
             assert np.array_equal(got[0], expected)
+
+
+class _Subclass(np.ndarray):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_the_kernels_step_takes_only_plain_arrays_and_leaves_anything_else_to_the_general_path(kind: str) -> None:
+    # The short path's checks run in C++ (the kernel's step): it returns None for any array the kernel cannot take
+    # as it is, and the cell's call then takes the general path, which gives the plain arrays' bits for every
+    # layout that holds the same values.
+    cell = getattr(rnnfast, kind)(6, 5, seed=1)
+    lstm = kind == "LSTMCell"
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    h = rng.standard_normal((3, 5)).astype(np.float32)
+    c = rng.standard_normal((3, 5)).astype(np.float32)
+
+    def step(x_: Any, h_: Any, c_: Any = None) -> Any:
+        if kind == "RNNCell":
+            return cell._kernel.step(cell._flat, x_, h_)
+        return cell._kernel.step(cell._flat, x_, h_, c_)
+
+    def call(x_: Any, h_: Any, c_: Any) -> list:
+        out = cell(x_, (h_, c_) if lstm else h_)
+        return list(out) if lstm else [out]
+
+    def misaligned(a: np.ndarray) -> np.ndarray:
+        buffer = np.zeros(a.nbytes + 1, np.uint8)
+        view = np.frombuffer(buffer.data, a.dtype, a.size, offset=1).reshape(a.shape)
+        view[...] = a
+        assert not view.flags.aligned and view.flags.c_contiguous
+        return view
+
+    def strided(a: np.ndarray) -> np.ndarray:
+        return np.repeat(a, 2, axis=1)[:, ::2]
+
+    same_values = {"strided": strided, "misaligned": misaligned, "Fortran order": np.asfortranarray,
+                   "a subclass": lambda a: a.view(_Subclass)}
+    other = {"float64": lambda a: a.astype(np.float64), "big-endian": lambda a: a.astype(">f4"),
+             "a column fewer": lambda a: a[:, :-1].copy(), "a row fewer": lambda a: a[:-1].copy(),
+             "one dimension": lambda a: a[0].copy(), "a list": lambda a: a.tolist()}
+    c_arg = c if lstm else None
+    plain = step(x, h, c_arg)
+    assert plain is not None
+    expected = call(x, h, c_arg)
+    for name, change in {**same_values, **other}.items():
+        assert step(change(x), h, c_arg) is None, f"x as {name}"
+        assert step(x, change(h), c_arg) is None, f"h as {name}"
+        if lstm:
+            assert step(x, h, change(c)) is None, f"c as {name}"
+    for name, change in same_values.items():
+        for got, want in zip(call(change(x), change(h), change(c) if lstm else None), expected):
+            assert np.array_equal(got, want), name
+    assert step(x[:0].copy(), h[:0].copy(), c[:0].copy() if lstm else None) is None  # B = 0: the general path's
+    if kind == "GRUCell":
+        assert step(x, h, c) is None  # a cell state for a kernel without one
+    if kind != "RNNCell":  # the stack kernels step only as a cell: one layer, one direction
+        model = getattr(rnnfast, kind[:-4])(6, 5, num_layers=2)
+        with pytest.raises(ValueError, match="step: only a one-layer, one-direction kernel"):
+            model._kernel.step(model._flat, x, None, None)

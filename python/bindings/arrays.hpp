@@ -77,6 +77,24 @@ inline double physical_memory() {
     return bytes;
 }
 
+// `obj` as an array the kernels take as it is -- an ndarray (not a subclass) of exactly T, C-contiguous, aligned,
+// of `shape` -- or an empty optional: what a short path checks before it skips the general checks, in a small
+// part of the time the same checks take in Python.
+template <class T>
+std::optional<Array<T>> plain_array(py::handle obj, std::initializer_list<Index> shape) {
+    const auto& api = py::detail::npy_api::get();
+    if (Py_TYPE(obj.ptr()) != api.PyArray_Type_) return std::nullopt;
+    const auto* a = py::detail::array_proxy(obj.ptr());
+    constexpr int flags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+    if ((a->flags & flags) != flags || a->nd != static_cast<int>(shape.size())) return std::nullopt;
+    int i = 0;
+    for (Index n : shape) {
+        if (a->dimensions[i++] != n) return std::nullopt;
+    }
+    if (!api.PyArray_EquivTypes_(a->descr, py::dtype::of<T>().ptr())) return std::nullopt;
+    return py::reinterpret_borrow<Array<T>>(obj);
+}
+
 // A new C-contiguous array on 64-byte aligned memory. Eigen peels unaligned heads off vectorized loops, so the
 // rounding of a result could otherwise depend on where NumPy happened to place the output; aligned outputs make
 // repeated calls bitwise identical.

@@ -67,6 +67,24 @@ public:
         return py::make_tuple(std::move(h_new), py::cast(std::move(cache)));
     }
 
+    // params [P], x [B, I] (B >= 1), h [B, H] or None -> h_new [B, H], or None when x or h is not an array the
+    // kernel takes as it is (plain_array): the caller then takes its general path. forward without a cache, for
+    // callers stepping a cell in a Python loop, its checks in C++.
+    py::object step(const Array<T>& params, py::handle x, py::handle h) const {
+        const Index I = cfg_.input_size, H = cfg_.hidden_size;
+        expect_shape("params", params, {param_count_});
+        if (Py_TYPE(x.ptr()) != py::detail::npy_api::get().PyArray_Type_ || py::detail::array_proxy(x.ptr())->nd != 2) {
+            return py::none();
+        }
+        const Index B = py::detail::array_proxy(x.ptr())->dimensions[0];
+        if (B < 1) return py::none();
+        const std::optional<Array<T>> x_a = plain_array<T>(x, {B, I});
+        std::optional<Array<T>> h_a;
+        if (!h.is_none()) h_a = plain_array<T>(h, {B, H});
+        if (!x_a || (!h.is_none() && !h_a)) return py::none();
+        return forward(params, *x_a, h_a, false)[0];
+    }
+
     // dh_new [B, H]; grads [P] or None -> (grad_x [B, I], grad_h [B, H], this call's parameter gradients [P] or
     // None when they were added into grads). As the stack's backward: grads changes only once all succeeded.
     py::tuple backward(const Array<T>& params, const CellCache<T>& cache, const Array<T>& dh_new,
@@ -138,6 +156,7 @@ void register_cell_for(py::module_& m) {
         .def_property_readonly("param_count", &CellKernel<T>::param_count_value)
         .def("forward", &CellKernel<T>::forward, py::arg("params").noconvert(), py::arg("x").noconvert(),
              py::arg("h").noconvert().none(true), py::arg("want_cache"))
+        .def("step", &CellKernel<T>::step, py::arg("params").noconvert(), py::arg("x"), py::arg("h").none(true))
         .def("backward", &CellKernel<T>::backward, py::arg("params").noconvert(), py::arg("cache"),
              py::arg("grad_h_new").noconvert(), py::arg("grads").noconvert().none(true));
 }

@@ -188,6 +188,48 @@ public:
         return py::make_tuple(std::move(output), std::move(h_n), std::move(c_n_out), std::move(cache_out));
     }
 
+    // One step of a one-layer, one-direction kernel (a cell), no cache, for callers stepping cells in a Python loop:
+    // params [N], x [B, I] (B >= 1), h [B, P] or None, c [B, H] or None (LSTM) -> (h_new [B, P], c_new [B, H] or
+    // None), or None when any of x, h, c is not an array the kernel takes as it is (plain_array): the caller then
+    // takes its general path, which converts or raises. What forward computes for T = 1, without forward's [1, B, ...]
+    // views to make on the way in and out, its checks in Python, and one of its arrays (a step's output is its
+    // final state).
+    py::object step(const Array<T>& params, py::handle x, py::handle h, py::handle c) const {
+        if (cfg_.num_layers != 1 || cfg_.directions() != 1) {
+            throw std::invalid_argument("step: only a one-layer, one-direction kernel (a cell) steps; this one has " +
+                                        std::to_string(cfg_.num_layers) + " layer(s) and " +
+                                        std::to_string(cfg_.directions()) + " direction(s)");
+        }
+        const Index I = cfg_.input_size, H = cfg_.hidden_size, P = cfg_.state_size();
+        const bool cell_state = cfg_.has_cell_state();
+        expect_shape("params", params, {param_count_});
+        if (Py_TYPE(x.ptr()) != py::detail::npy_api::get().PyArray_Type_ || py::detail::array_proxy(x.ptr())->nd != 2) {
+            return py::none();
+        }
+        const Index B = py::detail::array_proxy(x.ptr())->dimensions[0];
+        if (B < 1 || (!c.is_none() && !cell_state)) return py::none();
+        const std::optional<Array<T>> x_a = plain_array<T>(x, {B, I});
+        std::optional<Array<T>> h_a, c_a;
+        if (!h.is_none()) h_a = plain_array<T>(h, {B, P});
+        if (!c.is_none()) c_a = plain_array<T>(c, {B, H});
+        if (!x_a || (!h.is_none() && !h_a) || (!c.is_none() && !c_a)) return py::none();
+        Array<T> h_new = aligned_array<T>("h_new", {B, P});
+        Array<T> c_new = cell_state ? aligned_array<T>("c_new", {B, H}) : Array<T>();
+        spare_->drop();  // as a forward that keeps no cache
+        const ConstMatrixMap<T> x_m = as_matrix<T>(*x_a, I);
+        const ConstMatrixMap<T> h_m = as_matrix_or_empty<T>(h_a, P);
+        const ConstMatrixMap<T> c_m = as_matrix_or_empty<T>(c_a, H);
+        MatrixMap<T> h_new_m = as_mutable_matrix<T>(h_new, P);
+        MatrixMap<T> c_new_m = cell_state ? as_mutable_matrix<T>(c_new, H) : MatrixMap<T>(nullptr, 0, H, Eigen::OuterStride<>(H));
+        RowMatrix<T> h_n(B, P);  // the stack's final state: h_new again
+        const RowMatrix<T> no_masks(0, P);
+        without_gil([&] {
+            stack_forward<T>(cfg_, params.data(), x_m, 1, {}, h_m, c_m, no_masks, h_new_m, h_n, c_new_m, nullptr);
+        });
+        py::object c_new_out = cell_state ? py::object(std::move(c_new)) : py::object(py::none());
+        return py::make_tuple(std::move(h_new), std::move(c_new_out));
+    }
+
     // d_output [T, B, D*P] or None; d_h_n [L*D, B, P] or None; grads [N] or None; d_c_n [L*D, B, H] or None (LSTM)
     // -> (grad_x [T, B, I] or None when not want_dx, grad_h0 [L*D, B, P], grad_c0 [L*D, B, H] or None, this call's
     //     parameter gradients [N] or None when they were added into grads)
@@ -277,6 +319,8 @@ void register_stack_for(py::module_& m) {
              py::arg("h0").noconvert().none(true), py::arg("masks").noconvert().none(true),
              py::arg("lengths").noconvert().none(true), py::arg("want_cache"),
              py::arg("c0").noconvert().none(true) = py::none(), py::arg("borrow") = true)
+        .def("step", &StackKernel<T>::step, py::arg("params").noconvert(), py::arg("x"), py::arg("h").none(true),
+             py::arg("c").none(true) = py::none())
         .def("backward", &StackKernel<T>::backward, py::arg("params").noconvert(), py::arg("cache"),
              py::arg("grad_output").noconvert().none(true), py::arg("grad_h_n").noconvert().none(true),
              py::arg("grads").noconvert().none(true), py::arg("want_dx") = true,

@@ -76,13 +76,9 @@ class RNNCell(Module):
 
     def _fast_step(self, x: Any, h: Any) -> Optional[np.ndarray]:
         """The common step without a cache -- x ``[B, I]`` and h ``[B, H]`` (or None), aligned C-contiguous arrays
-        of the model's dtype -- straight to the kernel; None for anything else, which the general path checks."""
-        if type(x) is not np.ndarray or x.ndim != 2 or not _checks.plain(x, self.dtype, (x.shape[0], self.input_size)):
-            return None
-        if h is not None and not _checks.plain(h, self.dtype, (x.shape[0], self.hidden_size)):
-            return None
-        h_new: np.ndarray = self._kernel.forward(self._flat, x, h, False)[0]
-        return h_new
+        of the model's dtype, B > 0 -- straight to the kernel, which checks that in C++; None for anything else,
+        which the general path checks."""
+        return self._kernel.step(self._flat, x, h)
 
     @overload
     def forward(self, x: np.ndarray, h: Optional[np.ndarray] = None, return_cache: Literal[False] = False

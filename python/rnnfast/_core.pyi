@@ -93,6 +93,11 @@ class _Stack(Generic[_S]):
         """params [N], x [T, B, I], h0 [L*D, B, P], masks [L-1, T, B, D*P], lengths [B], c0 [L*D, B, H] (LSTM)
         -> (output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H] or None, cache or None). With borrow (and no
         lengths) the cache refers to x and the output instead of copying them."""
+    def step(self, params: npt.NDArray[_S], x: object, h: object, c: object = None
+             ) -> Optional[Tuple[npt.NDArray[_S], Optional[npt.NDArray[_S]]]]:
+        """One step of a one-layer, one-direction kernel (a cell), no cache: params [N], x [B, I], h [B, P] or None,
+        c [B, H] (LSTM) or None -> (h_new [B, P], c_new [B, H] or None); None when x, h or c is not an ndarray of
+        exactly the kernel's dtype and shape, C-contiguous and aligned (the caller's general path then checks)."""
     def backward(self, params: npt.NDArray[_S], cache: _StackCache[_S], grad_output: Optional[npt.NDArray[_S]],
                  grad_h_n: Optional[npt.NDArray[_S]], grads: Optional[npt.NDArray[_S]], want_dx: bool = True,
                  grad_c_n: Optional[npt.NDArray[_S]] = None
@@ -115,6 +120,9 @@ class _Cell(Generic[_S]):
     def forward(self, params: npt.NDArray[_S], x: npt.NDArray[_S], h: Optional[npt.NDArray[_S]], want_cache: bool
                 ) -> Tuple[npt.NDArray[_S], Optional[_CellCache[_S]]]:
         """params [P], x [B, I], h [B, H] -> (h_new [B, H], cache or None)."""
+    def step(self, params: npt.NDArray[_S], x: object, h: object) -> Optional[npt.NDArray[_S]]:
+        """params [P], x [B, I], h [B, H] or None -> h_new [B, H]; None when x or h is not an ndarray of exactly the
+        kernel's dtype and shape, C-contiguous and aligned (the caller's general path then checks)."""
     def backward(self, params: npt.NDArray[_S], cache: _CellCache[_S], grad_h_new: npt.NDArray[_S],
                  grads: Optional[npt.NDArray[_S]]
                  ) -> Tuple[npt.NDArray[_S], npt.NDArray[_S], Optional[npt.NDArray[_S]]]:
