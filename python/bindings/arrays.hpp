@@ -77,6 +77,14 @@ inline double physical_memory() {
     return bytes;
 }
 
+// The rows of `obj` when it is a 2-D ndarray (not a subclass), else -1: a step's batch, before plain_array checks
+// its arrays against it.
+inline Index ndarray_rows(py::handle obj) {
+    if (Py_TYPE(obj.ptr()) != py::detail::npy_api::get().PyArray_Type_) return -1;
+    const auto* a = py::detail::array_proxy(obj.ptr());
+    return a->nd == 2 ? static_cast<Index>(a->dimensions[0]) : -1;
+}
+
 // `obj` as an array the kernels take as it is -- an ndarray (not a subclass) of exactly T, C-contiguous, aligned,
 // of `shape` -- or an empty optional: what a short path checks before it skips the general checks, in a small
 // part of the time the same checks take in Python.

@@ -73,10 +73,7 @@ public:
     py::object step(const Array<T>& params, py::handle x, py::handle h) const {
         const Index I = cfg_.input_size, H = cfg_.hidden_size;
         expect_shape("params", params, {param_count_});
-        if (Py_TYPE(x.ptr()) != py::detail::npy_api::get().PyArray_Type_ || py::detail::array_proxy(x.ptr())->nd != 2) {
-            return py::none();
-        }
-        const Index B = py::detail::array_proxy(x.ptr())->dimensions[0];
+        const Index B = ndarray_rows(x);
         if (B < 1) return py::none();
         const std::optional<Array<T>> x_a = plain_array<T>(x, {B, I});
         std::optional<Array<T>> h_a;
