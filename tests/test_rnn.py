@@ -317,3 +317,41 @@ def test_wide_layers_and_batches_match_the_reference(threads: int, hidden: int, 
             assert_close(g, ref_grads[name], dtype, 2 * depth)
     finally:
         rnnfast.set_num_threads(before)
+
+
+class _Subclass(np.ndarray):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_a_call_takes_the_kernels_short_path_only_for_plain_arrays_with_the_general_paths_bits(
+        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    # The short path's check runs in C++ (the kernel's call): it returns None for any x the kernel cannot take as it
+    # is, and the model's call then takes the general path, which gives the plain array's bits for every layout
+    # holding the same values.
+    model = getattr(rnnfast, kind)(I, H, num_layers=2, seed=1)
+    x = np.random.default_rng(2).standard_normal((T, B, I)).astype(np.float32)
+    kernel = model._kernel_for(T, B)
+
+    def misaligned(a: np.ndarray) -> np.ndarray:
+        view = np.frombuffer(np.zeros(a.nbytes + 1, np.uint8).data, a.dtype, a.size, offset=1).reshape(a.shape)
+        view[...] = a
+        return view
+
+    same_values = {"strided": lambda a: np.repeat(a, 2, axis=2)[:, :, ::2], "misaligned": misaligned,
+                   "Fortran order": np.asfortranarray, "a subclass": lambda a: a.view(_Subclass)}
+    other = {"float64": lambda a: a.astype(np.float64), "big-endian": lambda a: a.astype(">f4"),
+             "a feature fewer": lambda a: a[:, :, :-1].copy(), "two dimensions": lambda a: a[0].copy(),
+             "no steps": lambda a: a[:0].copy(), "an empty batch": lambda a: a[:, :0].copy(),
+             "a list": lambda a: a.tolist()}
+    assert kernel.call(model._flat, x) is not None
+    with monkeypatch.context() as patch:  # the short path checks nothing through _checks
+        patch.setattr(rnnfast._checks, "array", lambda *a, **k: pytest.fail("the general path ran"))
+        output, state = model(x)
+    for name, change in {**same_values, **other}.items():
+        assert kernel.call(model._flat, change(x)) is None, name
+    for name, change in same_values.items():
+        got_output, got_state = model(change(x))
+        assert np.array_equal(got_output, output), name
+        for got, want in zip(got_state if kind == "LSTM" else [got_state], state if kind == "LSTM" else [state]):
+            assert np.array_equal(got, want), name

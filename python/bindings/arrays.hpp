@@ -77,12 +77,12 @@ inline double physical_memory() {
     return bytes;
 }
 
-// The rows of `obj` when it is a 2-D ndarray (not a subclass), else -1: a step's batch, before plain_array checks
-// its arrays against it.
-inline Index ndarray_rows(py::handle obj) {
+// Dimension `axis` of `obj` when it is an ndarray (not a subclass) of `nd` dimensions, else -1: a call's sizes,
+// before plain_array checks its arrays against them.
+inline Index ndarray_dim(py::handle obj, int nd, int axis) {
     if (Py_TYPE(obj.ptr()) != py::detail::npy_api::get().PyArray_Type_) return -1;
     const auto* a = py::detail::array_proxy(obj.ptr());
-    return a->nd == 2 ? static_cast<Index>(a->dimensions[0]) : -1;
+    return a->nd == nd ? static_cast<Index>(a->dimensions[axis]) : -1;
 }
 
 // `obj` as an array the kernels take as it is -- an ndarray (not a subclass) of exactly T, C-contiguous, aligned,

@@ -73,7 +73,7 @@ public:
     py::object step(const Array<T>& params, py::handle x, py::handle h) const {
         const Index I = cfg_.input_size, H = cfg_.hidden_size;
         expect_shape("params", params, {param_count_});
-        const Index B = ndarray_rows(x);
+        const Index B = ndarray_dim(x, 2, 0);
         if (B < 1) return py::none();
         const std::optional<Array<T>> x_a = plain_array<T>(x, {B, I});
         std::optional<Array<T>> h_a;

@@ -188,6 +188,17 @@ public:
         return py::make_tuple(std::move(output), std::move(h_n), std::move(c_n_out), std::move(cache_out));
     }
 
+    // A model's common call: forward of x [T, B, I] (T, B >= 1) from zero states, no cache -> (output, h_n, c_n or
+    // None), or None when x is not an array the kernel takes as it is (plain_array): the caller then takes its
+    // general path, which converts or raises. The check in C++, as step's.
+    py::object call(const Array<T>& params, py::handle x) const {
+        const Index seq_len = ndarray_dim(x, 3, 0), B = ndarray_dim(x, 3, 1);
+        if (seq_len < 1 || B < 1) return py::none();
+        const std::optional<Array<T>> x_a = plain_array<T>(x, {seq_len, B, cfg_.input_size});
+        if (!x_a) return py::none();
+        return forward(params, *x_a, std::nullopt, std::nullopt, std::nullopt, false, std::nullopt, false);
+    }
+
     // One step of a one-layer, one-direction kernel (a cell), no cache, for callers stepping cells in a Python loop:
     // params [N], x [B, I] (B >= 1), h [B, P] or None, c [B, H] or None (LSTM) -> (h_new [B, P], c_new [B, H] or
     // None), or None when any of x, h, c is not an array the kernel takes as it is (plain_array): the caller then
@@ -203,7 +214,7 @@ public:
         const Index I = cfg_.input_size, H = cfg_.hidden_size, P = cfg_.state_size();
         const bool cell_state = cfg_.has_cell_state();
         expect_shape("params", params, {param_count_});
-        const Index B = ndarray_rows(x);
+        const Index B = ndarray_dim(x, 2, 0);
         if (B < 1 || (!c.is_none() && !cell_state)) return py::none();
         const std::optional<Array<T>> x_a = plain_array<T>(x, {B, I});
         std::optional<Array<T>> h_a, c_a;
@@ -316,6 +327,7 @@ void register_stack_for(py::module_& m) {
              py::arg("h0").noconvert().none(true), py::arg("masks").noconvert().none(true),
              py::arg("lengths").noconvert().none(true), py::arg("want_cache"),
              py::arg("c0").noconvert().none(true) = py::none(), py::arg("borrow") = true)
+        .def("call", &StackKernel<T>::call, py::arg("params").noconvert(), py::arg("x"))
         .def("step", &StackKernel<T>::step, py::arg("params").noconvert(), py::arg("x"), py::arg("h").none(true),
              py::arg("c").none(true) = py::none())
         .def("backward", &StackKernel<T>::backward, py::arg("params").noconvert(), py::arg("cache"),

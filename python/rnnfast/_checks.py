@@ -231,15 +231,6 @@ def cli_int(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def plain(value: Any, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-    """Whether ``value`` is an ndarray the kernels take as it is: exactly ``dtype`` and ``shape``, C-contiguous and
-    aligned (what a short path checks before it skips the general checks)."""
-    if type(value) is not np.ndarray or value.dtype is not dtype or value.shape != shape:
-        return False
-    flags = value.flags
-    return bool(flags.c_contiguous and flags.aligned)
-
-
 def for_kernel(a: np.ndarray) -> np.ndarray:
     """``a`` as the kernels need it: C-contiguous and aligned (a copy only when it is not). Contiguity alone is not
     enough: a view at an odd byte offset is contiguous but misaligned, and reading it is undefined behaviour."""

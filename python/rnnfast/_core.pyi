@@ -93,6 +93,11 @@ class _Stack(Generic[_S]):
         """params [N], x [T, B, I], h0 [L*D, B, P], masks [L-1, T, B, D*P], lengths [B], c0 [L*D, B, H] (LSTM)
         -> (output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H] or None, cache or None). With borrow (and no
         lengths) the cache refers to x and the output instead of copying them."""
+    def call(self, params: npt.NDArray[_S], x: object
+             ) -> Optional[Tuple[npt.NDArray[_S], npt.NDArray[_S], Optional[npt.NDArray[_S]], None]]:
+        """forward of x [T, B, I] from zero states, no cache -> (output, h_n, c_n or None, None); None when x is not
+        an ndarray of exactly the kernel's dtype and shape, C-contiguous and aligned (the caller's general path then
+        checks)."""
     def step(self, params: npt.NDArray[_S], x: object, h: object, c: object = None
              ) -> Optional[Tuple[npt.NDArray[_S], Optional[npt.NDArray[_S]]]]:
         """One step of a one-layer, one-direction kernel (a cell), no cache: params [N], x [B, I], h [B, P] or None,

@@ -138,13 +138,12 @@ class _Stack(Module):
 
     def _fast_call(self, x: Any) -> Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
         """The common call, an aligned C-contiguous [T, B, I] batch of the model's dtype and nothing else, straight
-        to the kernel (at the smallest sizes the general handling costs a sixth of the call); None otherwise."""
+        to the kernel, which checks that in C++ (at the smallest sizes the general handling costs a sixth of the
+        call); None otherwise."""
         if type(x) is np.ndarray and x.ndim == 3 and not self.batch_first and not self._draws_dropout_masks():
-            shape = x.shape
-            if shape[0] > 0 and shape[1] > 0 and _checks.plain(x, self.dtype, (shape[0], shape[1], self.input_size)):
-                kernel = self._kernel_for(shape[0], shape[1])
-                output, h_n, c_n, _ = kernel.forward(self._flat, x, None, None, None, False)
-                return output, h_n, c_n
+            result = self._kernel_for(x.shape[0], x.shape[1]).call(self._flat, x)
+            if result is not None:
+                return result[0], result[1], result[2]
         return None
 
     def _run(self, x: np.ndarray, h0: Optional[np.ndarray], c0: Optional[np.ndarray], lengths: Optional[Any],
