@@ -199,8 +199,9 @@ TEST(GatedForward, FloatAgreesWithDoubleAtEverySplit) {
 TEST(GatedForward, WithoutCacheInChunksMatchesWithCache) {
     for (CellKind cell : {CellKind::lstm, CellKind::gru}) {
         for (bool ragged : {false, true}) {
-            // Two directions of 4 * 128 gates in double: 8 KiB a row, so the workspace holds 512 rows = 17 steps of
-            // 30, and a chunk of a direction split by items or on one thread 256 (kItemsChunkBytes: 8 steps).
+            // LSTM: two directions of 4 * 128 gates in double, 8 KiB a row, so the workspace holds 512 rows = 17
+            // steps of 30, and a chunk of a direction split by items or on one thread 256 rows of its 4 KiB
+            // (kItemsChunkBytes: 8 steps; the GRU's 3 * 128 gates: 11 steps of the workspace's 22).
             const Index S = 40, B = 30, I = 8, H = 128, TB = S * B, proj = cell == CellKind::lstm ? 64 : 0;
             StackConfig cfg = config_of({cell, 2, true, true, proj, ragged, false, true}, I, H);
             std::mt19937 rng(91);
