@@ -335,10 +335,12 @@ constexpr double kForwardChunkBytes = 4 << 20;
 // was 1.04-1.09x the time of LSTM big_T100_B64_H512).
 constexpr double kItemsChunkBytes = 1 << 20;
 
-inline Index forward_workspace_rows(const StepLayout& steps, Index gate_cols, Index input_size, Index elem_size) {
+// (`bytes`: the budget; recurrent_forward sizes its chunks within the workspace with kItemsChunkBytes.)
+inline Index forward_workspace_rows(const StepLayout& steps, Index gate_cols, Index input_size, Index elem_size,
+                                    double bytes = kForwardChunkBytes) {
     const double per_row = static_cast<double>(std::max<Index>(gate_cols, 1));
     // Bounded by work too, as interruptible_rows_product's chunks: a chunk's projection is not interruptible.
-    const double rows = std::min(kForwardChunkBytes / (per_row * static_cast<double>(elem_size)),
+    const double rows = std::min(bytes / (per_row * static_cast<double>(elem_size)),
                                  kChunkWork / (per_row * static_cast<double>(std::max<Index>(input_size, 1))));
     return std::min(steps.rows(), std::max(steps.size_or_zero(0), static_cast<Index>(rows)));
 }
@@ -399,9 +401,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     // The rows of a chunk (chunked: the workspace's, or fewer, see kItemsChunkBytes).
     const Index capacity =
         chunked && (split.by_items || threads == 1)
-            ? std::min(z.rows(), std::max(steps.size_or_zero(0),
-                                          static_cast<Index>(kItemsChunkBytes / (static_cast<double>(z.cols()) *
-                                                                                 static_cast<double>(sizeof(T))))))
+            ? std::min(z.rows(), forward_workspace_rows(steps, z.cols(), x.cols(), sizeof(T), kItemsChunkBytes))
             : z.rows();
     // Per-step scratch, rows = items: the recurrent part of cells that keep it apart, and the projected LSTM's
     // o * tanh(c) before projection. Each thread touches only its rows and units.
