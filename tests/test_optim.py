@@ -18,7 +18,7 @@ import math
 import pickle
 import subprocess
 import sys
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -153,6 +153,18 @@ def torch_params(task: Task) -> List[Any]:
     return params
 
 
+def lockstep(ours: Task, theirs: Task, opt: optim.Optimizer, reference: Any, steps: range) -> None:
+    """Train ``ours`` with ``opt`` and ``theirs`` with the torch optimizer ``reference`` side by side, the two
+    checked equal after every step."""
+    for step in steps:
+        for task in (ours, theirs):
+            task.zero()
+            task.backward()
+        opt.step()
+        reference.step()
+        assert_same(ours, theirs, step)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_matches_torch_optim_step_for_step(kind: str, config: Tuple[str, Dict[str, Any]]) -> None:
@@ -162,13 +174,7 @@ def test_matches_torch_optim_step_for_step(kind: str, config: Tuple[str, Dict[st
     opt = getattr(optim, name)(ours.params(), **kwargs)
     reference = getattr(torch.optim, name)(torch_params(theirs), **kwargs)
     start = ours.model.state_dict()
-    for step in range(1, STEPS + 1):
-        for task in (ours, theirs):
-            task.zero()
-            task.backward()
-        opt.step()
-        reference.step()
-        assert_same(ours, theirs, step)
+    lockstep(ours, theirs, opt, reference, range(1, STEPS + 1))
     # The run went somewhere: the parameters moved well beyond the tolerance.
     moved = max(float(np.max(np.abs(p - start[n]))) for n, p in ours.model.named_parameters().items())
     assert moved > 1e-3
@@ -279,18 +285,27 @@ def test_loads_a_torch_optimizer_state_dict_and_continues_as_torch(name: str) ->
     opt = getattr(optim, name)(ours.params(), lr=0.5)  # the hyperparameters come from the state dict
     opt.load_state_dict(reference.state_dict())
     assert opt.param_groups[0]["lr"] == kwargs["lr"]
-    for step in range(10):
-        for task in (ours, theirs):
-            task.zero()
-            task.backward()
-        opt.step()
-        reference.step()
-        assert_same(ours, theirs, step)
+    lockstep(ours, theirs, opt, reference, range(10))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. Against the algorithms as published, in plain NumPy (no torch needed)
 # ---------------------------------------------------------------------------------------------------------------------
+
+def _train(runs: Sequence[Tuple[Task, optim.Optimizer]], steps: int) -> None:
+    """``steps`` training steps of each (task, optimizer), in turn: zero_grad, backward, step."""
+    for _ in range(steps):
+        for task, opt in runs:
+            opt.zero_grad()
+            task.backward()
+            opt.step()
+
+
+def _assert_same_arrays(task: Task, other: Task) -> None:
+    """Bit for bit the same parameters, head included."""
+    for n, p in task.arrays().items():
+        np.testing.assert_array_equal(p, other.arrays()[n], err_msg=n)
+
 
 class ReferenceSGD:
     """SGD as torch.optim.SGD's documentation states it, one parameter at a time, without in-place updates."""
@@ -536,13 +551,8 @@ def test_a_model_updated_whole_equals_one_updated_parameter_by_parameter(name: s
     pairs = [(p, apart.model.grads[n]) for n, p in apart.model.named_parameters().items()]
     opt_whole = getattr(optim, name)(whole.params(), **kwargs)
     opt_apart = getattr(optim, name)([*pairs, (apart.head, apart.head_grad)], **kwargs)
-    for _ in range(5):
-        for task, opt in ((whole, opt_whole), (apart, opt_apart)):
-            opt.zero_grad()
-            task.backward()
-            opt.step()
-    for n, p in whole.arrays().items():
-        np.testing.assert_array_equal(p, apart.arrays()[n], err_msg=n)
+    _train(((whole, opt_whole), (apart, opt_apart)), 5)
+    _assert_same_arrays(whole, apart)
     a, b = opt_whole.state_dict(), opt_apart.state_dict()
     assert a["state"].keys() == b["state"].keys()
     for i in a["state"]:
@@ -557,13 +567,8 @@ def test_a_model_updated_whole_equals_one_updated_parameter_by_parameter(name: s
     again = Task("LSTM")
     opt_again = getattr(optim, name)([*((p, again.model.grads[n]) for n, p in again.model.named_parameters().items()),
                                       (again.head, again.head_grad)], **kwargs)
-    for _ in range(5):
-        for task, opt in ((fallback, opt_fallback), (again, opt_again)):
-            opt.zero_grad()
-            task.backward()
-            opt.step()
-    for n, p in fallback.arrays().items():
-        np.testing.assert_array_equal(p, again.arrays()[n], err_msg=n)
+    _train(((fallback, opt_fallback), (again, opt_again)), 5)
+    _assert_same_arrays(fallback, again)
 
 
 def test_plain_pairs_minimize_a_quadratic() -> None:
@@ -649,22 +654,14 @@ def test_state_dict_round_trip_continues_bit_identically(kind: str, config: Tupl
     name, kwargs = config
     task = Task(kind)
     opt = getattr(optim, name)(task.params(), **kwargs)
-    for _ in range(7):
-        opt.zero_grad()
-        task.backward()
-        opt.step()
+    _train(((task, opt),), 7)
     saved = pickle.loads(pickle.dumps(opt.state_dict()))  # it pickles (checkpoints)
     copy_ = task.twin()
     fresh = getattr(optim, name)(copy_.params(), lr=123.0)  # other hyperparameters: the saved ones are loaded
     fresh.load_state_dict(saved)
     assert fresh.param_groups[0]["lr"] == kwargs["lr"]
-    for _ in range(7):
-        for t, o in ((task, opt), (copy_, fresh)):
-            o.zero_grad()
-            t.backward()
-            o.step()
-    for n, p in task.arrays().items():
-        np.testing.assert_array_equal(p, copy_.arrays()[n], err_msg=n)
+    _train(((task, opt), (copy_, fresh)), 7)
+    _assert_same_arrays(task, copy_)
     # Same state again, key for key.
     a, b = opt.state_dict(), fresh.state_dict()
     assert a["param_groups"] == b["param_groups"]
@@ -706,10 +703,7 @@ def test_state_dict_layout_is_torchs() -> None:
 def _trained(name: str = "Adam", **kwargs: Any) -> Tuple[Task, optim.Optimizer]:
     task = Task("LSTM")
     opt = getattr(optim, name)(task.params(), **kwargs)
-    for _ in range(3):
-        opt.zero_grad()
-        task.backward()
-        opt.step()
+    _train(((task, opt),), 3)
     return task, opt
 
 
@@ -764,12 +758,8 @@ def test_a_rejected_state_dict_changes_nothing(label: str, edit: Callable[[Dict[
     after = opt.state_dict()
     assert after["param_groups"] == before["param_groups"]
     # It continues exactly as an optimizer that never saw the bad dict.
-    for t, o in ((task, opt), (twin_task, twin)):
-        o.zero_grad()
-        t.backward()
-        o.step()
-    for n, p in task.arrays().items():
-        np.testing.assert_array_equal(p, twin_task.arrays()[n], err_msg=n)
+    _train(((task, opt), (twin_task, twin)), 1)
+    _assert_same_arrays(task, twin_task)
 
 
 def test_load_state_dict_switching_amsgrad_on_needs_its_state() -> None:

@@ -617,27 +617,20 @@ def test_other_dtypes_and_bad_arguments_go_to_torch() -> None:
         "gru": [(x.double(), None), (torch.randn(T, B, I + 1), None), (x, torch.zeros(1, B + 1, H)),
                 (x, torch.zeros(B, H)), (torch.randn(B, I, 2, 2), None)],
     }
-    for kind, cases in stack_cases.items():
-        ref_cls, fast_cls = STACKS[kind]
-        for x_bad, hx_bad in cases:
-            ref, fast = _pair(ref_cls, fast_cls, I, H)
-            with pytest.raises(Exception) as expected:
-                ref(x_bad, hx_bad)
-            with pytest.raises(expected.type, match=re.escape(str(expected.value))):
-                fast(x_bad, hx_bad)
     cell_cases = {
         "lstm": [(torch.randn(1, 2, I), None), (torch.randn(B, I), (torch.zeros(B + 1, H), torch.zeros(B, H))),
                  (torch.randn(B, I), (torch.zeros(1, B, H), torch.zeros(B, H)))],
         "gru": [(torch.randn(1, 2, I), None), (torch.randn(B, I), torch.zeros(B + 1, H))],
     }
-    for kind, cases in cell_cases.items():
-        ref_cls, fast_cls = CELLS[kind]
-        for x_bad, hx_bad in cases:
-            ref, fast = _pair(ref_cls, fast_cls, I, H)
-            with pytest.raises(Exception) as expected:
-                ref(x_bad, hx_bad)
-            with pytest.raises(expected.type, match=re.escape(str(expected.value))):
-                fast(x_bad, hx_bad)
+    for classes, cases_of in ((STACKS, stack_cases), (CELLS, cell_cases)):
+        for kind, cases in cases_of.items():
+            ref_cls, fast_cls = classes[kind]
+            for x_bad, hx_bad in cases:
+                ref, fast = _pair(ref_cls, fast_cls, I, H)
+                with pytest.raises(Exception) as expected:
+                    ref(x_bad, hx_bad)
+                with pytest.raises(expected.type, match=re.escape(str(expected.value))):
+                    fast(x_bad, hx_bad)
     # Zero sizes, which torch.nn's cells take, run PyTorch's implementation.
     for ref_cls, fast_cls in CELLS.values():
         for args in ((0, H), (I, 0)):
