@@ -353,24 +353,26 @@ inline Index forward_workspace_rows(const StepLayout& steps, Index gate_cols, In
 //                     rows (at least the largest step's), then the steps run in chunks that fit it, each after its
 //                     own input projection, and the gates are not kept
 //   aux    [R, H]     out: what the cell keeps beside them (LSTM c, GRU W_hn h + b_hn)
+//   gates_kept        false: `gates` is only a workspace, even where it holds every step (see below)
 template <class Cell, class T>
 void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0,
                        const ConstMatrixRef<T>& c0, Activation act, bool reverse, const StepLayout& steps,
-                       MatrixRef<T> hs, MatrixRef<T> gates, MatrixRef<T> aux) {
+                       MatrixRef<T> hs, MatrixRef<T> gates, MatrixRef<T> aux, bool gates_kept = true) {
     constexpr int G = Cell::kGates;
     const Index T_ = steps.seq_len(), P = wt.w_hh.cols(), H = wt.w_hh.rows() / G;
     const bool proj = wt.w_hr.rows() != 0;
     MatrixRef<T> z = Cell::kInPlace ? hs : gates;  // the pre-activations [R or fewer, G*H]
-    const bool chunked = !Cell::kInPlace && gates.rows() < steps.rows();
     // The input projection inside the step loop, with the per-step kernel: chunks of it, or one whole.
     const double projection_work = static_cast<double>(steps.rows()) * z.cols() * x.cols();
     const double recurrence_work = static_cast<double>(steps.batch()) * G * H * P;
     const double recurrence_threads = useful_threads(recurrence_work, kMinStepWork);
-    const bool project_in_steps =
-        chunked || (!Cell::kInPlace && projection_work <= kMaxWholeStepProjection &&
-                    (recurrence_threads >= useful_threads(projection_work, kMinProductWork) ||
-                     (recurrence_threads < 2 && static_cast<double>(z.cols()) * x.cols() <= kMaxOwnRowProjection)));
-    if (chunked && gates.rows() < steps.size_or_zero(0)) {
+    const bool steps_project =
+        !Cell::kInPlace && projection_work <= kMaxWholeStepProjection &&
+        (recurrence_threads >= useful_threads(projection_work, kMinProductWork) ||
+         (recurrence_threads < 2 && static_cast<double>(z.cols()) * x.cols() <= kMaxOwnRowProjection));
+    const bool small_workspace = !Cell::kInPlace && gates.rows() < steps.rows();
+    const bool project_in_steps = small_workspace || steps_project;
+    if (small_workspace && gates.rows() < steps.size_or_zero(0)) {
         throw std::invalid_argument("gates: expected a workspace of at least " + std::to_string(steps.size(0)) +
                                     " rows, got " + std::to_string(gates.rows()));
     }
@@ -398,9 +400,20 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     // (A projected LSTM mixes the units after the cell: items only.)
     RecurrenceSplit split(steps, threads, proj ? 0.0 : static_cast<double>(B) * G * H * P);
     if (proj && !split.by_items && threads > 1) split = RecurrenceSplit(steps, threads = 1);
+    // A workspace that holds every step still runs in chunks when each thread's share of the pre-activations
+    // outgrows kItemsChunkBytes and the steps project their own inputs anyway (so the bits of a forward that keeps
+    // its gates): a recurrence split by items, or on one thread, then reads rows projected moments before rather
+    // than from L3 (T50 I=H=128, interleaved: LSTM B32 0.84x the time on one thread, B16 0.94x, T200 B8 I64 0.88x;
+    // B32 at two threads, 1.6 MB each, 0.86-0.93x; the GRU, whose recurrent part goes to a scratch of one step,
+    // 0.89-0.97x on one thread, level at two; T50 B16 at two, 0.8 MB each, was 1.0-1.03x chunked).
+    const bool unbanded = split.by_items || threads == 1;
+    const double share = static_cast<double>(steps.rows()) * z.cols() * static_cast<double>(sizeof(T)) /
+                         (split.by_items ? threads : 1);
+    const bool chunked =
+        small_workspace || (!gates_kept && steps_project && unbanded && share > kItemsChunkBytes);
     // The rows of a chunk (chunked: the workspace's, or fewer, see kItemsChunkBytes).
     const Index capacity =
-        chunked && (split.by_items || threads == 1)
+        chunked && unbanded
             ? std::min(z.rows(), forward_workspace_rows(steps, z.cols(), x.cols(), sizeof(T), kItemsChunkBytes))
             : z.rows();
     // Per-step scratch, rows = items: the recurrent part of cells that keep it apart, and the projected LSTM's
@@ -946,7 +959,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
 #define RNNFAST_RECURRENT(prefix, Cell, T)                                                                          \
     prefix template void recurrent_forward<Cell, T>(                                                               \
         const LayerWeights<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&,     \
-        Activation, bool, const StepLayout&, MatrixRef<T>, MatrixRef<T>, MatrixRef<T>);                          \
+        Activation, bool, const StepLayout&, MatrixRef<T>, MatrixRef<T>, MatrixRef<T>, bool);                    \
     prefix template void recurrent_backward<Cell, T>(                                                              \
         const LayerWeights<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&,     \
         const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&, const ConstMatrixRef<T>&,   \

@@ -207,16 +207,19 @@ namespace {
 template <class T>
 void direction_forward(const StackConfig& cfg, const detail::LayerWeights<T>& wt, const ConstMatrixRef<T>& x,
                        const ConstMatrixRef<T>& h0, const ConstMatrixRef<T>& c0, bool reverse, const StepLayout& steps,
-                       MatrixRef<T> hs, MatrixRef<T> gates, MatrixRef<T> aux) {
+                       MatrixRef<T> hs, MatrixRef<T> gates, MatrixRef<T> aux, bool gates_kept) {
     switch (cfg.cell) {
         case CellKind::rnn:
-            detail::recurrent_forward<detail::ElmanCell, T>(wt, x, h0, c0, cfg.activation, reverse, steps, hs, gates, aux);
+            detail::recurrent_forward<detail::ElmanCell, T>(wt, x, h0, c0, cfg.activation, reverse, steps, hs, gates, aux,
+                                                            gates_kept);
             break;
         case CellKind::lstm:
-            detail::recurrent_forward<detail::LstmCell, T>(wt, x, h0, c0, cfg.activation, reverse, steps, hs, gates, aux);
+            detail::recurrent_forward<detail::LstmCell, T>(wt, x, h0, c0, cfg.activation, reverse, steps, hs, gates, aux,
+                                                           gates_kept);
             break;
         case CellKind::gru:
-            detail::recurrent_forward<detail::GruCell, T>(wt, x, h0, c0, cfg.activation, reverse, steps, hs, gates, aux);
+            detail::recurrent_forward<detail::GruCell, T>(wt, x, h0, c0, cfg.activation, reverse, steps, hs, gates, aux,
+                                                          gates_kept);
             break;
     }
 }
@@ -383,7 +386,7 @@ void stack_forward(const StackConfig& cfg, const T* params, const ConstMatrixRef
                 direction_forward<T>(cfg, weights_of(cfg, params, p), in,
                                      h0_in.rows() != 0 ? ConstMatrixRef<T>(h0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_state),
                                      c0_in.rows() != 0 ? ConstMatrixRef<T>(c0_in.middleRows(ld * B, B)) : ConstMatrixRef<T>(no_cell),
-                                     d == 1, steps, ys.middleCols(d * P, P), g, a);
+                                     d == 1, steps, ys.middleCols(d * P, P), g, a, cached_gates);
                 // Each item's final state: its last valid step forward, step 0 in reverse.
                 if (!packed) {
                     const Index last = d == 1 ? 0 : seq_len - 1;

@@ -57,8 +57,9 @@ Matrix<double> lstm_by_hand(const Lstm& m, bool reverse) {
     return hs;
 }
 
-// recurrent_forward in float at `threads` threads; `gate_rows`: the gate buffer's rows (fewer than T: chunks).
-Matrix<float> lstm_forward(const Lstm& m, bool reverse, int threads, Index gate_rows) {
+// recurrent_forward in float at `threads` threads; `gate_rows`: the gate buffer's rows (fewer than T: chunks);
+// `kept`: whether the gates are kept (false: the buffer is only a workspace).
+Matrix<float> lstm_forward(const Lstm& m, bool reverse, int threads, Index gate_rows, bool kept = true) {
     using rnnfast::detail::LayerWeights;
     const Matrix<float> w_ih = m.w_ih.cast<float>(), w_hh = m.w_hh.cast<float>(), x = m.x.cast<float>(), none(0, m.H);
     const Eigen::Matrix<float, 1, Eigen::Dynamic> b_ih = m.b_ih.cast<float>(), b_hh = m.b_hh.cast<float>();
@@ -68,7 +69,8 @@ Matrix<float> lstm_forward(const Lstm& m, bool reverse, int threads, Index gate_
     const int before = rnnfast::get_num_threads();
     rnnfast::set_num_threads(threads);
     rnnfast::detail::recurrent_forward<rnnfast::detail::LstmCell, float>(
-        wt, x, none, none, rnnfast::Activation::tanh, reverse, rnnfast::StepLayout::uniform(m.T, 1), hs, gates, aux);
+        wt, x, none, none, rnnfast::Activation::tanh, reverse, rnnfast::StepLayout::uniform(m.T, 1), hs, gates, aux,
+        kept);
     rnnfast::set_num_threads(before);
     return hs;
 }
@@ -87,6 +89,21 @@ TEST(RecurrentForward, ProjectionAheadGivesTheOneThreadBitsInBothDirections) {
                 EXPECT_TRUE(many == one) << "reverse " << reverse << ", gate rows " << gate_rows << ", threads "
                                          << threads;
             }
+        }
+    }
+}
+
+// A workspace that holds every step, of more pre-activations than kItemsChunkBytes (600 steps of 4 * 128 floats,
+// 1.2 MB), runs in chunks as a smaller one does: the bits of a forward that keeps its gates, on one thread and with
+// the projection ahead.
+TEST(RecurrentForward, AWorkspaceHoldingEveryStepGivesTheBitsOfKeptGates) {
+    const Lstm m = make_lstm(600, 24, 128);
+    for (bool reverse : {false, true}) {
+        const Matrix<float> kept = lstm_forward(m, reverse, 1, m.T);
+        EXPECT_LT((kept.cast<double>() - lstm_by_hand(m, reverse)).cwiseAbs().maxCoeff(), 1e-5);
+        for (int threads : {1, 2}) {
+            EXPECT_TRUE(lstm_forward(m, reverse, threads, m.T, false) == kept)
+                << "reverse " << reverse << ", threads " << threads;
         }
     }
 }
