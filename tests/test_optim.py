@@ -117,6 +117,21 @@ def assert_same(task: Task, other: Task, step: int, rtol: float = RTOL) -> None:
                                    err_msg=f"{name} after step {step}")
 
 
+def _train(runs: Sequence[Tuple[Task, optim.Optimizer]], steps: int) -> None:
+    """``steps`` training steps of each (task, optimizer), in turn: zero_grad, backward, step."""
+    for _ in range(steps):
+        for task, opt in runs:
+            opt.zero_grad()
+            task.backward()
+            opt.step()
+
+
+def _assert_same_arrays(task: Task, other: Task) -> None:
+    """Bit for bit the same parameters, head included."""
+    for n, p in task.arrays().items():
+        np.testing.assert_array_equal(p, other.arrays()[n], err_msg=n)
+
+
 # The hyperparameters exercised, as keyword arguments of both rnnfast.optim's and torch.optim's constructors.
 CONFIGS: List[Tuple[str, Dict[str, Any]]] = [
     ("SGD", {"lr": 0.05}),
@@ -291,21 +306,6 @@ def test_loads_a_torch_optimizer_state_dict_and_continues_as_torch(name: str) ->
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. Against the algorithms as published, in plain NumPy (no torch needed)
 # ---------------------------------------------------------------------------------------------------------------------
-
-def _train(runs: Sequence[Tuple[Task, optim.Optimizer]], steps: int) -> None:
-    """``steps`` training steps of each (task, optimizer), in turn: zero_grad, backward, step."""
-    for _ in range(steps):
-        for task, opt in runs:
-            opt.zero_grad()
-            task.backward()
-            opt.step()
-
-
-def _assert_same_arrays(task: Task, other: Task) -> None:
-    """Bit for bit the same parameters, head included."""
-    for n, p in task.arrays().items():
-        np.testing.assert_array_equal(p, other.arrays()[n], err_msg=n)
-
 
 class ReferenceSGD:
     """SGD as torch.optim.SGD's documentation states it, one parameter at a time, without in-place updates."""

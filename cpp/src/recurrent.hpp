@@ -349,11 +349,10 @@ inline Index forward_workspace_rows(const StepLayout& steps, Index gate_cols, In
 //   x      [R, I]     layer input, laid out by `steps`
 //   h0     [B, P]     initial state, 0 rows for zeros;  c0 [B, H] (LSTM), 0 rows for zeros
 //   hs     [R, P]     out: the state after every step (may be a column block of a wider matrix)
-//   gates  [R, G*H]   out: the activated gates (unused by cells that work in place in hs); or a workspace of fewer
-//                     rows (at least the largest step's), then the steps run in chunks that fit it, each after its
-//                     own input projection, and the gates are not kept
+//   gates  [R, G*H]   out: the activated gates (unused by cells that work in place in hs); or, with gates_kept
+//                     false, a workspace of at least the largest step's rows: the steps then run in chunks that fit
+//                     it (and kItemsChunkBytes, see below), each after its own input projection
 //   aux    [R, H]     out: what the cell keeps beside them (LSTM c, GRU W_hn h + b_hn)
-//   gates_kept        false: `gates` is only a workspace, even where it holds every step (see below)
 template <class Cell, class T>
 void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, const ConstMatrixRef<T>& h0,
                        const ConstMatrixRef<T>& c0, Activation act, bool reverse, const StepLayout& steps,
@@ -370,11 +369,16 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
         !Cell::kInPlace && projection_work <= kMaxWholeStepProjection &&
         (recurrence_threads >= useful_threads(projection_work, kMinProductWork) ||
          (recurrence_threads < 2 && static_cast<double>(z.cols()) * x.cols() <= kMaxOwnRowProjection));
-    const bool small_workspace = !Cell::kInPlace && gates.rows() < steps.rows();
+    const bool workspace = !Cell::kInPlace && !gates_kept;
+    const bool small_workspace = workspace && gates.rows() < steps.rows();
     const bool project_in_steps = small_workspace || steps_project;
     if (small_workspace && gates.rows() < steps.size_or_zero(0)) {
         throw std::invalid_argument("gates: expected a workspace of at least " + std::to_string(steps.size(0)) +
                                     " rows, got " + std::to_string(gates.rows()));
+    }
+    if (!Cell::kInPlace && gates_kept && gates.rows() < steps.rows()) {
+        throw std::invalid_argument("gates: expected " + std::to_string(steps.rows()) + " rows to keep, got " +
+                                    std::to_string(gates.rows()));
     }
     // Where the input projection starts: b_ih, plus b_hh for cells that add the recurrent part to it (zeros without
     // biases); the GRU's recurrent part starts from b_hh (zeros without).
@@ -410,7 +414,7 @@ void recurrent_forward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, co
     const double share = static_cast<double>(steps.rows()) * z.cols() * static_cast<double>(sizeof(T)) /
                          (split.by_items ? threads : 1);
     const bool chunked =
-        small_workspace || (!gates_kept && steps_project && unbanded && share > kItemsChunkBytes);
+        small_workspace || (workspace && steps_project && unbanded && share > kItemsChunkBytes);
     // The rows of a chunk (chunked: the workspace's, or fewer, see kItemsChunkBytes).
     const Index capacity =
         chunked && unbanded

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <random>
+#include <stdexcept>
 #include <tuple>
 #include <vector>
 
@@ -57,21 +58,23 @@ Matrix<double> lstm_by_hand(const Lstm& m, bool reverse) {
     return hs;
 }
 
-// recurrent_forward in float at `threads` threads; `gate_rows`: the gate buffer's rows (fewer than T: chunks);
-// `kept`: whether the gates are kept (false: the buffer is only a workspace).
-Matrix<float> lstm_forward(const Lstm& m, bool reverse, int threads, Index gate_rows, bool kept = true) {
+// recurrent_forward in float at `threads` threads; `gate_rows`: the gate buffer's rows, T where the gates are `kept`
+// (otherwise the buffer is a workspace, which runs the steps in chunks).
+Matrix<float> lstm_forward(const Lstm& m, bool reverse, int threads, Index gate_rows, bool kept) {
     using rnnfast::detail::LayerWeights;
     const Matrix<float> w_ih = m.w_ih.cast<float>(), w_hh = m.w_hh.cast<float>(), x = m.x.cast<float>(), none(0, m.H);
     const Eigen::Matrix<float, 1, Eigen::Dynamic> b_ih = m.b_ih.cast<float>(), b_hh = m.b_hh.cast<float>();
     const Matrix<float> no_proj(0, m.H);
     LayerWeights<float> wt{w_ih, w_hh, b_ih, b_hh, no_proj};
     Matrix<float> hs(m.T, m.H), gates(gate_rows, 4 * m.H), aux(m.T, m.H);
-    const int before = rnnfast::get_num_threads();
+    struct Threads {  // the count before, restored also when the call throws
+        int before = rnnfast::get_num_threads();
+        ~Threads() { rnnfast::set_num_threads(before); }
+    } restore;
     rnnfast::set_num_threads(threads);
     rnnfast::detail::recurrent_forward<rnnfast::detail::LstmCell, float>(
         wt, x, none, none, rnnfast::Activation::tanh, reverse, rnnfast::StepLayout::uniform(m.T, 1), hs, gates, aux,
         kept);
-    rnnfast::set_num_threads(before);
     return hs;
 }
 
@@ -82,10 +85,10 @@ TEST(RecurrentForward, ProjectionAheadGivesTheOneThreadBitsInBothDirections) {
     for (bool reverse : {false, true}) {
         const Matrix<double> want = lstm_by_hand(m, reverse);
         for (Index gate_rows : {m.T, Index(70)}) {
-            const Matrix<float> one = lstm_forward(m, reverse, 1, gate_rows);
+            const Matrix<float> one = lstm_forward(m, reverse, 1, gate_rows, gate_rows == m.T);
             EXPECT_LT((one.cast<double>() - want).cwiseAbs().maxCoeff(), 1e-5) << "reverse " << reverse;
             for (int threads : {2, 3}) {
-                const Matrix<float> many = lstm_forward(m, reverse, threads, gate_rows);
+                const Matrix<float> many = lstm_forward(m, reverse, threads, gate_rows, gate_rows == m.T);
                 EXPECT_TRUE(many == one) << "reverse " << reverse << ", gate rows " << gate_rows << ", threads "
                                          << threads;
             }
@@ -99,13 +102,23 @@ TEST(RecurrentForward, ProjectionAheadGivesTheOneThreadBitsInBothDirections) {
 TEST(RecurrentForward, AWorkspaceHoldingEveryStepGivesTheBitsOfKeptGates) {
     const Lstm m = make_lstm(600, 24, 128);
     for (bool reverse : {false, true}) {
-        const Matrix<float> kept = lstm_forward(m, reverse, 1, m.T);
+        const Matrix<float> kept = lstm_forward(m, reverse, 1, m.T, true);
         EXPECT_LT((kept.cast<double>() - lstm_by_hand(m, reverse)).cwiseAbs().maxCoeff(), 1e-5);
         for (int threads : {1, 2}) {
             EXPECT_TRUE(lstm_forward(m, reverse, threads, m.T, false) == kept)
                 << "reverse " << reverse << ", threads " << threads;
         }
     }
+}
+
+// A gate buffer too small for its role is refused before any step: kept gates of fewer rows than the steps, a
+// workspace of fewer than one step's.
+TEST(RecurrentForward, RefusesAGateBufferTooSmallForItsRole) {
+    const Lstm m = make_lstm(10, 4, 4);
+    EXPECT_THROW(lstm_forward(m, false, 1, 9, true), std::invalid_argument);
+    EXPECT_THROW(lstm_forward(m, false, 1, 0, false), std::invalid_argument);
+    EXPECT_LT((lstm_forward(m, false, 1, 1, false).cast<double>() - lstm_by_hand(m, false)).cwiseAbs().maxCoeff(),
+              1e-5);  // one step's rows suffice
 }
 
 // weight_rows_product against a double product, for both forms of the weight, each start of the rows (zeros, a bias,
