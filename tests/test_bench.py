@@ -13,6 +13,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -42,9 +43,14 @@ def check_mode(mode: dict, repeat: int) -> None:
         assert len(samples) == repeat and all(s > 0 for s in samples)
         assert seconds == pytest.approx(statistics.median(samples))
         assert mode["calls_per_sample"][backend] >= 1
-    assert set(mode["speedup"]) == set(times) - {"rnnfast"}
+    variants = {b for b in times if bench.BACKEND_TABLE[b].variant_of is not None}
+    assert set(mode["speedup"]) == set(times) - {"rnnfast"} - variants
     for backend, speedup in mode["speedup"].items():
-        assert speedup == pytest.approx(times[backend] / times["rnnfast"])
+        # Against the backend's faster row: its own or a variant's (PyTorch on one thread).
+        rows = [backend] + [v for v in variants if bench.BACKEND_TABLE[v].variant_of == backend]
+        fastest = min(rows, key=lambda row: times[row])
+        assert mode["speedup_row"][backend] == fastest
+        assert speedup == pytest.approx(times[fastest] / times["rnnfast"])
     # Every backend that ran agreed with rnnfast: nothing was skipped as a mismatch or an error.
     assert mode["skipped"] == {}
 
@@ -512,3 +518,101 @@ def test_cli_thread_counts_must_be_distinct_positive_integers(bad, capsys) -> No
         cli_main(["bench", "--threads", bad])
     assert exc.value.code == 2
     assert "--threads" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- PyTorch at 1 and N threads
+
+def _fake_torch_builders(monkeypatch, torch_s: float, torch1_s: float) -> None:
+    """"torch" and "torch1" rows that give rnnfast's own results and take the given seconds per call."""
+    def builder(seconds: float):  # type: ignore[no-untyped-def]
+        def build(w, env):  # type: ignore[no-untyped-def]
+            real = bench._JOB_BUILDERS["rnnfast"](w, env)["inference"]
+            return {"inference": bench._Job(lambda n: time.sleep(seconds * n), real.probe)}
+        return build
+
+    monkeypatch.setitem(bench._JOB_BUILDERS, "torch", builder(torch_s))
+    monkeypatch.setitem(bench._JOB_BUILDERS, "torch1", builder(torch1_s))
+
+
+@pytest.mark.parametrize("one_thread_faster", [True, False])
+def test_the_speedup_over_pytorch_is_against_its_faster_thread_count(monkeypatch, quick_results: dict,
+                                                                     one_thread_faster: bool) -> None:
+    """The issue's anchor is PyTorch at its best of 1 and N threads: the speedup over "torch" divides the faster of
+    its row and its one-thread row ("torch1"), the table marks which, and a thread sweep leaves the variant out."""
+    fast, slow = 2e-3, 8e-3
+    _fake_torch_builders(monkeypatch, slow if one_thread_faster else fast, fast if one_thread_faster else slow)
+    result = bench._bench_case(bench.CASES["cell_step_H20"], ["rnnfast", "torch", "torch1"], {"threads": 2},
+                               repeat=2, min_seconds=1e-2, settle=0.0)
+    mode = result["modes"]["inference"]
+    check_mode(mode, 2)
+    assert set(mode["median_s"]) == {"rnnfast", "torch", "torch1"} and set(mode["speedup"]) == {"torch"}
+    assert mode["speedup_row"]["torch"] == ("torch1" if one_thread_faster else "torch")
+    times = mode["median_s"]
+    assert mode["speedup"]["torch"] == pytest.approx(min(times["torch"], times["torch1"]) / times["rnnfast"])
+
+    results = {**quick_results, "threads": 2, "cases": {"cell_step_H20": result}}
+    table = bench.format_table(results).splitlines()
+    header = next(line for line in table if line.startswith("case"))
+    assert "torch 1t ms" in header and "vs torch" in header and "vs torch 1t" not in header
+    row = next(line for line in table if line.startswith("cell_step_H20"))
+    speedup = f"{mode['speedup']['torch']:.2f}x"
+    assert (speedup + "*" in row.split()) == one_thread_faster and (speedup in row.split()) != one_thread_faster
+    assert any(line.startswith("vs torch = against the faster of torch (2 threads) and torch 1t") for line in table)
+
+    # A sweep times every backend at each count itself: no "torch 1t" row.
+    one = {**quick_results, "threads": 1, "cases": {"cell_step_H20": json.loads(json.dumps(result))}}
+    del one["cases"]["cell_step_H20"]["modes"]["inference"]["median_s"]["torch1"]
+    sweep_rows = [line.split() for line in bench.format_sweep([one, results]).splitlines()
+                  if line.startswith("cell_step_H20")]
+    assert sorted(row[2] for row in sweep_rows) == ["rnnfast", "torch"]
+
+
+def test_the_one_thread_pytorch_row_follows_the_torch_backend() -> None:
+    assert "torch1" not in bench._OPTIONAL_BACKENDS and "torch" in bench._OPTIONAL_BACKENDS
+    assert bench.BACKEND_TABLE["torch1"].variant_of == "torch"
+    with pytest.raises(ValueError, match="backends: unknown"):
+        bench.run(cases=["cell_step_H20"], quick=True, backends=["torch1"])
+    # Not requested with torch left out; not run in a one-thread run (where it would repeat torch's row).
+    for threads, backends in ((2, []), (1, ["torch"])):
+        results = bench.run(cases=["cell_step_H20"], threads=threads, repeat=1, quick=True, reference=False,
+                            backends=backends)
+        assert "torch1" not in results["cases"]["cell_step_H20"]["modes"]["inference"]["median_s"]
+
+
+def test_pytorch_runs_pinned_to_one_thread_beside_its_row(monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    results = bench.run(cases=["cell_step_H20"], threads=2, repeat=1, quick=True, reference=False,
+                        backends=["torch"])
+    mode = results["cases"]["cell_step_H20"]["modes"]["inference"]
+    check_mode(mode, 1)
+    assert {"torch", "torch1"} <= set(mode["median_s"])
+
+    w = bench._make_workload(dataclasses.replace(bench.CASES["seed_1layer"], kind="lstm"))
+    with pytest.raises(bench.backends._Skip):
+        bench._JOB_BUILDERS["torch1"](w, {"threads": 1, "torch": torch})
+    # Each call of a job sets PyTorch to one thread and back to the run's count, also when it fails.
+    counts: list[int] = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (counts.append(n), real_set(n))[1])
+    saved = torch.get_num_threads()
+    try:
+        real_set(2)
+        jobs = bench._JOB_BUILDERS["torch1"](w, {"threads": 2, "torch": torch})
+        grads = jobs["train"].probe()
+        jobs["inference"].run_n(2)
+        assert counts == [1, 2, 1, 2] and torch.get_num_threads() == 2
+        torch_jobs = bench._JOB_BUILDERS["torch"](w, {"threads": 2, "torch": torch})
+        assert bench._grad_mismatch(grads, torch_jobs["train"].probe()) is None
+
+        def failing_jobs(w, env):  # type: ignore[no-untyped-def]
+            def fail(n: int) -> None:
+                raise RuntimeError("a failing call")
+            return {"inference": bench._Job(fail, lambda: None)}
+
+        monkeypatch.setattr(bench.backends, "_torch_jobs", failing_jobs)
+        counts.clear()
+        with pytest.raises(RuntimeError, match="a failing call"):
+            bench._JOB_BUILDERS["torch1"](w, {"threads": 2, "torch": torch})["inference"].run_n(1)
+        assert counts == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        real_set(saved)

@@ -29,7 +29,9 @@ All backends use the same number of threads and run interleaved in one process: 
 backend in turn (round-robin, starting from a different backend each time), each timing (after a pause and one
 untimed call) a loop of calls that lasts at least ``MIN_LOOP_SECONDS``; the reported time per call is the median
 over repetitions. The speedup of rnnfast over another backend is ``other_time / rnnfast_time`` (above 1: rnnfast
-is faster).
+is faster). PyTorch, at small sizes often fastest on one thread, also runs pinned to one thread beside its row at the
+run's count (the ``torch1`` row, "torch 1t"; not in a one-thread run), and the speedup over PyTorch is against the
+faster of the two: PyTorch at its best of 1 and N threads.
 
 The same run measures the machine's matrix product rate in the run's dtype (NumPy 1024 x 1024 products at the same
 thread count), before its cases and again after them, and reports rnnfast's inference rate as a percentage of the

@@ -292,6 +292,26 @@ def _torch_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
     return {"inference": _Job(infer_n, infer_probe), "train": _Job(train_n, train_probe)}
 
 
+def _torch_one_thread_jobs(w: _Workload, env: Dict[str, Any]) -> Dict[str, _Job]:
+    """PyTorch's jobs pinned to one thread (its thread count set back to the run's after each call of a job): at
+    small sizes PyTorch is fastest on one thread, and rnnfast's speedup over PyTorch is against its faster count."""
+    if env["threads"] == 1:
+        raise _Skip("the run is at one thread: the torch row's")
+    torch = env["torch"]
+
+    def pinned(f: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            torch.set_num_threads(1)
+            try:
+                return f(*args)
+            finally:
+                torch.set_num_threads(env["threads"])
+        return call
+
+    return {mode: _Job(pinned(job.run_n), pinned(job.probe), job.kept_bytes)
+            for mode, job in _torch_jobs(w, env).items()}
+
+
 def _onnx_model_for(w: _Workload, env: Dict[str, Any]) -> Any:
     """The ONNX graph of the case's model (``rnnfast.onnx.to_onnx``), its T and B fixed to the case's."""
     if w.case.cell:
@@ -379,7 +399,8 @@ class Backend:
     reason). ``optional``: chosen with ``run(backends=...)`` (rnnfast always runs; the reference is chosen with
     ``run(reference=...)``). ``dtypes``: the dtypes it computes in; in another it does not run, for the reason
     ``why_not_dtype``. ``quick_max_flops``: in a quick run, only on cases of at most this many flops per forward
-    pass. ``train_memory``: ``--memory`` measures its training step.
+    pass. ``train_memory``: ``--memory`` measures its training step. ``variant_of``: another backend's row at other
+    settings, run when that backend is; rnnfast's speedup over that backend is against the faster of the two.
     """
 
     name: str
@@ -392,12 +413,15 @@ class Backend:
     quick_max_flops: Optional[int] = None
     train_memory: bool = False
     color: Optional[str] = None
+    variant_of: Optional[str] = None
 
 
 #: Every backend, in display order; "rnnfast" is always first and the baseline of every speedup.
 BACKEND_TABLE: Dict[str, Backend] = {b.name: b for b in [
     Backend("rnnfast", "rnnfast", _rnnfast_jobs, optional=False, train_memory=True),
     Backend("torch", "torch", _torch_jobs, requires=("torch",), train_memory=True, color="tab:red"),
+    # PyTorch at one thread, beside it at the run's N: the anchor is PyTorch at its best of 1 and N threads.
+    Backend("torch1", "torch 1t", _torch_one_thread_jobs, requires=("torch",), variant_of="torch"),
     # ONNX Runtime's CPU kernels of RNN, LSTM and GRU are float only: a float64 graph fails ("Could not find an
     # implementation for RNN(14)", "LSTM operator does not support double yet").
     Backend("onnxruntime", "ort", _onnxruntime_jobs, requires=("onnx", "onnxruntime"), dtypes=("float32",),
@@ -411,7 +435,10 @@ BACKEND_TABLE: Dict[str, Backend] = {b.name: b for b in [
 ]}
 
 BACKENDS = tuple(BACKEND_TABLE)
-_OPTIONAL_BACKENDS = tuple(b.name for b in BACKEND_TABLE.values() if b.optional)
+_OPTIONAL_BACKENDS = tuple(b.name for b in BACKEND_TABLE.values() if b.optional and b.variant_of is None)
+#: Backend -> its variants (rows at other settings), which run when it does.
+_VARIANTS: Dict[str, Tuple[str, ...]] = {
+    name: tuple(b.name for b in BACKEND_TABLE.values() if b.variant_of == name) for name in BACKEND_TABLE}
 _SHORT_NAMES = {b.name: b.label for b in BACKEND_TABLE.values()}
 _COLORS = {b.name: b.color for b in BACKEND_TABLE.values() if b.color is not None}
 #: The job builders in use, by backend (the benchmark calls them from here; a test may replace one).

@@ -32,6 +32,12 @@ def _backends_in(results: Dict[str, Any]) -> List[str]:
     return [b for b in BACKENDS if b in seen]
 
 
+def _compared(backends: Sequence[str]) -> List[str]:
+    """The backends rnnfast's speedups are over: all but rnnfast and the variants (rows of another backend at other
+    settings, which count toward that backend's speedup)."""
+    return [b for b in backends if b != "rnnfast" and BACKEND_TABLE[b].variant_of is None]
+
+
 def _quick_notes(results: Dict[str, Any]) -> List[str]:
     """One line per backend that a quick run left out of some cases, naming them."""
     left_out: Dict[str, List[str]] = {}
@@ -50,7 +56,7 @@ def _quick_notes(results: Dict[str, Any]) -> List[str]:
 def format_table(results: Dict[str, Any]) -> str:
     """The results as a plain-text table (times in milliseconds per call)."""
     backends = _backends_in(results)
-    others = [b for b in backends if b != "rnnfast"]
+    others = _compared(backends)
     header = (["case", "mode"] + [f"{_SHORT_NAMES[b]} ms" for b in backends]
               + [f"vs {_SHORT_NAMES[b]}" for b in others] + ["GFLOP/s", "% GEMM"])
     rows, notes = [], []
@@ -65,7 +71,9 @@ def format_table(results: Dict[str, Any]) -> str:
                     notes.append(f"{name} {mode} {b}: {m['skipped'][b]}")
                 else:
                     row.append("-")
-            row += [f"{m['speedup'][b]:.2f}x" if b in m["speedup"] else "-" for b in others]
+            # "*": the speedup is over one of the backend's variants, which was faster than its own row.
+            row += [f"{m['speedup'][b]:.2f}x" + ("*" if m.get("speedup_row", {}).get(b, b) != b else "")
+                    if b in m["speedup"] else "-" for b in others]
             if "rnnfast_gflops" in m:
                 row += [f"{m['rnnfast_gflops']:.2f}", f"{m['percent_of_gemm']:.1f}"]
             else:
@@ -94,6 +102,12 @@ def format_table(results: Dict[str, Any]) -> str:
     out += [line(r) for r in rows]
     out += ["",
             "vs X = X's time / rnnfast's time (above 1: rnnfast is faster). GFLOP/s and % GEMM: rnnfast inference."]
+    for variant in backends:
+        of = BACKEND_TABLE[variant].variant_of
+        if of is None:
+            continue
+        out.append(f"vs {_SHORT_NAMES[of]} = against the faster of {_SHORT_NAMES[of]} ({results['threads']} threads) "
+                   f"and {_SHORT_NAMES[variant]} (one thread); * where {_SHORT_NAMES[variant]} was the faster.")
     peaks = {name: case["train_peak_bytes"] for name, case in results["cases"].items() if "train_peak_bytes" in case}
     if peaks:
         out += ["", "Training-step peak memory (MiB above the step's start, each backend in a fresh process):"]
@@ -119,7 +133,7 @@ def write_plot(results: Dict[str, Any], path: str) -> None:
     """A PNG bar chart of rnnfast's speedup over each other backend, per case (one panel per mode). Needs
     matplotlib (ImportError otherwise)."""
     figure_module = importlib.import_module("matplotlib.figure")
-    backends = [b for b in _backends_in(results) if b != "rnnfast"]
+    backends = _compared(_backends_in(results))
     modes = [mode for mode in MODES if any(mode in c["modes"] for c in results["cases"].values())]
     fig = figure_module.Figure(figsize=(max(6.0, 1.1 * len(results["cases"]) + 2), 3.6 * len(modes)))
     axes = fig.subplots(len(modes), 1, squeeze=False)[:, 0]

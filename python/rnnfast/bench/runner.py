@@ -12,8 +12,8 @@ from numpy.typing import DTypeLike
 
 import rnnfast
 
-from .backends import (_JOB_BUILDERS, _OPTIONAL_BACKENDS, _TOLERANCES, BACKEND_TABLE, _grad_mismatch, _import_optional,
-                       _Job, _make_workload, _output_mismatch, _quick_exclusion, _Skip)
+from .backends import (_JOB_BUILDERS, _OPTIONAL_BACKENDS, _TOLERANCES, _VARIANTS, BACKEND_TABLE, _grad_mismatch,
+                       _import_optional, _Job, _make_workload, _output_mismatch, _quick_exclusion, _Skip)
 from .cases import KIND_GATES, Case, check_dtype, select_cases
 from .memory import _MEMORY_BACKENDS, measure_train_memory
 from .timing import GEMM_SIZE, Timing, _BlasThreads, _machine_info, _measure_gemm, gemm_rate, time_interleaved
@@ -70,9 +70,13 @@ def _bench_case(case: Case, backends: Sequence[str], env: Dict[str, Any], repeat
                                    check_s[mode] if quick else None)
         median = timings.median_s
         base = median["rnnfast"]
+        # Against each backend at its fastest row: its own, or one of its variants (PyTorch on one thread).
+        fastest = {name: min([name, *_VARIANTS[name]], key=lambda row: median.get(row, float("inf")))
+                   for name in median if name != "rnnfast" and BACKEND_TABLE[name].variant_of is None}
         result["modes"][mode] = {
             "median_s": median,
-            "speedup": {name: median[name] / base for name in median if name != "rnnfast"},
+            "speedup": {name: median[row] / base for name, row in fastest.items()},
+            "speedup_row": fastest,
             "samples_s": timings.samples_s,
             "calls_per_sample": timings.calls_per_sample,
             "skipped": skipped[mode],
@@ -94,7 +98,9 @@ def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5
     quick : a smoke run: fewer (at most 3) and shorter (``QUICK_MIN_LOOP_SECONDS``) repetitions, and the NumPy
         reference only on cases of at most ``QUICK_REFERENCE_MAX_FLOPS`` (each case's ``not_run`` says where not)
     reference : also time the NumPy reference (slow on the big cases)
-    backends : the optional backends to try, among "torch", "onnxruntime", "openvino"; None tries all of them
+    backends : the optional backends to try, among "torch", "onnxruntime", "openvino"; None tries all of them.
+        With "torch" and ``threads`` above 1, PyTorch also runs pinned to one thread (the "torch1" row), and the
+        speedup over PyTorch is against the faster of its two rows
     progress : called with a line of text as each case starts
     memory : also measure each training case's peak memory per step, rnnfast's and PyTorch's (when it runs),
         with ``measure_train_memory``
@@ -104,7 +110,8 @@ def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5
         OpenVINO run in float32 only (in float64 they are listed as not run, with the reason)
 
     Results: ``{"cases": {name: {..., "flops", "modes": {"inference"|"train": {"median_s": {backend: seconds per
-    call}, "speedup": {backend: backend_time / rnnfast_time}, "samples_s", "calls_per_sample", "skipped":
+    call}, "speedup": {backend: backend_time / rnnfast_time}, "speedup_row": {backend: the row of it that speedup
+    used, itself or a variant such as "torch1"}, "samples_s", "calls_per_sample", "skipped":
     {backend: why}}}, "not_run": {backend: why}}}, "gemm": {...}, "backends": {...}, "machine": {...},
     "versions": {...}, "threads", "dtype", ...}``; inference also has ``"rnnfast_gflops"`` and
     ``"percent_of_gemm"``; with ``memory``, training cases have ``"train_peak_bytes": {backend: bytes or None}``.
@@ -129,8 +136,10 @@ def run(cases: Optional[Sequence[str]] = None, threads: int = 2, repeat: int = 5
     env: Dict[str, Any] = {"threads": threads}
     active: List[str] = []
     for row in BACKEND_TABLE.values():
-        # The optional backends are chosen with `backends`, the reference with `reference`; rnnfast always runs.
-        requested = (row.name in wanted) if row.optional else (reference if row.name == "reference" else True)
+        # The optional backends are chosen with `backends` (a variant with its backend), the reference with
+        # `reference`; rnnfast always runs.
+        chosen = row.variant_of if row.variant_of is not None else row.name
+        requested = (chosen in wanted) if row.optional else (reference if row.name == "reference" else True)
         if not requested:
             backend_info[row.name] = {"available": False, "reason": "not requested"}
             continue

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .backends import _COLORS, _SHORT_NAMES, BACKENDS
+from .backends import _COLORS, _SHORT_NAMES, BACKEND_TABLE, BACKENDS
 from .report import _backends_in, _fmt_ms
 from .runner import run
 
@@ -23,8 +23,10 @@ def sweep(threads: Sequence[int], **options: Any) -> List[Dict[str, Any]]:
 
 
 def _series(runs: Sequence[Dict[str, Any]]) -> Dict[Tuple[str, str, str], List[Optional[float]]]:
-    """(case, mode, backend) -> its median time at each run's thread count (None where it did not run)."""
-    backends = [b for b in BACKENDS if any(b in _backends_in(r) for r in runs)]
+    """(case, mode, backend) -> its median time at each run's thread count (None where it did not run). Variants
+    (PyTorch pinned to one thread) are left out: the sweep times every backend at each count."""
+    backends = [b for b in BACKENDS
+                if BACKEND_TABLE[b].variant_of is None and any(b in _backends_in(r) for r in runs)]
     series: Dict[Tuple[str, str, str], List[Optional[float]]] = {}
     for name, case in runs[0]["cases"].items():
         for mode in case["modes"]:
