@@ -689,6 +689,20 @@ void chunk_gradients(std::initializer_list<ChunkGradient<T>> products, Index row
 // 2048-row chunks: 2^30 per thread at two threads) would pay that.
 constexpr double kBackwardProductWork = 1 << 30;
 
+// Gradients behind: a backward whose recurrence runs on one thread whatever the setting (a step under kMinStepWork)
+// makes its chunks' weight, bias and input gradients in blocks of whole steps of at least kBehindRows rows, in
+// processing order, and with a second thread free that thread makes each block's as soon as the recurrence has
+// passed it, instead of the recurrence's thread after the chunk (LSTM stream_T1000_B1: those products were a sixth of
+// the training step). A property of the call (of its step's size and length), so every thread count sums the same
+// blocks in the same order: the same bits with or without the second thread.
+constexpr Index kBehindRows = 64, kMinBehindSteps = 2 * kBehindRows;
+
+// A block of a chunk's steps for gradients behind: complete once the recurrence has run processing position
+// `last_s` (its lowest); its rows are the chunk's rows [r0, r1).
+struct StepBlock {
+    Index last_s, r0, r1;
+};
+
 // BPTT of one direction of one layer. Only the recurrence is sequential; the weight, bias and input gradients are
 // products over many rows. The recurrence runs in chunks of whole steps that fit in dz, each followed by its
 // chunk's products: dz bounds the memory, and a chunk of a few thousand rows keeps the products as fast as one over
@@ -750,6 +764,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
     RecurrenceSplit split(steps, threads, proj ? 0.0 : static_cast<double>(B) * G * H * P);
     if (proj && !split.by_items && threads > 1) split = RecurrenceSplit(steps, threads = 1);
     const double step_work = static_cast<double>(B) * G * H * P;
+    const bool behind = !proj && step_work < kMinStepWork && T_ >= kMinBehindSteps;
     Barrier bands_done;
     FirstError error;
     // Each thread's columns of W_hh, packed in the first chunk and kept for the others.
@@ -774,12 +789,93 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
         MatrixMap<T> dzc(dz.data(), chunk_rows, G * H, Eigen::OuterStride<>(dz.outerStride()));
         MatrixMap<T> dzhc(dz_hidden.data(), chunk_rows, G * H, Eigen::OuterStride<>(dz_hidden.outerStride()));
         StepStop stop;
+        // (The chunk's inputs and states are laid out too, in a block each thread keeps: as bounded as dz.)
+        const double panel_bytes = kPanelGradientL2s * static_cast<double>(Eigen::l2CacheSize());
+        const bool own_gradients =
+            kTiledWeightProducts<T> ||
+            (static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * G * H <= panel_bytes &&
+             static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * std::max(x.cols(), P) <= panel_bytes);
+        // The state before each row's step (dW_hh pairs it with the row's dz): h0, or zeros, where an item starts,
+        // hs elsewhere. Full batches on Eigen's path take hs's rows as they lie instead.
+        if (own_gradients || !steps.is_uniform()) {
+            h_rows.resize(static_cast<size_t>(chunk_rows));
+            for (Index t = t_lo; t <= t_hi; ++t) {
+                const Index n = steps.size(t), oc = steps.offset(t) - base;
+                const Index prev = reverse ? t + 1 : t - 1;
+                const Index cont = std::min(n, steps.size_or_zero(prev));
+                for (Index i = 0; i < n; ++i) {
+                    h_rows[static_cast<size_t>(oc + i)] =
+                        i < cont ? hs.data() + (steps.offset(prev) + i) * hs.outerStride()
+                                 : (h0.rows() != 0 ? h0.data() + i * h0.outerStride() : zero_state.data());
+                }
+            }
+        }
+        if (own_gradients) {
+            x_rows.resize(static_cast<size_t>(chunk_rows));
+            for (Index r = 0; r < chunk_rows; ++r) x_rows[static_cast<size_t>(r)] = x.data() + (base + r) * x.outerStride();
+        }
+        // Gradients behind (kBehindRows): the chunk's blocks in processing order.
+        std::vector<StepBlock> blocks;
+        if (behind && own_gradients) {
+            for (Index s_hi = s_begin; s_hi >= s_end;) {
+                Index n = 0, s = s_hi;
+                for (; s >= s_end && n < kBehindRows; --s) n += steps.size(reverse ? T_ - 1 - s : s);
+                const Index s_lo = s + 1, t_a = reverse ? T_ - 1 - s_hi : s_lo, t_b = reverse ? T_ - 1 - s_lo : s_hi;
+                blocks.push_back(StepBlock{s_lo, steps.offset(t_a) - base, steps.offset(t_b) + steps.size(t_b) - base});
+                s_hi = s_lo - 1;
+            }
+        }
+        // A block's weight, bias and input gradients.
+        const auto block_products = [&](const StepBlock& b) {
+            const Index n = b.r1 - b.r0;
+            if (n <= 0) return;
+            MatrixRef<T> dw_ih = grads.w_ih, dw_hh = grads.w_hh;
+            chunk_gradients<T>({{&dw_ih, dzc.data() + b.r0 * dzc.outerStride(), dzc.outerStride(), x_rows.data() + b.r0},
+                                {&dw_hh, dzhc.data() + b.r0 * dzhc.outerStride(), dzhc.outerStride(),
+                                 h_rows.data() + b.r0}},
+                               n);
+            if (dx.rows() != 0) {
+                if constexpr (kTiledWeightProducts<T>) {
+                    weight_rows_product<T>(dx.middleRows(base + b.r0, n), dzc.middleRows(b.r0, n), w_ih_panels, true,
+                                           nullptr, kBackwardProductWork);
+                } else {
+                    interruptible_rows_product(dx.middleRows(base + b.r0, n), dzc.middleRows(b.r0, n), wt.w_ih, true,
+                                               nullptr, kBackwardProductWork);
+                }
+            }
+            if (grads.b_ih.size() != 0) {
+                const RowVector<T> sums = row_sum<T>(dzc.middleRows(b.r0, n));
+                grads.b_ih += sums;
+                grads.b_hh += Cell::kSeparateHidden ? row_sum<T>(dzhc.middleRows(b.r0, n)) : sums;
+            }
+        };
+        // A second thread for the blocks where one is free (the products' own threads, as chunk_gradients would
+        // split them).
+        const bool helper = !blocks.empty() && threads == 1 &&
+                            threads_for(static_cast<double>(chunk_rows) * G * H * static_cast<double>(x.cols() + P),
+                                        kMinProductWork) >= 2;
+        std::atomic<Index> passed{0};        // blocks the recurrence has passed
+        std::atomic<bool> abandoned{false};  // the recurrence stopped early: no more blocks will come
+        std::atomic<Index> helped{0};        // blocks the second thread made
         // Split as in recurrent_forward. With bands a thread computes its units of dz, then (after all bands are
         // done) its units of dz W_hh; the next step reads only the thread's own units of dh0, so one barrier per
         // step suffices. With items split, a thread has all of its rows' dz and needs no barrier.
-        parallel(threads, [&](int k, int parts) {
+        parallel(helper ? 2 : threads, [&](int k, int parts) {
+            if (helper && parts == 2 && k == 1) {
+                for (size_t j = 0; j < blocks.size(); ++j) {
+                    const Index need = static_cast<Index>(j) + 1;
+                    spin_until([&] {
+                        return passed.load(std::memory_order_acquire) >= need || abandoned.load(std::memory_order_acquire);
+                    });
+                    if (passed.load(std::memory_order_acquire) < need) return;
+                    if (!error.run([&] { block_products(blocks[j]); })) return;
+                    helped.store(need, std::memory_order_release);
+                }
+                return;
+            }
+            const int rparts = helper ? 1 : parts;  // the recurrence's threads
             Index first = 0, last = 0, c0_ = 0, width = 0;
-            split.tile(steps, H, k, parts, first, last, c0_, width);
+            split.tile(steps, H, k, rparts, first, last, c0_, width);
             StepWeights<T>& w_band = w_bands[static_cast<size_t>(k)];  // W_hh's columns for this thread's dh
             // (A job that ran as one part, the pool being busy, has other columns and rows than the chunk before.)
             // The units of dh this thread owns: its band, or every column of the projection.
@@ -795,8 +891,12 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                     w_proj->template pack<Eigen::ColMajor>(wt.w_hr.data(), wt.w_hr.outerStride(), H, P, B, T_);
                 }
             });
+            size_t next_block = 0;
             for (Index s = s_begin; s >= s_end; --s) {
-                if (stop.before(s_begin - s, k, step_work)) break;
+                if (stop.before(s_begin - s, k, step_work)) {
+                    abandoned.store(true, std::memory_order_release);
+                    break;
+                }
                 const StepRows st(steps, s, reverse, first, last);
                 const Index oc = st.offset - base;
                 if (ready && st.b > st.a && width > 0) {
@@ -863,46 +963,35 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                     }
                     if (proj) carry.setZero();  // the projection has no path to h_prev but through W_hh
                 }
-                if (!split.by_items) bands_done.wait(parts);
+                if (!split.by_items) bands_done.wait(rparts);
                 if (ready && st.b > st.a && width > 0) {
                     w_band.multiply_add(dzhc.data() + (oc + st.a) * dzhc.outerStride(), dzhc.outerStride(),
                                         st.b - st.a, dh0.data() + st.a * dh0.outerStride() + p0, dh0.outerStride(), 0,
                                         (s & 1) != 0);
                 }
+                if (next_block < blocks.size() && s == blocks[next_block].last_s) {
+                    passed.store(static_cast<Index>(++next_block), std::memory_order_release);
+                }
             }
         });
         error.rethrow();
         stop.rethrow();
+        if (!blocks.empty()) {
+            // The blocks the second thread did not make (all of them without one), in the same order.
+            for (size_t j = static_cast<size_t>(helped.load(std::memory_order_acquire)); j < blocks.size(); ++j) {
+                block_products(blocks[j]);
+                interruption_point(static_cast<double>(blocks[j].r1 - blocks[j].r0) * G * H *
+                                   static_cast<double>(x.cols() + P));
+            }
+            continue;
+        }
 
         // The chunk's products, polled between them and split when larger than kBackwardProductWork per thread.
         const auto chunk_product = [](auto&& dst, const auto& lhs, const auto& rhs, bool add) {
             interruptible_rows_product(dst, lhs, rhs, add, nullptr, kBackwardProductWork);
         };
-        // (The chunk's inputs and states are laid out too, in a block each thread keeps: as bounded as dz.)
-        const double panel_bytes = kPanelGradientL2s * static_cast<double>(Eigen::l2CacheSize());
-        const bool own_gradients =
-            kTiledWeightProducts<T> ||
-            (static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * G * H <= panel_bytes &&
-             static_cast<double>(chunk_rows) * static_cast<double>(sizeof(T)) * std::max(x.cols(), P) <= panel_bytes);
-        // The state before each row's step (dW_hh pairs it with the row's dz): h0, or zeros, where an item starts,
-        // hs elsewhere. Full batches on Eigen's path take hs's rows as they lie instead.
-        if (own_gradients || !steps.is_uniform()) {
-            h_rows.resize(static_cast<size_t>(chunk_rows));
-            for (Index t = t_lo; t <= t_hi; ++t) {
-                const Index n = steps.size(t), oc = steps.offset(t) - base;
-                const Index prev = reverse ? t + 1 : t - 1;
-                const Index cont = std::min(n, steps.size_or_zero(prev));
-                for (Index i = 0; i < n; ++i) {
-                    h_rows[static_cast<size_t>(oc + i)] =
-                        i < cont ? hs.data() + (steps.offset(prev) + i) * hs.outerStride()
-                                 : (h0.rows() != 0 ? h0.data() + i * h0.outerStride() : zero_state.data());
-                }
-            }
-        }
         if (own_gradients) {
             // dW_ih and dW_hh in one job, from pointers to each row's input and previous state.
-            x_rows.resize(static_cast<size_t>(chunk_rows));
-            for (Index r = 0; r < chunk_rows; ++r) x_rows[static_cast<size_t>(r)] = x.data() + (base + r) * x.outerStride();
             MatrixRef<T> dw_ih = grads.w_ih, dw_hh = grads.w_hh;
             chunk_gradients<T>({{&dw_ih, dzc.data(), dzc.outerStride(), x_rows.data()},
                                 {&dw_hh, dzhc.data(), dzhc.outerStride(), h_rows.data()}},

@@ -4,10 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "rnnfast/config.hpp"
+#include "rnnfast/interrupt.hpp"
 #include "rnnfast/stack.hpp"
 
 #include "helpers.hpp"
@@ -134,6 +137,125 @@ std::vector<GatedCase> gated_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, GatedBackwardFD, ::testing::ValuesIn(gated_cases()), case_name);
+
+// Gradients behind (recurrent.hpp): a backward whose recurrence runs on one thread makes its weight, bias and input
+// gradients in blocks of steps, on a second thread where one is free. I = H = 32 and B = 2 keep every cell's step
+// under kMinStepWork (one thread) while its 400 rows' gradients are worth a second thread; two directions run side by
+// side, each making its own blocks. float64 against centered finite differences (a spread of parameters and of dx's
+// entries); float32 the same bits at 1, 2 and 3 threads.
+TEST(GatedBackward, GradientsBehindMatchFiniteDifferencesAndEveryThreadCount) {
+    struct Threads {  // the count before, restored also when a call throws
+        int before = rnnfast::get_num_threads();
+        ~Threads() { rnnfast::set_num_threads(before); }
+    } restore;
+    for (CellKind cell : {CellKind::rnn, CellKind::lstm, CellKind::gru}) {
+        for (bool bidir : {false, true}) {
+            const bool ragged = bidir;  // one direction over full lengths, two over ragged ones
+            const Index S = 200, B = 2, I = 32, H = 32, TB = S * B;
+            const StackConfig cfg = config_of({cell, 1, bidir, true, 0, ragged, false, true}, I, H);
+            const Index D = cfg.directions(), DB = D * B, n = rnnfast::param_count(cfg);
+            const bool lstm = cfg.has_cell_state();
+            const std::string where = std::string(cell == CellKind::rnn ? "rnn" : lstm ? "lstm" : "gru") +
+                                      (bidir ? " bidir" : "") + (ragged ? " ragged" : "");
+            std::mt19937 rng(83);
+            std::vector<double> params(static_cast<size_t>(n));
+            for (double& p : params) p = std::uniform_real_distribution<double>(-0.4, 0.4)(rng);
+            MatD x = random_matrix(rng, TB, I);
+            const std::vector<Index> lengths = ragged ? std::vector<Index>{S, 130} : std::vector<Index>{};
+            const MatD G = random_matrix(rng, TB, D * H), Gh = random_matrix(rng, DB, H);
+            const MatD Gc = lstm ? random_matrix(rng, DB, H) : MatD(0, H), none(0, H), no_masks(0, D * H);
+
+            rnnfast::set_num_threads(2);
+            const auto loss = [&] {
+                const Result r = forward(cfg, params, x, S, lengths, none, none, no_masks);
+                double value = (G.array() * r.output.array()).sum() + (Gh.array() * r.h_n.array()).sum();
+                if (lstm) value += (Gc.array() * r.c_n.array()).sum();
+                return value;
+            };
+            StackCache<double> cache;
+            forward(cfg, params, x, S, lengths, none, none, no_masks, &cache);
+            MatD dx(TB, I), dh0(DB, H), dc0(lstm ? DB : 0, H);
+            std::vector<double> grads(static_cast<size_t>(n), 0.0);
+            rnnfast::stack_backward<double>(cfg, params.data(), cache, G, Gh, Gc, dx, dh0, dc0, grads.data());
+            for (Index i = 0; i < n; i += 53) {
+                const double fd = numeric_grad(params.data() + i, 1, 1, loss)(0, 0);
+                EXPECT_NEAR(grads[static_cast<size_t>(i)], fd, 1e-6 * std::max(1.0, std::abs(fd)))
+                    << where << ", parameter " << i;
+            }
+            for (Index i = 0; i < TB * I; i += 41) {
+                const double fd = numeric_grad(x.data() + i, 1, 1, loss)(0, 0);
+                EXPECT_NEAR(dx.data()[i], fd, 1e-6 * std::max(1.0, std::abs(fd))) << where << ", dx entry " << i;
+            }
+
+            const std::vector<float> pf(params.begin(), params.end());
+            const rnnfast::RowMatrix<float> xf = x.cast<float>(), Gf = G.cast<float>(), Ghf = Gh.cast<float>(),
+                                            Gcf = Gc.cast<float>(), nonef(0, H), no_masks_f(0, D * H);
+            std::vector<std::vector<float>> runs;
+            std::vector<rnnfast::RowMatrix<float>> dxs;
+            for (int threads : {1, 2, 3}) {
+                rnnfast::set_num_threads(threads);
+                rnnfast::RowMatrix<float> out(TB, D * H), h_n(DB, H), c_n(lstm ? DB : 0, H);
+                StackCache<float> cf;
+                rnnfast::stack_forward<float>(cfg, pf.data(), xf, S, lengths, nonef, nonef, no_masks_f, out, h_n,
+                                              c_n, &cf);
+                rnnfast::RowMatrix<float> dxf(TB, I), dh0f(DB, H), dc0f(lstm ? DB : 0, H);
+                runs.emplace_back(static_cast<size_t>(n), 0.0f);
+                rnnfast::stack_backward<float>(cfg, pf.data(), cf, Gf, Ghf, Gcf, dxf, dh0f, dc0f,
+                                               runs.back().data());
+                dxs.push_back(dxf);
+            }
+            for (size_t k = 1; k < runs.size(); ++k) {
+                EXPECT_TRUE(runs[k] == runs[0]) << where << ": parameters' gradients, run " << k;
+                EXPECT_TRUE(dxs[k] == dxs[0]) << where << ": dx, run " << k;
+            }
+            for (Index i = 0; i < n; ++i) {
+                EXPECT_NEAR(runs[0][static_cast<size_t>(i)], grads[static_cast<size_t>(i)],
+                            1e-4 * std::max(1.0, std::abs(grads[static_cast<size_t>(i)])))
+                    << where << ", float parameter " << i;
+            }
+        }
+    }
+}
+
+// Ctrl-C during a recurrence whose gradients a second thread makes behind it stops the call, without leaving that
+// thread waiting for blocks that will not come.
+TEST(GatedBackward, StopsWhileGradientsRunBehind) {
+    struct Threads {
+        int before = rnnfast::get_num_threads();
+        ~Threads() { rnnfast::set_num_threads(before); }
+    } restore;
+    rnnfast::set_num_threads(2);
+    const Index S = 3000, B = 1, I = 16, H = 16;  // two chunks of BPTT; the first poll comes mid-chunk
+    const StackConfig cfg = config_of({CellKind::lstm, 1, false, true, 0, false, false, false}, I, H);
+    std::mt19937 rng(89);
+    std::vector<double> params(static_cast<size_t>(rnnfast::param_count(cfg)));
+    for (double& p : params) p = std::uniform_real_distribution<double>(-0.4, 0.4)(rng);
+    const MatD x = random_matrix(rng, S * B, I), none(0, H);
+    StackCache<double> cache;
+    forward(cfg, params, x, S, {}, none, none, MatD(0, H), &cache);
+    struct Polls {
+        int count = 0;
+        int stop_from = std::numeric_limits<int>::max();
+    };
+    const auto backward = [&](Polls& polls) {
+        const rnnfast::InterruptScope::Poll poll = [](void* context) {
+            Polls* p = static_cast<Polls*>(context);
+            return ++p->count >= p->stop_from;
+        };
+        rnnfast::InterruptScope scope(poll, &polls, 0);
+        MatD dx(S * B, I), dh0(B, H), dc0(B, H);
+        std::vector<double> grads(params.size(), 0.0);
+        rnnfast::stack_backward<double>(cfg, params.data(), cache, MatD::Ones(S * B, H), none, none, dx, dh0, dc0,
+                                        grads.data());
+    };
+    Polls all;
+    backward(all);
+    ASSERT_GE(all.count, 2);  // about one poll per 2**20 multiply-adds of the recurrence: the first at step 1000 or so
+    Polls stop;
+    stop.stop_from = 1;
+    EXPECT_THROW(backward(stop), rnnfast::Interrupted);
+    EXPECT_EQ(stop.count, 1);
+}
 
 // One step written out: the gate equations of torch.nn.LSTM and torch.nn.GRU.
 TEST(GatedForward, OneStepIsTheCellEquations) {
