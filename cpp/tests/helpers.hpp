@@ -8,8 +8,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 
+#include "rnnfast/config.hpp"
+#include "rnnfast/interrupt.hpp"
 #include "rnnfast/types.hpp"
 
 namespace rnnfast::test {
@@ -76,5 +79,22 @@ template <class A, class E>
     }
     return ::testing::AssertionSuccess();
 }
+
+// The thread count when made, set back when destroyed (also when a call throws).
+struct ThreadsRestored {
+    int before = get_num_threads();
+    ~ThreadsRestored() { set_num_threads(before); }
+};
+
+// An interrupt poll that counts its calls and asks to stop from the `stop_from`-th on (InterruptScope(poll, &polls,
+// 0) polls at every look at the clock).
+struct CountedPolls {
+    int count = 0;
+    int stop_from = std::numeric_limits<int>::max();
+    static bool poll(void* context) {
+        CountedPolls* p = static_cast<CountedPolls*>(context);
+        return ++p->count >= p->stop_from;
+    }
+};
 
 }  // namespace rnnfast::test

@@ -144,10 +144,7 @@ INSTANTIATE_TEST_SUITE_P(All, GatedBackwardFD, ::testing::ValuesIn(gated_cases()
 // side, each making its own blocks. float64 against centered finite differences (a spread of parameters and of dx's
 // entries); float32 the same bits at 1, 2 and 3 threads.
 TEST(GatedBackward, GradientsBehindMatchFiniteDifferencesAndEveryThreadCount) {
-    struct Threads {  // the count before, restored also when a call throws
-        int before = rnnfast::get_num_threads();
-        ~Threads() { rnnfast::set_num_threads(before); }
-    } restore;
+    const rnnfast::test::ThreadsRestored restore;
     for (CellKind cell : {CellKind::rnn, CellKind::lstm, CellKind::gru}) {
         for (bool bidir : {false, true}) {
             const bool ragged = bidir;  // one direction over full lengths, two over ragged ones
@@ -220,10 +217,7 @@ TEST(GatedBackward, GradientsBehindMatchFiniteDifferencesAndEveryThreadCount) {
 // Ctrl-C during a recurrence whose gradients a second thread makes behind it stops the call, without leaving that
 // thread waiting for blocks that will not come.
 TEST(GatedBackward, StopsWhileGradientsRunBehind) {
-    struct Threads {
-        int before = rnnfast::get_num_threads();
-        ~Threads() { rnnfast::set_num_threads(before); }
-    } restore;
+    const rnnfast::test::ThreadsRestored restore;
     rnnfast::set_num_threads(2);
     const Index S = 3000, B = 1, I = 16, H = 16;  // two chunks of BPTT; the first poll comes mid-chunk
     const StackConfig cfg = config_of({CellKind::lstm, 1, false, true, 0, false, false, false}, I, H);
@@ -233,16 +227,9 @@ TEST(GatedBackward, StopsWhileGradientsRunBehind) {
     const MatD x = random_matrix(rng, S * B, I), none(0, H);
     StackCache<double> cache;
     forward(cfg, params, x, S, {}, none, none, MatD(0, H), &cache);
-    struct Polls {
-        int count = 0;
-        int stop_from = std::numeric_limits<int>::max();
-    };
+    using Polls = rnnfast::test::CountedPolls;
     const auto backward = [&](Polls& polls) {
-        const rnnfast::InterruptScope::Poll poll = [](void* context) {
-            Polls* p = static_cast<Polls*>(context);
-            return ++p->count >= p->stop_from;
-        };
-        rnnfast::InterruptScope scope(poll, &polls, 0);
+        rnnfast::InterruptScope scope(&Polls::poll, &polls, 0);
         MatD dx(S * B, I), dh0(B, H), dc0(B, H);
         std::vector<double> grads(params.size(), 0.0);
         rnnfast::stack_backward<double>(cfg, params.data(), cache, MatD::Ones(S * B, H), none, none, dx, dh0, dc0,

@@ -14,6 +14,8 @@
 #include "recurrent.hpp"
 #include "rnnfast/config.hpp"
 
+#include "helpers.hpp"
+
 namespace {
 
 using rnnfast::Index;
@@ -67,10 +69,7 @@ Matrix<float> lstm_forward(const Lstm& m, bool reverse, int threads, Index gate_
     const Matrix<float> no_proj(0, m.H);
     LayerWeights<float> wt{w_ih, w_hh, b_ih, b_hh, no_proj};
     Matrix<float> hs(m.T, m.H), gates(gate_rows, 4 * m.H), aux(m.T, m.H);
-    struct Threads {  // the count before, restored also when the call throws
-        int before = rnnfast::get_num_threads();
-        ~Threads() { rnnfast::set_num_threads(before); }
-    } restore;
+    const rnnfast::test::ThreadsRestored restore;
     rnnfast::set_num_threads(threads);
     rnnfast::detail::recurrent_forward<rnnfast::detail::LstmCell, float>(
         wt, x, none, none, rnnfast::Activation::tanh, reverse, rnnfast::StepLayout::uniform(m.T, 1), hs, gates, aux,

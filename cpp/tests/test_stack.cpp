@@ -814,17 +814,9 @@ TEST(StackBackward, StopsInTheProductsAfterTheRecurrence) {
         StackCache<double> cache;
         rnnfast::stack_forward<double>(cfg, params.data(), x, S, {}, MatD(0, H), MatD(0, H), output, h_n, &cache);
 
-        struct Polls {
-            int count = 0;
-            int stop_from = std::numeric_limits<int>::max();
-        };
+        using Polls = rnnfast::test::CountedPolls;
         const auto backward = [&](Polls& polls) {
-            // Polls at every look at the clock (interval 0); stops from the `stop_from`-th.
-            const rnnfast::InterruptScope::Poll poll = [](void* context) {
-                Polls* p = static_cast<Polls*>(context);
-                return ++p->count >= p->stop_from;
-            };
-            rnnfast::InterruptScope scope(poll, &polls, 0);
+            rnnfast::InterruptScope scope(&Polls::poll, &polls, 0);  // polls at every look at the clock
             const MatD d_output = MatD::Ones(S * B, H);
             MatD dx(S * B, I), dh0(B, H);
             std::vector<double> grads(params.size(), 0.0);
