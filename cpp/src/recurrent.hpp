@@ -697,8 +697,8 @@ constexpr double kBackwardProductWork = 1 << 30;
 // blocks in the same order: the same bits with or without the second thread.
 constexpr Index kBehindRows = 64, kMinBehindSteps = 2 * kBehindRows;
 
-// A block of a chunk's steps for gradients behind: complete once the recurrence has run processing position
-// `last_s` (its lowest); its rows are the chunk's rows [r0, r1).
+// A block of a chunk's steps whose weight, bias and input gradients are made together: complete once the recurrence
+// has run processing position `last_s` (its lowest); its rows are the chunk's rows [r0, r1).
 struct StepBlock {
     Index last_s, r0, r1;
 };
@@ -814,9 +814,10 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
             x_rows.resize(static_cast<size_t>(chunk_rows));
             for (Index r = 0; r < chunk_rows; ++r) x_rows[static_cast<size_t>(r)] = x.data() + (base + r) * x.outerStride();
         }
-        // Gradients behind (kBehindRows): the chunk's blocks in processing order.
+        // The chunk's weight, bias and input gradients on the tiled path, in blocks of its rows: one block covering
+        // the chunk, or with gradients behind (kBehindRows) blocks of whole steps in processing order.
         std::vector<StepBlock> blocks;
-        if (behind && own_gradients) {
+        if (own_gradients && behind) {
             for (Index s_hi = s_begin; s_hi >= s_end;) {
                 Index n = 0, s = s_hi;
                 for (; s >= s_end && n < kBehindRows; --s) n += steps.size(reverse ? T_ - 1 - s : s);
@@ -824,8 +825,28 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 blocks.push_back(StepBlock{s_lo, steps.offset(t_a) - base, steps.offset(t_b) + steps.size(t_b) - base});
                 s_hi = s_lo - 1;
             }
+        } else if (own_gradients) {
+            blocks.push_back(StepBlock{s_end, 0, chunk_rows});
         }
-        // A block's weight, bias and input gradients.
+        // The input and bias gradients of the chunk's rows [r0, r0 + n).
+        const auto rows_dx_bias = [&](Index r0, Index n) {
+            if (dx.rows() != 0) {
+                if constexpr (kTiledWeightProducts<T>) {
+                    weight_rows_product<T>(dx.middleRows(base + r0, n), dzc.middleRows(r0, n), w_ih_panels, true,
+                                           nullptr, kBackwardProductWork);
+                } else {
+                    interruptible_rows_product(dx.middleRows(base + r0, n), dzc.middleRows(r0, n), wt.w_ih, true,
+                                               nullptr, kBackwardProductWork);
+                }
+            }
+            if (grads.b_ih.size() != 0) {
+                // One sum for cells whose recurrent part shares dz (b_ih's and b_hh's gradients are equal).
+                const RowVector<T> sums = row_sum<T>(dzc.middleRows(r0, n));
+                grads.b_ih += sums;
+                grads.b_hh += Cell::kSeparateHidden ? row_sum<T>(dzhc.middleRows(r0, n)) : sums;
+            }
+        };
+        // A block's gradients: dW_ih and dW_hh in one job, from pointers to each row's input and previous state.
         const auto block_products = [&](const StepBlock& b) {
             const Index n = b.r1 - b.r0;
             if (n <= 0) return;
@@ -834,24 +855,11 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                                 {&dw_hh, dzhc.data() + b.r0 * dzhc.outerStride(), dzhc.outerStride(),
                                  h_rows.data() + b.r0}},
                                n);
-            if (dx.rows() != 0) {
-                if constexpr (kTiledWeightProducts<T>) {
-                    weight_rows_product<T>(dx.middleRows(base + b.r0, n), dzc.middleRows(b.r0, n), w_ih_panels, true,
-                                           nullptr, kBackwardProductWork);
-                } else {
-                    interruptible_rows_product(dx.middleRows(base + b.r0, n), dzc.middleRows(b.r0, n), wt.w_ih, true,
-                                               nullptr, kBackwardProductWork);
-                }
-            }
-            if (grads.b_ih.size() != 0) {
-                const RowVector<T> sums = row_sum<T>(dzc.middleRows(b.r0, n));
-                grads.b_ih += sums;
-                grads.b_hh += Cell::kSeparateHidden ? row_sum<T>(dzhc.middleRows(b.r0, n)) : sums;
-            }
+            rows_dx_bias(b.r0, n);
         };
         // A second thread for the blocks where one is free (the products' own threads, as chunk_gradients would
         // split them).
-        const bool helper = !blocks.empty() && threads == 1 &&
+        const bool helper = behind && own_gradients && threads == 1 &&
                             threads_for(static_cast<double>(chunk_rows) * G * H * static_cast<double>(x.cols() + P),
                                         kMinProductWork) >= 2;
         std::atomic<Index> passed{0};        // blocks the recurrence has passed
@@ -969,35 +977,26 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                                         st.b - st.a, dh0.data() + st.a * dh0.outerStride() + p0, dh0.outerStride(), 0,
                                         (s & 1) != 0);
                 }
-                if (next_block < blocks.size() && s == blocks[next_block].last_s) {
+                if (helper && next_block < blocks.size() && s == blocks[next_block].last_s) {
                     passed.store(static_cast<Index>(++next_block), std::memory_order_release);
                 }
             }
         });
         error.rethrow();
         stop.rethrow();
-        if (!blocks.empty()) {
-            // The blocks the second thread did not make (all of them without one), in the same order.
-            for (size_t j = static_cast<size_t>(helped.load(std::memory_order_acquire)); j < blocks.size(); ++j) {
-                block_products(blocks[j]);
-                interruption_point(static_cast<double>(blocks[j].r1 - blocks[j].r0) * G * H *
-                                   static_cast<double>(x.cols() + P));
-            }
-            continue;
+        // The blocks the second thread did not make (all of them without one), in the same order.
+        for (size_t j = static_cast<size_t>(helped.load(std::memory_order_acquire)); j < blocks.size(); ++j) {
+            block_products(blocks[j]);
+            interruption_point(static_cast<double>(blocks[j].r1 - blocks[j].r0) * G * H *
+                               static_cast<double>(x.cols() + P));
         }
-
-        // The chunk's products, polled between them and split when larger than kBackwardProductWork per thread.
+        // Products of Eigen's path and dW_hr, polled between them and split when larger than kBackwardProductWork
+        // per thread.
         const auto chunk_product = [](auto&& dst, const auto& lhs, const auto& rhs, bool add) {
             interruptible_rows_product(dst, lhs, rhs, add, nullptr, kBackwardProductWork);
         };
-        if (own_gradients) {
-            // dW_ih and dW_hh in one job, from pointers to each row's input and previous state.
-            MatrixRef<T> dw_ih = grads.w_ih, dw_hh = grads.w_hh;
-            chunk_gradients<T>({{&dw_ih, dzc.data(), dzc.outerStride(), x_rows.data()},
-                                {&dw_hh, dzhc.data(), dzhc.outerStride(), h_rows.data()}},
-                               chunk_rows);
-            interruption_point(static_cast<double>(chunk_rows) * G * H * static_cast<double>(x.cols() + P));
-        } else {
+        if (!own_gradients) {
+            // Eigen's path: the chunk's weight gradients.
             chunk_product(grads.w_ih, dzc.transpose(), x.middleRows(base, chunk_rows), true);
             if (steps.is_uniform()) {
                 // The sequence's first processed step (t = 0 forward, T_-1 reverse) starts from h0.
@@ -1022,20 +1021,7 @@ void recurrent_backward(const LayerWeights<T>& wt, const ConstMatrixRef<T>& x, c
                 }
                 chunk_product(grads.w_hh, dzhc.transpose(), h_prev.topRows(chunk_rows), true);
             }
-        }
-        if (dx.rows() != 0) {
-            if constexpr (kTiledWeightProducts<T>) {
-                weight_rows_product<T>(dx.middleRows(base, chunk_rows), dzc, w_ih_panels, true, nullptr,
-                                       kBackwardProductWork);
-            } else {
-                chunk_product(dx.middleRows(base, chunk_rows), dzc, wt.w_ih, true);
-            }
-        }
-        if (grads.b_ih.size() != 0) {
-            // The bias gradients: one sum for cells whose recurrent part shares dz (b_ih's and b_hh's are equal).
-            const RowVector<T> sums = row_sum<T>(dzc);
-            grads.b_ih += sums;
-            grads.b_hh += Cell::kSeparateHidden ? row_sum<T>(dzhc) : sums;
+            rows_dx_bias(0, chunk_rows);
         }
         if (proj) {
             // dW_hr pairs each step's dL/dh with o * tanh(c), recomputed from the saved gates and c.
